@@ -1,0 +1,5 @@
+"""Losses of the monai-vlseg methods."""
+
+from .seu import SEULoss
+
+__all__ = ["SEULoss"]

@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from monai_vlseg.ops.cross_scan import CROSS_2D, CROSS_3D, cross_merge, cross_scan
+
+
+def test_cross_scan_2d_orders():
+    x = torch.arange(6.0).view(1, 1, 2, 3)  # [[0,1,2],[3,4,5]]
+    xs = cross_scan(x, CROSS_2D)
+    assert xs.shape == (1, 4, 1, 6)
+    assert xs[0, 0, 0].tolist() == [0, 1, 2, 3, 4, 5]  # row-major
+    assert xs[0, 1, 0].tolist() == [0, 3, 1, 4, 2, 5]  # column-major
+    assert xs[0, 2, 0].tolist() == [5, 4, 3, 2, 1, 0]
+    assert xs[0, 3, 0].tolist() == [5, 2, 4, 1, 3, 0]
+
+
+def test_cross_scan_3d_orders():
+    x = torch.arange(8.0).view(1, 1, 2, 2, 2)  # depth 2, 4 tokens per slice
+    xs = cross_scan(x, CROSS_3D)
+    assert xs[0, 0, 0].tolist() == list(range(8))
+    assert xs[0, 1, 0].tolist() == list(range(7, -1, -1))
+    # inter-slice: each in-plane position through both slices
+    assert xs[0, 2, 0].tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+
+
+@pytest.mark.parametrize(
+    "shape,directions,nslices",
+    [((5, 7), CROSS_2D, None), ((4, 3, 6), CROSS_3D, None), ((4, 3, 6), CROSS_3D, 2), ((9,), ("forward",), None)],
+)
+def test_merge_inverts_scan(shape, directions, nslices):
+    x = torch.randn(2, 3, *shape, requires_grad=True)
+    xs = cross_scan(x, directions, nslices)
+    merged = cross_merge(xs, shape, directions, nslices)
+    torch.testing.assert_close(merged, x.flatten(2) * len(directions))
+    # each direction alone inverts exactly
+    for k in range(len(directions)):
+        only_k = torch.zeros_like(xs)
+        only_k[:, k] = xs[:, k]
+        torch.testing.assert_close(cross_merge(only_k, shape, directions, nslices), x.flatten(2))
+    merged.sum().backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, float(len(directions))))
+
+
+def test_bad_direction_and_slices():
+    with pytest.raises(ValueError, match="unknown scan direction"):
+        cross_scan(torch.zeros(1, 1, 2, 2), ("diagonal",))
+    with pytest.raises(ValueError, match="not divisible"):
+        cross_scan(torch.zeros(1, 1, 3, 2, 2), CROSS_3D, nslices=5)
+    with pytest.raises(ValueError, match="2D spatial shape"):
+        cross_scan(torch.zeros(1, 1, 2, 2, 2), ("col",))
