@@ -222,14 +222,18 @@ def test_rand_text_dropout():
     items = [{"text": f"prompt {i}"} for i in range(50)]
 
     def run(seed: int) -> list[str]:
-        drop = RandTextDropoutd(prob=0.3).set_random_state(seed=seed)
+        drop = RandTextDropoutd(keys="text", prob=0.3).set_random_state(seed=seed)
         return [drop(d)["text"] for d in items]
 
     first = run(0)
     assert first == run(0)
     assert 0 < first.count("") < 50 and items[0]["text"] == "prompt 0"
-    assert all(d["text"] == "" for d in map(RandTextDropoutd(prob=1.0), items))
-    assert RandTextDropoutd(prob=0.0)(items[0]) == items[0]
+    assert all(d["text"] == "" for d in map(RandTextDropoutd(keys="text", prob=1.0), items))
+    assert RandTextDropoutd(keys="text", prob=0.0)(items[0]) == items[0]
+    # after tokenisation: the attention mask is zeroed (the networks' "no text" convention), ids untouched
+    tok = {"input_ids": torch.tensor([101, 7, 102, 0]), "attention_mask": torch.tensor([1, 1, 1, 0])}
+    out = RandTextDropoutd(prob=1.0)(tok)
+    assert out["attention_mask"].tolist() == [0, 0, 0, 0] and out["input_ids"].tolist() == [101, 7, 102, 0]
 
 
 def test_set_text():

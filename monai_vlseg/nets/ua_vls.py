@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import SubpixelUpsample, UnetOutBlock, UnetrUpBlock
+from monai.utils import convert_to_tensor
 from transformers import ConvNextConfig, ConvNextModel
 
 from monai_vlseg.nets.blocks.attention import MultiHeadAttention, sinusoidal_positions
@@ -50,15 +51,17 @@ class SSMix(nn.Module):
             raise ValueError(f"SSMix needs an even expand * d_model, got {self.d_inner}.")
         half = self.d_inner // 2
         self.in_proj = nn.Linear(d_model, self.d_inner, bias=False)
-        self.conv_p = nn.Conv1d(half, half, d_conv, padding="same", groups=half)
-        self.conv_q = nn.Conv1d(half, half, d_conv, padding="same", groups=half)
+        self.conv_p = nn.Conv1d(half, half, d_conv, groups=half)
+        self.conv_q = nn.Conv1d(half, half, d_conv, groups=half)
+        self.same_pad = ((d_conv - 1) // 2, d_conv - 1 - (d_conv - 1) // 2)  # PyTorch's 'same' split
         self.ssm = SelectiveSSM(half, d_state, dt_rank="auto", d_model=d_model)
         self.token_proj = nn.Linear(in_tokens, out_tokens, bias=False)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """t: (B, N_in, d_model) -> (B, N_out, expand * d_model)."""
         p, q = self.in_proj(t).transpose(1, 2).chunk(2, dim=1)  # (13, 14)
-        p, q = torch.tanh(self.conv_p(p)), torch.tanh(self.conv_q(q))  # (15)
+        p = torch.tanh(self.conv_p(F.pad(p, self.same_pad)))  # (15)
+        q = torch.tanh(self.conv_q(F.pad(q, self.same_pad)))
         scan = self.ssm(p.unsqueeze(1))[:, 0]  # (16-18)
         return self.token_proj(torch.cat([scan, q], dim=1)).transpose(1, 2)  # (19)
 
@@ -239,6 +242,7 @@ class UAVLS(nn.Module):
     def forward(
         self, image: torch.Tensor, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
+        image = convert_to_tensor(image, track_meta=False)  # MONAI engines pass MetaTensors; keep the net plain
         if image.shape[1] != self.in_channels:
             raise ValueError(f"expected {self.in_channels}-channel images, got shape {tuple(image.shape)}.")
         h, w = image.shape[-2:]

@@ -1,5 +1,17 @@
-"""MONAI transforms of monai_vlseg."""
+"""MONAI transforms of monai_vlseg: text (tokenise, drop, set) and image/mask handling."""
 
+from .image import BinarizeMask, BinarizeMaskd, EnsureChannels, EnsureChannelsd, SaveOverlayd
 from .text import RandTextDropoutd, SetTextd, TokenizeText, TokenizeTextd, normalize_text
 
-__all__ = ["normalize_text", "RandTextDropoutd", "SetTextd", "TokenizeText", "TokenizeTextd"]
+__all__ = [
+    "BinarizeMask",
+    "BinarizeMaskd",
+    "EnsureChannels",
+    "EnsureChannelsd",
+    "RandTextDropoutd",
+    "SaveOverlayd",
+    "SetTextd",
+    "TokenizeText",
+    "TokenizeTextd",
+    "normalize_text",
+]

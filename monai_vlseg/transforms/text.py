@@ -193,17 +193,20 @@ class TokenizeTextd(MapTransform):
 
 class RandTextDropoutd(RandomizableTransform, MapTransform):
     """
-    With probability ``prob`` replace the text of every key by ``""`` (all keys together), so that with
-    ``TokenizeTextd(..., empty_text="empty")`` the sample trains the network's empty prompt. Must run before
-    :class:`TokenizeTextd`.
+    With probability ``prob`` drop the text of a sample, so that it trains the network's learned empty prompt.
+
+    Placed after :class:`TokenizeTextd` with ``keys="attention_mask"``, the mask is zeroed (the "no text"
+    convention of the networks), independently of the ``empty_text`` policy that guards the data. Placed before
+    it with ``keys="text"``, the text becomes ``""`` (then tokenise with ``empty_text="empty"``). All keys are
+    dropped together.
 
     Args:
-        keys: keys of the text prompts.
+        keys: attention-mask keys (tensors are zeroed) or text keys (strings become ``""``).
         prob: probability of dropping the text.
-        allow_missing_keys: accepted for MONAI API symmetry; dropped keys are always set.
+        allow_missing_keys: don't raise if a key is absent.
     """
 
-    def __init__(self, keys: KeysCollection = "text", prob: float = 0.1, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection = "attention_mask", prob: float = 0.1, allow_missing_keys: bool = False) -> None:
         RandomizableTransform.__init__(self, prob)
         MapTransform.__init__(self, keys, allow_missing_keys)
 
@@ -211,8 +214,8 @@ class RandTextDropoutd(RandomizableTransform, MapTransform):
         d = dict(data)
         self.randomize(None)
         if self._do_transform:
-            for key in self.keys:
-                d[key] = ""
+            for key in self.key_iterator(d):
+                d[key] = torch.zeros_like(d[key]) if isinstance(d[key], torch.Tensor) else ""
         return d
 
 

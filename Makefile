@@ -1,0 +1,27 @@
+# Set-up and the two top-level jobs. Everything runs inside .venv at the repository root.
+# TORCH_SPEC: the CPU wheel of this machine kind by default; on a CUDA machine use e.g. TORCH_SPEC='torch>=2.8'.
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.monai_vlseg-installed
+BUNDLE := bundles/ua_vls/configs
+
+.PHONY: demo test venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+# Main job: train UA-VLS on the embedded demo data (small-demo override), then infer on its test split.
+demo: $(STAMP)
+	$(PY) -m monai.bundle run training --config_file "['$(BUNDLE)/train.json','$(BUNDLE)/demo.json']"
+	$(PY) -m monai.bundle run inference --config_file "['$(BUNDLE)/inference.json','$(BUNDLE)/demo.json']"
+
+test: $(STAMP)
+	$(PY) -m pytest -q

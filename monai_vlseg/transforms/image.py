@@ -1,0 +1,146 @@
+"""Image and mask transforms for what hospitals and public data sets actually hold: grey images saved as RGB(A),
+colour images that must be grey (or the reverse), masks stored as 0/1, 0/255 or JPEG-noisy 0/255, and an overlay
+PNG for a person to look at."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+
+__all__ = ["EnsureChannels", "EnsureChannelsd", "BinarizeMask", "BinarizeMaskd", "SaveOverlayd"]
+
+
+def _source_name(img: Any) -> str:
+    meta = getattr(img, "meta", None) or {}
+    return str(meta.get("filename_or_obj", "<in-memory image>"))
+
+
+class EnsureChannels(Transform):
+    """Bring a channel-first image to ``channels`` channels.
+
+    RGBA drops alpha; RGB -> grey uses ITU-R BT.601 luma (exact when the three channels are equal, as in grey
+    images saved as RGB); grey -> RGB repeats the channel. Anything else raises a ValueError naming the file.
+    """
+
+    def __init__(self, channels: int = 1) -> None:
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}.")
+        self.channels = channels
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        c = img.shape[0]
+        if c == 4:  # RGBA
+            img, c = img[:3], 3
+        if c == self.channels:
+            return img
+        if c == 3 and self.channels == 1:
+            w = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32).view(3, *([1] * (img.ndim - 1)))
+            return (img.float() * w.to(img.device)).sum(0, keepdim=True)
+        if c == 1 and self.channels == 3:
+            return img.repeat(3, *([1] * (img.ndim - 1)))
+        raise ValueError(f"{_source_name(img)}: image has {c} channels, expected {self.channels} (or grey/RGB/RGBA).")
+
+
+class EnsureChannelsd(MapTransform):
+    """Dictionary wrapper of :class:`EnsureChannels`."""
+
+    def __init__(self, keys: KeysCollection, channels: int = 1, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = EnsureChannels(channels)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
+
+
+class BinarizeMask(Transform):
+    """One-channel {0, 1} float mask from 0/1, 0/255 or lossy (JPEG) masks, grey or RGB.
+
+    Channels are merged by maximum; the threshold is half of the stored range (0.5 for masks whose maximum is 1,
+    127.5 for 8-bit masks), so JPEG noise around 0 and 255 is removed. An all-zero mask stays all zero.
+    """
+
+    def __call__(self, mask: torch.Tensor) -> torch.Tensor:
+        m = mask.amax(0, keepdim=True) if mask.shape[0] > 1 else mask
+        hi = float(m.max()) if m.numel() else 0.0
+        threshold = 0.5 if hi <= 1.0 else (127.5 if hi <= 255.0 else hi / 2.0)
+        return (m > threshold).to(torch.float32)
+
+
+class BinarizeMaskd(MapTransform):
+    """Dictionary wrapper of :class:`BinarizeMask`."""
+
+    def __init__(self, keys: KeysCollection = "label", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.binarize = BinarizeMask()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.binarize(d[key])
+        return d
+
+
+class SaveOverlayd(MapTransform):
+    """Write ``<output_dir>/<image name>_overlay.png``: the image (grey or RGB, scaled to 8 bits) with the predicted
+    mask drawn in translucent red and its outline in yellow, in the image's own pixel grid.
+
+    Args:
+        keys: (image key, mask key), both channel-first 2D arrays of the same spatial size.
+        output_dir: folder of the PNGs (created).
+        alpha: opacity of the mask fill.
+        postfix: file name postfix.
+    """
+
+    def __init__(
+        self, keys: KeysCollection = ("image", "pred"), output_dir: str = "./overlays", alpha: float = 0.35,
+        postfix: str = "overlay",
+    ) -> None:  # fmt: skip
+        super().__init__(keys)
+        if len(self.keys) != 2:
+            raise ValueError("SaveOverlayd needs two keys: the image and the mask.")
+        self.output_dir, self.alpha, self.postfix = output_dir, alpha, postfix
+
+    @staticmethod
+    def _to_uint8(img: np.ndarray) -> np.ndarray:
+        img = img.astype(np.float32)
+        lo, hi = np.percentile(img, (0.5, 99.5))
+        return (np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from PIL import Image
+
+        d = dict(data)
+        img_key, mask_key = self.keys
+        image, mask = d[img_key], d[mask_key]
+        img = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image)
+        msk = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)[0] > 0.5
+        if img.shape[1:] != msk.shape:
+            raise ValueError(f"{_source_name(image)}: image {img.shape[1:]} and mask {msk.shape} differ in size.")
+        rgb = self._to_uint8(img[:3] if img.shape[0] >= 3 else np.repeat(img[:1], 3, 0)).transpose(1, 2, 0)
+        rgb = rgb.astype(np.float32)
+        rgb[msk] = (1 - self.alpha) * rgb[msk] + self.alpha * np.array([255.0, 0.0, 0.0])
+        edge = msk & ~(
+            np.roll(msk, 1, 0) & np.roll(msk, -1, 0) & np.roll(msk, 1, 1) & np.roll(msk, -1, 1)
+        )
+        rgb[edge] = (255.0, 220.0, 0.0)
+        # MONAI's PIL reader stores arrays as (W, H); write them back in the file's own orientation.
+        out = rgb.astype(np.uint8).transpose(1, 0, 2)
+        name = os.path.splitext(os.path.basename(_source_name(image)))[0]
+        name = name[:-4] if name.endswith(".nii") else name
+        os.makedirs(self.output_dir, exist_ok=True)
+        path = os.path.join(self.output_dir, f"{name}_{self.postfix}.png")
+        Image.fromarray(out).save(path + ".tmp.png")
+        os.replace(path + ".tmp.png", path)
+        if isinstance(image, MetaTensor):
+            d.setdefault("overlay_path", path)
+        return d
