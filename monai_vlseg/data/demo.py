@@ -265,8 +265,9 @@ def _lesion(
     soft = 1.0 - np.clip((rr - 0.55) / 0.7, 0.0, 1.0)
     soft = soft * soft * (3 - 2 * soft) * anat["lung"][crop]  # smoothstep: flat core, soft edge; lung only
     ar, ac = np.arange(a0, a1), np.arange(b0, b1)
-    zy = _sigmoid((np.minimum(ar - r0 + 0.5, r1 - 0.5 - ar) / 1.5).astype(np.float32))
-    zx = _sigmoid((np.minimum(ac - c0 + 0.5, c1 - 0.5 - ac) / 1.5).astype(np.float32))
+    edge = float(np.clip(1.5 * size / 224, 0.4, 1.5))  # softness of the zone window, pixels
+    zy = _sigmoid((np.minimum(ar - r0 + 0.5, r1 - 0.5 - ar) / edge).astype(np.float32))
+    zx = _sigmoid((np.minimum(ac - c0 + 0.5, c1 - 0.5 - ac) / edge).astype(np.float32))
     inside = soft * zy[:, None] * zx[None, :]
     if inside.sum() < 0.97 * soft.sum():  # the zone boundary would cut the lesion: reject
         return None
