@@ -44,6 +44,7 @@ def inference_datalist(
     input_dir: str | None = None,
     text: str | None = None,
     split: str = "test",
+    require_text: bool = False,
 ) -> list[dict[str, Any]]:
     """Items ``{"image": ..., "text": ...}`` to infer on.
 
@@ -52,6 +53,7 @@ def inference_datalist(
         input_dir: a folder of images (PNG/JPG/NIfTI/DICOM files, or one sub-folder per DICOM series); an
             image's text is read from a ``<image stem>.txt`` file beside it when there is one.
         text: one text for every image; it fills items without text (and overrides nothing else).
+        require_text: raise before anything is inferred (or written) when an image has no text, naming them all.
     """
     if (datalist is None) == (input_dir is None):
         raise ValueError("give exactly one of `datalist` (a datalist JSON) or `input_dir` (a folder of images).")
@@ -78,6 +80,14 @@ def inference_datalist(
         for it in items:
             if not str(it.get("text") or "").strip():
                 it["text"] = text
+    if require_text:
+        missing = [str(it["image"]) for it in items if not str(it.get("text") or "").strip()]
+        if missing:
+            raise ValueError(
+                f"no text for {len(missing)} image(s): {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}; "
+                "give `text` (one for all images), a <image stem>.txt beside each image, texts in the datalist, "
+                "or set empty_text='empty' to use the learned empty prompt"
+            )
     return items
 
 

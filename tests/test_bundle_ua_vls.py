@@ -1,0 +1,172 @@
+"""The UA-VLS bundle as model-zoo tests it: train / evaluate / inference workflows with a tiny network on a tiny
+demo data set, verify_net_in_out, TorchScript / ONNX export, and 2-process DDP training on CPU (gloo)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow, verify_net_in_out
+from PIL import Image
+
+from monai_vlseg.data import generate_demo_dataset
+from monai_vlseg.export import export_network, load_bundle_network
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "bundles", "ua_vls", "configs")
+META = os.path.join(CONFIGS, "metadata.json")
+LOGGING = os.path.join(CONFIGS, "logging.conf")
+TINY_NET = {
+    "network_def#vision_config": {"hidden_sizes": [8, 16, 32, 64], "depths": [1, 1, 1, 1]},
+    "network_def#text_config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
+}
+
+
+def cfg(*names):
+    return [os.path.join(CONFIGS, n) for n in names]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """A tiny demo data set and a bundle root trained for 2 epochs."""
+    tmp = tmp_path_factory.mktemp("ua_vls")
+    datalist = generate_demo_dataset(str(tmp / "data"), n_train=8, n_val=4, n_test=4, size=128, seed=1)
+    overrides = {
+        "bundle_root": str(tmp / "bundle"),
+        "datalist": datalist,
+        "image_size": [64, 64],
+        "batch_size": 4,
+        "max_epochs": 2,
+        "min_epochs": 0,
+        **TINY_NET,
+    }
+    wf = ConfigWorkflow(workflow_type="train", config_file=cfg("train.json"), meta_file=META, logging_file=LOGGING, **overrides)
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    wf.finalize()
+    return {"root": tmp, "datalist": datalist, "overrides": overrides}
+
+
+def test_train_writes_checkpoint_and_logs(bundle):
+    root = bundle["root"] / "bundle"
+    ckpt = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    # one object in save_dict: ignite stores its state dict unnested (what CheckpointLoader and MONAI Label read)
+    assert any(k.startswith("decoder.0.modab") for k in ckpt)
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(root / "eval"))
+
+
+def test_evaluate_writes_metrics(bundle):
+    wf = ConfigWorkflow(
+        workflow_type="eval", config_file=cfg("train.json", "evaluate.json"), meta_file=META, logging_file=LOGGING,
+        **bundle["overrides"],
+    )  # fmt: skip
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    out = bundle["root"] / "bundle" / "eval" / "test"
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"val_mean_dice", "val_mean_iou", "val_hd95"} <= set(summary) and summary["num_images"] == 4
+    assert 0.0 <= summary["val_mean_dice"] <= 1.0
+    with open(out / "val_mean_dice_raw.csv") as f:
+        rows = list(csv.reader(f))
+    assert len(rows) == 1 + 4 and rows[1][0].endswith(".png")
+
+
+@pytest.mark.parametrize("mode", ["datalist", "folder_one_text"])
+def test_inference_writes_masks_in_input_geometry(bundle, tmp_path, mode):
+    overrides = dict(bundle["overrides"], output_dir=str(tmp_path / "out"))
+    if mode == "folder_one_text":
+        src = tmp_path / "in"
+        src.mkdir()
+        img = (np.random.default_rng(0).random((50, 70)) * 255).astype(np.uint8)
+        Image.fromarray(img).convert("RGB").save(src / "case one.png")  # grey image stored as RGB, odd size
+        Image.fromarray(img).save(src / "case2.png")
+        (src / "case2.txt").write_text("Unilateral pulmonary infection, one infected area, upper left lung.")
+        overrides.update(input_dir=str(src), text="Bilateral pulmonary infection, two infected areas.")
+    wf = ConfigWorkflow(
+        workflow_type="infer", config_file=cfg("inference.json"), meta_file=META, logging_file=LOGGING, **overrides
+    )
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    wf.finalize()
+    out = tmp_path / "out"
+    masks = sorted(p for p in os.listdir(out) if p.endswith("_seg.png"))
+    overlays = sorted(p for p in os.listdir(out) if p.endswith("_overlay.png"))
+    expected = 4 if mode == "datalist" else 2
+    assert len(masks) == expected and len(overlays) == expected
+    for m in masks:
+        arr = np.asarray(Image.open(out / m))
+        assert set(np.unique(arr)) <= {0, 255}
+        if mode == "folder_one_text":
+            assert arr.shape == (50, 70)  # back in the input's own pixel grid
+        else:
+            assert arr.shape == (128, 128)
+    assert np.asarray(Image.open(out / overlays[0])).shape[-1] == 3
+
+
+def test_inference_missing_text_is_an_error(bundle, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(src / "notext.png")
+    wf = ConfigWorkflow(
+        workflow_type="infer", config_file=cfg("inference.json"), meta_file=META, logging_file=LOGGING,
+        **dict(bundle["overrides"], output_dir=str(tmp_path / "out"), input_dir=str(src)),
+    )  # fmt: skip
+    with pytest.raises(RuntimeError) as err:  # MONAI's config parser wraps the cause
+        wf.initialize()
+        wf.run()
+    causes, e = [], err.value
+    while e is not None:
+        causes.append(e)
+        e = e.__cause__
+    assert any(isinstance(c, ValueError) and "no text for 1 image" in str(c) and "notext.png" in str(c) for c in causes)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_verify_net_in_out(bundle):
+    verify_net_in_out(
+        net_id="network_def", meta_file=META, config_file=cfg("inference.json"), n=1, any=32, **TINY_NET
+    )
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_with_text_inputs_matches_eager(bundle, tmp_path, fmt):
+    overrides = {"bundle_root": str(bundle["root"] / "bundle"), **TINY_NET}
+    path = export_network(cfg("inference.json"), str(tmp_path / f"model.{fmt}"), fmt, **overrides)
+    net, parser = load_bundle_network(cfg("inference.json"), **overrides)
+    from monai_vlseg.export import example_inputs
+
+    inputs = example_inputs(parser, "Unilateral pulmonary infection, one infected area, lower right lung.")
+    inputs["image"] = torch.rand(1, 1, 224, 224)
+    with torch.no_grad():
+        ref = net(*inputs.values()).numpy()
+    if fmt == "torchscript":
+        out = torch.jit.load(path)(*inputs.values()).detach().numpy()
+    else:
+        import onnxruntime
+
+        sess = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        out = sess.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+    np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-4)
+
+
+def test_multi_gpu_config_runs_ddp_on_cpu(bundle, tmp_path):
+    overrides = dict(bundle["overrides"], bundle_root=str(tmp_path / "ddp"), max_epochs=1)
+    args = []
+    for k, v in overrides.items():
+        args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
+        "run", "--config_file", str(cfg("train.json", "multi_gpu_train.json")), "--meta_file", META,
+        "--logging_file", LOGGING, *args,
+    ]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "ddp" / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in ckpt)  # saved unwrapped, loads into network_def
