@@ -1,0 +1,64 @@
+# Copyright (c) monai_vlseg contributors
+# Licensed under the Apache License, Version 2.0
+"""Clinical I/O: DICOM ingest (radiographs, CT/MR series, export folders -> datalists) and DICOM SEG output.
+
+highdicom is imported only when a SEG is written or read. The export-folder builder lives in
+:mod:`monai_vlseg.data.dicom_export` (a CLI too) and is re-exported here on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .dicom import (
+    PROJECTION_MODALITIES,
+    VOLUME_MODALITIES,
+    DicomImage,
+    DicomReader,
+    DicomReadError,
+    SeriesGeometry,
+    dicom_files_in,
+    dicom_pixels,
+    is_dicom_file,
+    load_dicom_image,
+    load_dicom_series,
+    pixel_spacing,
+    read_dataset,
+    save_nifti,
+    series_geometry,
+)
+from .dicom_seg import DicomSeg, SaveDicomSegd, read_dicom_seg, write_dicom_seg
+
+_EXPORT_NAMES = ("DicomExportResult", "build_dicom_datalist", "read_reports_csv", "scan_dicom_folder", "sr_text")
+
+__all__ = [
+    "PROJECTION_MODALITIES",
+    "VOLUME_MODALITIES",
+    "DicomImage",
+    "DicomReadError",
+    "DicomReader",
+    "DicomSeg",
+    "SaveDicomSegd",
+    "SeriesGeometry",
+    "dicom_files_in",
+    "dicom_pixels",
+    "is_dicom_file",
+    "load_dicom_image",
+    "load_dicom_series",
+    "pixel_spacing",
+    "read_dataset",
+    "read_dicom_seg",
+    "save_nifti",
+    "series_geometry",
+    "write_dicom_seg",
+    *_EXPORT_NAMES,
+]
+
+
+def __getattr__(name: str) -> Any:
+    # lazy, so that `python -m monai_vlseg.data.dicom_export` does not import its own module twice
+    if name in _EXPORT_NAMES:
+        from monai_vlseg.data import dicom_export
+
+        return getattr(dicom_export, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

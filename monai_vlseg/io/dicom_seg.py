@@ -1,0 +1,381 @@
+# Copyright (c) monai_vlseg contributors
+# Licensed under the Apache License, Version 2.0
+"""DICOM SEG output (highdicom): a binary mask of one radiograph or one CT/MR series, written so that it lines up with
+its source images, and a MONAI transform that does it at the end of a bundle's inference postprocessing.
+
+The SEG copies patient and study from the source (highdicom's behaviour) and adds nothing else about the patient;
+it carries the segment label (the bundle's output ``channel_def``), the algorithm name and version.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import os
+import re
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection, PathLike
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
+from pydicom.dataset import Dataset
+
+from monai_vlseg import __version__
+from monai_vlseg.data.datalist import atomic_write_bytes
+
+from .dicom import (
+    _LPS_TO_RAS,
+    DicomReadError,
+    _floats,
+    _image_geometry,
+    _looks_dicom,
+    _valid_spacing,
+    dicom_files_in,
+    pixel_spacing,
+    read_dataset,
+    series_geometry,
+)
+
+__all__ = ["DicomSeg", "write_dicom_seg", "read_dicom_seg", "SaveDicomSegd"]
+
+logger = logging.getLogger(__name__)
+
+#: (category, type) codes (value, scheme, meaning) for a few segment labels; anything else is a lesion.
+_PROPERTY_CODES: dict[str, tuple[tuple[str, str, str], tuple[str, str, str]]] = {
+    "lung": (("91723000", "SCT", "Anatomical Structure"), ("39607008", "SCT", "Lung")),
+    "lungs": (("91723000", "SCT", "Anatomical Structure"), ("39607008", "SCT", "Lung")),
+    "lesion": (("49755003", "SCT", "Morphologically Abnormal Structure"), ("52988006", "SCT", "Lesion")),
+}
+
+
+@dataclass
+class DicomSeg:
+    """A DICOM SEG read back: ``array`` (frames, rows, columns, segments) of 0/1 in the order of
+    ``source_sop_instance_uids`` (one frame per referenced source image)."""
+
+    array: np.ndarray
+    source_sop_instance_uids: list[str]
+    segment_labels: list[str]
+    frame_of_reference_uid: str | None
+    dataset: Dataset
+
+
+def _headers(sources: Sequence[PathLike | Dataset] | PathLike | Dataset) -> list[tuple[str, Dataset]]:
+    """(path, header) pairs of the source images; folders are expanded into their DICOM files."""
+    out: list[tuple[str, Dataset]] = []
+    for src in ensure_tuple(sources):
+        if isinstance(src, Dataset):
+            out.append((str(getattr(src, "filename", None) or "<dataset>"), src))
+        elif os.path.isdir(src):
+            out += [(p, read_dataset(p, stop_before_pixels=True)) for p in dicom_files_in(src)]
+        else:
+            out.append((os.fspath(src), read_dataset(src, stop_before_pixels=True)))
+    if not out:
+        raise ValueError(f"no DICOM source images in {sources!r}")
+    return out
+
+
+def _code(value: Any, default: tuple[str, str, str]) -> Any:
+    from pydicom.sr.coding import Code
+
+    if value is None:
+        value = default
+    return value if isinstance(value, Code) else Code(*value)
+
+
+def _content_label(label: str) -> str:
+    cs = re.sub(r"[^A-Z0-9_ ]", "_", label.upper()).strip()[:16]
+    return cs or "SEGMENTATION"
+
+
+def _to_numpy(mask: Any) -> np.ndarray:
+    if isinstance(mask, torch.Tensor):
+        return mask.detach().cpu().numpy()
+    return np.asarray(mask)
+
+
+def _binary(mask: np.ndarray, threshold: float) -> np.ndarray:
+    if mask.dtype == bool:
+        return mask
+    if mask.dtype.kind in "ui":
+        return mask > 0
+    return mask > threshold
+
+
+def _monai_to_frames(
+    mask: np.ndarray, affine: np.ndarray, src_shape: tuple[int, ...], src_affine: np.ndarray, name: str
+) -> np.ndarray:
+    """A MONAI-layout mask (x, y[, z]) onto the source grid, as DICOM frames (slices, rows, columns)."""
+    from monai.data.utils import to_affine_nd
+    from monai.transforms import SpatialResample
+
+    nd = len(src_shape)
+    if mask.ndim == nd + 1:
+        if mask.shape[0] != 1:
+            raise ValueError(f"{name}: mask has {mask.shape[0]} channels; a binary SEG needs one")
+        mask = mask[0]
+    if mask.ndim == 2 and nd == 3 and src_shape[2] == 1:
+        mask = mask[..., None]
+    if mask.ndim != nd:
+        raise ValueError(f"{name}: mask of shape {mask.shape} does not fit the {nd}D source grid {src_shape}")
+    same_grid = mask.shape == tuple(src_shape) and np.allclose(
+        to_affine_nd(nd, affine), to_affine_nd(nd, src_affine), atol=1e-3, rtol=1e-4
+    )
+    if not same_grid:
+        logger.info("%s: resampling the mask %s onto the source grid %s", name, mask.shape, src_shape)
+        img = MetaTensor(torch.as_tensor(mask[None], dtype=torch.float32), affine=torch.as_tensor(affine))
+        out = SpatialResample(mode="nearest", padding_mode="zeros")(
+            img, dst_affine=torch.as_tensor(src_affine), spatial_size=src_shape
+        )
+        mask = out[0].cpu().numpy() > 0.5
+    if nd == 2:
+        return mask.T[None]
+    return mask.transpose(2, 1, 0)
+
+
+def write_dicom_seg(
+    mask: Any,
+    sources: Sequence[PathLike | Dataset] | PathLike | Dataset,
+    output_path: PathLike,
+    segment_label: str = "lesion",
+    affine: Any = None,
+    layout: str = "auto",
+    threshold: float = 0.5,
+    algorithm_name: str = "monai-vlseg",
+    algorithm_version: str = __version__,
+    segmented_property_category: Any = None,
+    segmented_property_type: Any = None,
+    series_number: int = 300,
+    series_description: str | None = None,
+    omit_empty_frames: bool = False,
+) -> str:
+    """Write a BINARY DICOM SEG of ``mask`` over ``sources`` and return its path.
+
+    Args:
+        mask: one binary mask (bool, 0/1 or probabilities cut at ``threshold``); numpy, torch or MetaTensor.
+        sources: the source image(s): one radiograph / slice, or the slices of one series (paths, a folder or
+            datasets; pixel data is not needed).
+        output_path: the ``.dcm`` to write (atomically; folders are created).
+        segment_label: SegmentLabel, e.g. the bundle's output ``channel_def``.
+        affine: the mask's 4x4 affine for ``layout="monai"`` when ``mask`` is not a MetaTensor.
+        layout: ``"monai"``: MONAI layout (optional channel, x, y[, z]) with an affine (RAS unless the MetaTensor says
+            LPS); the mask is resampled (nearest) onto the source grid when its grid differs.
+            ``"dicom"``: frames as the source pixels, (rows, columns) or (slices, rows, columns) with frame ``i`` over
+            ``sources[i]`` in the given order. ``"auto"``: ``"monai"`` for a MetaTensor or when ``affine`` is given.
+        threshold: probability cut for float masks.
+        algorithm_name, algorithm_version: the algorithm identification (e.g. bundle name and version).
+        segmented_property_category, segmented_property_type: ``pydicom.sr.coding.Code`` or (value, scheme, meaning);
+            default from the label ("lung" -> Anatomical Structure / Lung, else Morphologically Abnormal Structure /
+            Lesion).
+        series_number, series_description: of the new SEG series.
+        omit_empty_frames: leave out frames without foreground (default keeps one frame per source image).
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    output_path = os.path.abspath(os.fspath(output_path))
+    headers = _headers(sources)
+    if layout == "auto":
+        layout = "monai" if isinstance(mask, MetaTensor) or affine is not None else "dicom"
+    if layout not in ("monai", "dicom"):
+        raise ValueError(f"layout must be 'auto', 'monai' or 'dicom', got {layout!r}.")
+    space = str(mask.meta.get(MetaKeys.SPACE, SpaceKeys.RAS)) if isinstance(mask, MetaTensor) else SpaceKeys.RAS.value
+    if affine is None and isinstance(mask, MetaTensor):
+        affine = mask.affine
+    arr = _to_numpy(mask)
+    first_path, first = headers[0]
+    has_for = "FrameOfReferenceUID" in first
+    if len(headers) > 1:
+        geom = series_geometry(headers)
+        if geom.skipped:
+            path, reason = geom.skipped[0]
+            raise DicomReadError(path, f"source slice cannot be placed in the series: {reason}")
+        if layout == "monai":
+            headers = list(zip(geom.paths, geom.datasets, strict=True))
+        src_shape, src_affine, dz = geom.shape, geom.affine, geom.spacing[2]
+    else:
+        src_affine, spacing = _image_geometry(first, pixel_spacing(first, first_path))
+        src_shape, dz = (int(first.Columns), int(first.Rows)), spacing[2]
+    if layout == "monai":
+        if affine is None:
+            raise ValueError("layout='monai' needs the mask's affine (a MetaTensor or `affine`).")
+        aff = np.asarray(_to_numpy(affine), dtype=np.float64)
+        target = src_affine if str(space) == SpaceKeys.LPS.value else _LPS_TO_RAS @ src_affine
+        frames = _monai_to_frames(_binary(arr, threshold), aff, src_shape, target, output_path)
+    else:
+        frames = _binary(arr, threshold)
+        frames = frames[None] if frames.ndim == 2 else frames
+        want = (len(headers), int(first.Rows), int(first.Columns))
+        if frames.shape != want:
+            raise ValueError(
+                f"{output_path}: mask frames {frames.shape} do not match the sources (images, rows, columns) {want}"
+            )
+    frames = frames.astype(np.uint8)
+
+    # what highdicom copies as geometry: drop an invalid PixelSpacing (e.g. RG1's "0.000"), and give series slices a
+    # SliceThickness (highdicom's reader requires it in the Pixel Measures)
+    src_datasets = []
+    for _, ds in headers:
+        ds = copy.copy(ds)
+        no_thickness = not has_for and not ds.get("SliceThickness")
+        if "PixelSpacing" in ds and (_valid_spacing(ds.PixelSpacing) is None or no_thickness):
+            del ds.PixelSpacing
+        src_datasets.append(ds)
+    kwargs: dict[str, Any] = {}
+    if has_for:
+        thick = _floats(first.get("SliceThickness"), 1)
+        kwargs["pixel_measures"] = hd.PixelMeasuresSequence(
+            pixel_spacing=list(pixel_spacing(first, first_path)),
+            slice_thickness=thick[0] if thick is not None and thick[0] > 0 else float(dz),
+            spacing_between_slices=float(dz) if len(headers) > 1 else None,
+        )
+    key = segment_label.strip().lower()
+    default_cat, default_type = _PROPERTY_CODES.get(key, _PROPERTY_CODES["lesion"])
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=str(algorithm_name)[:64], version=str(algorithm_version)[:64], family=codes.cid7162.ArtificialIntelligence
+    )
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=segment_label[:64],
+        segmented_property_category=_code(segmented_property_category, default_cat),
+        segmented_property_type=_code(segmented_property_type, default_type),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+    )
+    seg = hd.seg.Segmentation(
+        source_images=src_datasets,
+        pixel_array=frames if len(src_datasets) > 1 else frames[0],
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description],
+        series_instance_uid=hd.UID(),
+        series_number=int(series_number),
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="monai-vlseg",
+        manufacturer_model_name=str(algorithm_name)[:64],
+        software_versions=str(algorithm_version)[:64],
+        device_serial_number="0",
+        content_label=_content_label(segment_label),
+        content_description=f"{segment_label} by {algorithm_name}"[:64],
+        series_description=(series_description or f"SEG {segment_label} ({algorithm_name})")[:64],
+        omit_empty_frames=omit_empty_frames,
+        **kwargs,
+    )
+    if not has_for:  # General Image: Patient Orientation is required (may be empty) without a frame of reference
+        seg.PatientOrientation = first.get("PatientOrientation", "")
+    buffer = io.BytesIO()
+    seg.save_as(buffer)
+    atomic_write_bytes(output_path, buffer.getvalue())
+    logger.info("wrote DICOM SEG %s (%d frame(s) over %s)", output_path, int(seg.NumberOfFrames), first_path)
+    return output_path
+
+
+def read_dicom_seg(path: PathLike) -> DicomSeg:
+    """Read a DICOM SEG with highdicom: one frame per referenced source image, in the SEG's referenced order."""
+    import highdicom as hd
+
+    try:
+        seg = hd.seg.segread(os.fspath(path))
+    except Exception as err:
+        raise DicomReadError(path, f"not a readable DICOM SEG ({type(err).__name__}: {err})") from None
+    uids = [str(u[2]) for u in seg.get_source_image_uids()]
+    numbers = list(seg.segment_numbers)
+    array = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, segment_numbers=numbers, ignore_spatial_locations=True
+    )
+    labels = [seg.get_segment_description(n).segment_label for n in numbers]
+    return DicomSeg(np.asarray(array), uids, labels, seg.get("FrameOfReferenceUID"), seg)
+
+
+def _label_from_metadata(metadata: Mapping[str, Any] | None, key: str) -> str | None:
+    """The first non-background ``channel_def`` of output ``key`` (else the first output) in bundle metadata."""
+    outputs = ((metadata or {}).get("network_data_format") or {}).get("outputs") or {}
+    out = outputs.get(key) or next(iter(outputs.values()), None) or {}
+    for _, name in sorted((out.get("channel_def") or {}).items(), key=lambda kv: str(kv[0])):
+        if str(name).strip().lower() not in ("background", "_background_", ""):
+            return str(name)
+    return None
+
+
+class SaveDicomSegd(MapTransform):
+    """Write a DICOM SEG for each item whose image came from DICOM (other items pass through untouched).
+
+    Put it at the end of a bundle's inference postprocessing, after the prediction has been binarised and inverted
+    to the input's geometry. The source images are ``data[source_key]`` (the ``dicom_sources`` that
+    :mod:`monai_vlseg.data.dicom_export` writes into datalist items), else the prediction's
+    ``filename_or_obj`` when that is a DICOM file or a folder of DICOM slices. The SEG goes to
+    ``<output_dir>/<image name>_<postfix>.dcm``; its path is stored under ``<key>_dicom_seg``.
+
+    Args:
+        keys: the mask key(s), channel-first MetaTensors with one channel.
+        output_dir: folder of the SEG files.
+        source_key: item key holding the source DICOM paths.
+        label: segment label; default from ``metadata`` (the output's first non-background ``channel_def``).
+        metadata: bundle metadata (``"@_meta_"`` in a config) for the label, algorithm name and version.
+        algorithm_name, algorithm_version: override the metadata's ``name`` / ``version``.
+        output_postfix: file name postfix.
+        threshold: cut for probability masks.
+        series_number: of the SEG series.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        output_dir: PathLike = "./",
+        source_key: str = "dicom_sources",
+        label: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        algorithm_name: str | None = None,
+        algorithm_version: str | None = None,
+        output_postfix: str = "seg",
+        threshold: float = 0.5,
+        series_number: int = 300,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        meta = dict(metadata or {})
+        self.output_dir = os.fspath(output_dir)
+        self.source_key = source_key
+        self.labels = {k: label or _label_from_metadata(meta, str(k)) or "segment" for k in self.keys}
+        self.algorithm_name = algorithm_name or str(meta.get("name") or "monai-vlseg")
+        self.algorithm_version = algorithm_version or str(meta.get("version") or __version__)
+        self.output_postfix = output_postfix
+        self.threshold = threshold
+        self.series_number = series_number
+
+    def _sources(self, d: Mapping[Hashable, Any], mask: Any) -> list[str] | None:
+        src = d.get(self.source_key)
+        if src:
+            return [os.fspath(s) for s in ensure_tuple(src)]
+        name = (getattr(mask, "meta", None) or {}).get("filename_or_obj")
+        if isinstance(name, (str, os.PathLike)) and os.path.exists(name) and _looks_dicom(name):
+            return [os.fspath(name)]
+        return None
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            mask = d[key]
+            sources = self._sources(d, mask)
+            if not sources:
+                logger.debug("%s: input is not DICOM; no DICOM SEG written", key)
+                continue
+            name = (getattr(mask, "meta", None) or {}).get("filename_or_obj") or sources[0]
+            stem = os.path.basename(os.path.normpath(str(name)))
+            for ext in (".nii.gz", ".nii", ".dcm", ".dicom", ".png"):
+                if stem.lower().endswith(ext):
+                    stem = stem[: -len(ext)]
+                    break
+            out = os.path.join(self.output_dir, f"{stem}_{self.output_postfix}.dcm")
+            d[f"{key}_dicom_seg"] = write_dicom_seg(
+                mask, sources, out, self.labels[key], threshold=self.threshold,
+                algorithm_name=self.algorithm_name, algorithm_version=self.algorithm_version,
+                series_number=self.series_number,
+            )  # fmt: skip
+        return d

@@ -1,0 +1,183 @@
+"""DICOM SEG output: a lung mask over the real chest CR (no frame of reference), a 3D mask over a synthetic CT
+series, read back with pydicom and highdicom and checked with dciodvfy (dicom3tools); a third-party SEG (liver.dcm)
+read back; and UA-VLS inference on the CR writing a PNG mask and a SEG in the radiograph's own pixel grid."""
+
+import os
+import shutil
+import subprocess
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.data import MetaTensor
+from PIL import Image
+from test_bundle_ua_vls import TINY_NET
+from test_dicom_io import RG1, data_file, make_ct_series
+
+from monai_vlseg.io import DicomReader, SaveDicomSegd, load_dicom_series, read_dicom_seg, write_dicom_seg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "bundles", "ua_vls", "configs")
+
+
+def dciodvfy_errors(path) -> list[str]:
+    """Error lines of dicom3tools' validator (installed by .ci/run; warnings are allowed)."""
+    exe = shutil.which("dciodvfy")
+    assert exe, "dciodvfy not found: apt-get install dicom3tools (the CI script does)"
+    res = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120)
+    return [ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("Error")]
+
+
+def lung_mask(rows: int, cols: int) -> np.ndarray:
+    """Two ellipses, asymmetric so that flips and transposes show."""
+    r, c = np.mgrid[:rows, :cols]
+    left = ((r - 0.45 * rows) / (0.28 * rows)) ** 2 + ((c - 0.30 * cols) / (0.13 * cols)) ** 2 < 1
+    right = ((r - 0.50 * rows) / (0.22 * rows)) ** 2 + ((c - 0.70 * cols) / (0.15 * cols)) ** 2 < 1
+    return left | right
+
+
+def assert_patient_data_only_from_source(seg: pydicom.Dataset, src: pydicom.Dataset) -> None:
+    for elem in seg:
+        if elem.tag.group == 0x0010:  # patient module: copied from the source, or empty
+            assert elem.value in (None, "", []) or (elem.tag in src and elem.value == src[elem.tag].value), elem
+
+
+def test_seg_over_chest_radiograph(tmp_path):
+    src = pydicom.dcmread(RG1, stop_before_pixels=True)
+    mask = lung_mask(int(src.Rows), int(src.Columns))
+    out = write_dicom_seg(mask, RG1, tmp_path / "rg1_seg.dcm", segment_label="lung", algorithm_name="ua_vls",
+                          algorithm_version="0.1.0")  # fmt: skip
+    ds = pydicom.dcmread(out)
+    assert ds.SOPClassUID == pydicom.uid.SegmentationStorage and ds.SegmentationType == "BINARY"
+    assert (ds.Rows, ds.Columns, int(ds.NumberOfFrames)) == (src.Rows, src.Columns, 1)
+    np.testing.assert_array_equal(ds.pixel_array.astype(bool), mask)
+    assert "FrameOfReferenceUID" not in ds and list(ds.PatientOrientation) == list(src.PatientOrientation)
+    assert ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    derivation = ds.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
+    assert derivation.ReferencedSOPInstanceUID == src.SOPInstanceUID
+    segment = ds.SegmentSequence[0]
+    assert segment.SegmentLabel == "lung" and segment.SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Lung"
+    assert segment.SegmentAlgorithmName == "ua_vls" and ds.SoftwareVersions == "0.1.0"
+    assert (ds.StudyInstanceUID, ds.PatientID) == (src.StudyInstanceUID, src.PatientID)
+    assert_patient_data_only_from_source(ds, src)
+    seg = hd.seg.segread(out)
+    pixels = seg.get_pixels_by_source_instance([src.SOPInstanceUID])
+    np.testing.assert_array_equal(pixels[0, ..., 0].astype(bool), mask)
+    assert dciodvfy_errors(out) == []
+    # the same mask in MONAI layout (x, y) with the reader's affine gives the same frame
+    _, meta = DicomReader().get_data(DicomReader().read(RG1))
+    monai_mask = MetaTensor(torch.as_tensor(mask.T[None].astype(np.float32)), affine=torch.as_tensor(meta["affine"]))
+    out2 = write_dicom_seg(monai_mask, [RG1], tmp_path / "rg1_seg_monai.dcm", segment_label="lung")
+    np.testing.assert_array_equal(read_dicom_seg(out2).array[0, ..., 0].astype(bool), mask)
+
+
+def test_seg_over_ct_series_lines_up(tmp_path):
+    s = make_ct_series(str(tmp_path / "ct"), n=6, rows=24, cols=20)
+    vol = load_dicom_series(s["paths"][::-1])
+    x, y, z = np.mgrid[: s["cols"], : s["rows"], : s["n"]]
+    mask = ((x - 8) ** 2 + (y - 12) ** 2 < 30) & (z >= 1) & (z <= 4) & (x < 11)  # MONAI layout (x, y, z)
+    pred = MetaTensor(torch.as_tensor(mask[None].astype(np.float32)), affine=torch.as_tensor(vol.affine))
+    out = write_dicom_seg(pred, vol.paths, tmp_path / "ct_seg.dcm", segment_label="lesion")
+    ds = pydicom.dcmread(out)
+    first = pydicom.dcmread(vol.paths[0], stop_before_pixels=True)
+    assert ds.FrameOfReferenceUID == first.FrameOfReferenceUID and int(ds.NumberOfFrames) == s["n"]
+    measures = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    np.testing.assert_allclose([float(v) for v in measures.PixelSpacing], [float(v) for v in first.PixelSpacing])
+    frame_pos = {  # referenced source instance -> the SEG frame's plane position
+        f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID:
+            [float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient]
+        for f in ds.PerFrameFunctionalGroupsSequence
+    }  # fmt: skip
+    seg = hd.seg.segread(out)
+    for k, path in enumerate(vol.paths):  # one frame over each slice, at the slice's own position
+        src = pydicom.dcmread(path, stop_before_pixels=True)
+        frame = seg.get_pixels_by_source_instance([src.SOPInstanceUID])[0, ..., 0]
+        np.testing.assert_array_equal(frame.astype(bool), mask[:, :, k].T)
+        ipp = [float(v) for v in src.ImagePositionPatient]
+        np.testing.assert_allclose(frame_pos[src.SOPInstanceUID], ipp, atol=1e-3)
+    assert dciodvfy_errors(out) == []
+    # a mask on another grid (flipped x and z, as after an orientation change) is resampled back onto the source
+    flip = np.diag([-1.0, 1.0, -1.0, 1.0])
+    flip[0, 3], flip[2, 3] = s["cols"] - 1, s["n"] - 1
+    flipped = MetaTensor(torch.as_tensor(mask[::-1, :, ::-1].copy()[None].astype(np.float32)),
+                         affine=torch.as_tensor(vol.affine @ flip))  # fmt: skip
+    back = read_dicom_seg(write_dicom_seg(flipped, s["paths"], tmp_path / "ct_seg_flipped.dcm"))
+    np.testing.assert_array_equal(back.array[..., 0].astype(bool), mask.transpose(2, 1, 0))
+    with pytest.raises(ValueError, match="do not match the sources"):
+        write_dicom_seg(np.zeros((3, 24, 20)), vol.paths, tmp_path / "bad.dcm")
+
+
+def test_read_third_party_seg_liver():
+    path = data_file("liver.dcm")
+    seg = read_dicom_seg(path)
+    ds = pydicom.dcmread(path)
+    assert seg.segment_labels == ["Liver"] and seg.array.shape == (3, 512, 512, 1)
+    assert seg.frame_of_reference_uid == ds.FrameOfReferenceUID
+    raw = ds.pixel_array  # (frames, rows, cols), frame i derived from its SourceImageSequence instance
+    for i, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        uid = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        np.testing.assert_array_equal(seg.array[seg.source_sop_instance_uids.index(uid), ..., 0], raw[i])
+    assert seg.array.sum() > 0
+
+
+def test_save_dicom_segd_only_for_dicom_inputs(tmp_path):
+    s = make_ct_series(str(tmp_path / "ct"), n=4)
+    vol = load_dicom_series(s["paths"])
+    pred = MetaTensor(torch.ones(1, *vol.array.shape), affine=torch.as_tensor(vol.affine),
+                      meta={"filename_or_obj": str(tmp_path / "images" / "ct_abc.nii.gz")})  # fmt: skip
+    meta = {"name": "UA-VLS", "version": "0.1.0",
+            "network_data_format": {"outputs": {"pred": {"channel_def": {"0": "lesion"}}}}}  # fmt: skip
+    save = SaveDicomSegd("pred", output_dir=str(tmp_path / "out"), metadata=meta)
+    d = save({"pred": pred, "dicom_sources": s["paths"]})
+    assert os.path.basename(d["pred_dicom_seg"]) == "ct_abc_seg.dcm"
+    ds = pydicom.dcmread(d["pred_dicom_seg"])
+    assert ds.SegmentSequence[0].SegmentLabel == "lesion" and ds.SegmentSequence[0].SegmentAlgorithmName == "UA-VLS"
+    png_pred = MetaTensor(torch.ones(1, 8, 8), meta={"filename_or_obj": str(tmp_path / "x.png")})
+    assert "pred_dicom_seg" not in save({"pred": png_pred})  # not DICOM: nothing written
+
+
+@pytest.fixture(scope="module")
+def ua_vls_root(tmp_path_factory):
+    """A bundle root with an untrained tiny UA-VLS checkpoint (geometry, not accuracy, is under test)."""
+    root = tmp_path_factory.mktemp("ua_vls_dicom")
+    parser = ConfigParser()
+    parser.read_config(os.path.join(CONFIGS, "inference.json"))
+    parser.update(TINY_NET)
+    torch.manual_seed(0)
+    net = parser.get_parsed_content("network_def")
+    os.makedirs(root / "models")
+    torch.save(net.state_dict(), root / "models" / "model.pt")
+    return root
+
+
+def test_ua_vls_inference_on_dicom_writes_png_and_seg(ua_vls_root, tmp_path):
+    src_dir = tmp_path / "in"
+    src_dir.mkdir()
+    shutil.copy(RG1, src_dir / "RG1.dcm")
+    Image.fromarray(np.full((40, 30), 128, np.uint8)).save(src_dir / "plain.png")  # not DICOM: no SEG
+    out = tmp_path / "out"
+    wf = ConfigWorkflow(
+        workflow_type="infer", config_file=os.path.join(CONFIGS, "inference.json"),
+        meta_file=os.path.join(CONFIGS, "metadata.json"), logging_file=os.path.join(CONFIGS, "logging.conf"),
+        bundle_root=str(ua_vls_root), output_dir=str(out), input_dir=str(src_dir), image_size=[64, 64],
+        text="Bilateral pulmonary infection, two infected areas.", dicom_seg=True, **TINY_NET,
+    )  # fmt: skip
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    assert sorted(p for p in os.listdir(out) if p.endswith(".dcm")) == ["RG1_seg.dcm"]
+    src = pydicom.dcmread(RG1, stop_before_pixels=True)
+    png = np.asarray(Image.open(out / "RG1_seg.png"))
+    assert png.shape == (src.Rows, src.Columns) == (1955, 1841)  # the radiograph's own pixel grid
+    assert set(np.unique(png)) <= {0, 255}
+    ds = pydicom.dcmread(out / "RG1_seg.dcm")
+    assert (ds.Rows, ds.Columns) == (src.Rows, src.Columns)
+    assert ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    segment = ds.SegmentSequence[0]
+    assert segment.SegmentLabel == "lesion"  # metadata.json output channel_def
+    assert segment.SegmentAlgorithmName == "UA-VLS text-guided lesion segmentation"
+    np.testing.assert_array_equal(ds.pixel_array.astype(bool), png > 0)  # SEG and PNG mask agree pixel for pixel
+    assert dciodvfy_errors(out / "RG1_seg.dcm") == []
