@@ -25,3 +25,22 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# MONAI Label server env, kept apart from .venv: monailabel 0.8.5 wants torch 2.14.1 + torchvision 0.29.1.
+# One pip call so that the resolver sees monailabel's and this package's requirements together; then the pydicom 3
+# shim that monailabel's pydicom-seg import needs (monai_vlseg/label_app/compat.py).
+LABEL_VENV := .venv-label
+LABEL_PY := $(LABEL_VENV)/bin/python
+LABEL_STAMP := $(LABEL_VENV)/.monailabel-installed
+LABEL_SPEC ?= torch==2.14.1 torchvision==0.29.1 monailabel==0.8.5
+
+.PHONY: label
+
+label: $(LABEL_STAMP)
+
+$(LABEL_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(LABEL_VENV)
+	$(LABEL_PY) -m pip install -q --upgrade pip
+	$(LABEL_PY) -m pip install -q $(LABEL_SPEC) -e .
+	$(LABEL_PY) -m monai_vlseg.label_app.compat
+	touch $(LABEL_STAMP)

@@ -1,0 +1,261 @@
+"""MONAI Label serves the UA-VLS bundle with the text in the request.
+
+End to end, as a user runs it: the ``.venv-label`` environment (``make label``: monailabel 0.8.5, its own torch),
+an app folder laid out by ``python -m monai_vlseg.label_app.prepare``, ``monailabel start_server`` on a free local
+port with a studies folder of demo images (PNG, and a one-slice NIfTI), and ``POST /infer/ua_vls?image=<id>`` with
+multipart ``params``.
+
+The checkpoint is trained here, on a toy objective: the tiny UA-VLS of the bundle tests (the overrides below,
+written into the app copy of ``inference.json`` by ``prepare --overrides``), 60 Adam steps on one demo image with
+two texts, text A -> the left half, text B -> the right half. (At random init UA-VLS barely uses the text: two
+reports move well under 1% of the pixels.) So the served masks must differ by text, and each must match what the
+same network gives here: the test checks the serving path (text from the request or the ``.txt`` beside the
+image, the bundle's tokeniser, the ``network(image, input_ids, attention_mask)`` call, the mask back in the image
+grid), not segmentation quality.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from io import BytesIO
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from PIL import Image
+
+from monai_vlseg.data import generate_demo_dataset
+from monai_vlseg.utils import trainable_parameters
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUNDLE = os.path.join(ROOT, "bundles", "ua_vls")
+LABEL_VENV = os.path.join(ROOT, ".venv-label")
+LABEL_STAMP = os.path.join(LABEL_VENV, ".monailabel-installed")  # written by `make label`
+READY_TIMEOUT_S = 180
+TEXT_A = "Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung."
+TEXT_B = "Unilateral pulmonary infection, one infected area, lower left lung."
+# the tiny network of tests/test_bundle_ua_vls.py at 64 px
+TINY = {
+    "image_size": [64, 64],
+    "network_def#vision_config": {"hidden_sizes": [8, 16, 32, 64], "depths": [1, 1, 1, 1]},
+    "network_def#text_config": {
+        "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+    },  # fmt: skip
+}
+
+
+def ensure_label_env() -> float:
+    """Create .venv-label with `make label` unless its stamp exists; returns the seconds it took."""
+    start = time.monotonic()
+    if not os.path.isfile(LABEL_STAMP):
+        res = subprocess.run(["make", "label"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+        assert res.returncode == 0, f"make label failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    assert os.path.isfile(os.path.join(LABEL_VENV, "bin", "monailabel")), "make label did not install monailabel"
+    return time.monotonic() - start
+
+
+def tiny_parser(bundle_root: str) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(os.path.join(BUNDLE, "configs", "inference.json"))
+    parser.read_meta(os.path.join(BUNDLE, "configs", "metadata.json"))
+    parser["bundle_root"] = bundle_root
+    for k, v in TINY.items():
+        parser[k] = v
+    return parser
+
+
+def train_checkpoint(tmp: str, image: str) -> tuple[str, np.ndarray, np.ndarray]:
+    """Train the tiny UA-VLS for 60 Adam steps on one image with two texts (text A: the left half, text B: the right
+    half), save its state dict as model.pt and return it with the network's own masks for A and B as (H, W) arrays,
+    the layout of the PNGs the server returns."""
+    parser = tiny_parser(os.path.join(tmp, "bundle"))
+    pre = parser.get_parsed_content("preprocessing")  # the bundle's own: load, resize, scale, TokenizeTextd
+    items = [pre({"image": image, "text": t}) for t in (TEXT_A, TEXT_B)]
+    img = torch.stack([d["image"].as_tensor() for d in items])
+    ids = torch.stack([d["input_ids"] for d in items])
+    mask = torch.stack([d["attention_mask"] for d in items])
+    target = torch.zeros(2, 1, 64, 64)  # MONAI's (W, H) order: axis 2 is x
+    target[0, :, :32], target[1, :, 32:] = 1, 1
+    torch.manual_seed(0)
+    net = parser.get_parsed_content("network_def").eval()  # eval: BatchNorm/dropout as at inference
+    opt = torch.optim.Adam(trainable_parameters(net), lr=3e-3)
+    for _ in range(60):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(img, ids, mask), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        logits = net(img, ids, mask)[:, 0]
+    mask_a, mask_b = ((x > 0).numpy().astype(np.uint8).T for x in logits)
+    assert (mask_a != mask_b).mean() > 0.8, f"the tiny network did not learn the two texts (loss {loss.item():.3f})"
+    path = os.path.join(tmp, "model.pt")
+    torch.save(net.state_dict(), path)  # a bare state dict, as the bundle's CheckpointSaver writes it
+    return path, mask_a, mask_b
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(url: str, data: bytes | None = None, headers: dict | None = None, timeout: float = 120):
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def infer(base: str, image_id: str, params: dict, output: str = "image"):
+    """POST /infer/ua_vls?image=<id>&output=<output> with multipart form field `params` (JSON), as clients do."""
+    boundary = uuid.uuid4().hex
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{json.dumps(params)}\r\n"
+        f"--{boundary}--\r\n"
+    ).encode()
+    query = urllib.parse.urlencode({"image": image_id, "output": output})
+    return http(f"{base}/infer/ua_vls?{query}", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+
+def wait_ready(proc: subprocess.Popen, base: str, log: str, timeout: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if proc.poll() is not None:
+            raise AssertionError(f"monailabel exited with {proc.returncode}:\n{open(log).read()[-5000:]}")
+        try:
+            status, _ = http(f"{base}/info/", timeout=5)
+            if status == 200:
+                return time.monotonic() - start
+        except OSError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"monailabel not ready after {timeout} s:\n{open(log).read()[-5000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and anything it started
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(20)
+
+
+def test_monailabel_serves_text_guided_masks(tmp_path):
+    install_s = ensure_label_env()
+
+    # studies: one demo PNG with its text in <stem>.txt, and one without text
+    datalist = generate_demo_dataset(str(tmp_path / "demo"), n_train=1, n_val=1, n_test=2, size=64, seed=0)
+    with open(datalist) as f:
+        test_items = json.load(f)["test"]
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    src = [os.path.join(os.path.dirname(datalist), it["image"]) for it in test_items]
+    shutil.copy(src[0], studies / "cxr.png")
+    (studies / "cxr.txt").write_text(TEXT_A + "\n")
+    shutil.copy(src[1], studies / "notext.png")
+    image = str(studies / "cxr.png")
+    # the same radiograph as a one-slice volume with 0.5 mm pixels (what a DICOM series converted to NIfTI looks like)
+    pixels = np.asarray(Image.open(image)).T[..., None].astype(np.float32)  # NIfTI's (x, y, z)
+    nib.save(nib.Nifti1Image(pixels, np.diag([0.5, 0.5, 2.0, 1.0])), studies / "cxr_slice.nii.gz")
+
+    t0, threads = time.monotonic(), torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is several times faster on a shared machine
+    try:
+        ckpt, expected_a, expected_b = train_checkpoint(str(tmp_path), image)
+    finally:
+        torch.set_num_threads(threads)
+    train_s = time.monotonic() - t0
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+    app = tmp_path / "app"
+    res = subprocess.run(
+        [sys.executable, "-m", "monai_vlseg.label_app.prepare", "--bundle", BUNDLE, "--app", str(app),
+         "--ckpt", ckpt, "--overrides", str(tmp_path / "tiny.json")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (app / "main.py").is_file() and (app / "lib" / "infers" / "text_bundle.py").is_file()
+    assert (app / "model" / "ua_vls" / "models" / "model.pt").is_file()
+    with open(app / "model" / "ua_vls" / "configs" / "inference.json") as f:
+        app_cfg = json.load(f)
+    assert app_cfg["network_def"]["vision_config"] == TINY["network_def#vision_config"]
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    # as after `source .venv-label/bin/activate`: the monailabel script runs the `python` on PATH
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.update(
+        PATH=os.path.join(LABEL_VENV, "bin") + os.pathsep + env.get("PATH", ""), VIRTUAL_ENV=LABEL_VENV,
+        OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MONAI_LABEL_SESSION_PATH=str(tmp_path / "sessions"),
+    )  # fmt: skip
+    cmd = [
+        os.path.join(LABEL_VENV, "bin", "monailabel"), "start_server", "--app", str(app), "--studies", str(studies),
+        "--conf", "models", "ua_vls", "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    log = str(tmp_path / "server.log")
+    with open(log, "w") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        ready_s = wait_ready(proc, base, log, READY_TIMEOUT_S)
+        status, body = http(f"{base}/info/")
+        info = json.loads(body)
+        model = info["models"]["ua_vls"]
+        assert model["labels"] == {"lesion": 1} and model["dimension"] == 2 and "text" in model["config"]
+        assert model["text_prompt"]["network_inputs"] == ["image", "input_ids", "attention_mask"]
+
+        masks, infer_s = {}, []
+        for key, text in (("a", TEXT_A), ("b", TEXT_B)):
+            t0 = time.monotonic()
+            status, body = infer(base, "cxr", {"text": text})
+            infer_s.append(time.monotonic() - t0)
+            assert status == 200, body[-2000:]
+            masks[key] = np.asarray(Image.open(BytesIO(body)))
+
+        for key, expected in (("a", expected_a), ("b", expected_b)):
+            m = masks[key]
+            assert m.shape == (64, 64) and set(np.unique(m)) <= {0, 1}
+            # the server runs the network trained here (another torch build: allow a few pixels at the threshold)
+            assert (m == expected).mean() > 0.99, f"text {key}: served mask differs from the network's"
+        assert (masks["a"] != masks["b"]).mean() > 0.8, "the mask does not depend on the text"
+        assert masks["a"][:, :32].mean() > 0.9 and masks["a"][:, 32:].mean() < 0.1  # text A: the left half
+
+        # a one-slice NIfTI: same mask, written as a one-slice volume in the image's geometry
+        status, body = infer(base, "cxr_slice", {"text": TEXT_A})
+        assert status == 200, body[-2000:]
+        (tmp_path / "slice_seg.nii.gz").write_bytes(body)
+        seg = nib.load(tmp_path / "slice_seg.nii.gz")
+        assert seg.shape == (64, 64, 1) and np.allclose(seg.affine, np.diag([0.5, 0.5, 2.0, 1.0]))
+        np.testing.assert_array_equal(np.asarray(seg.dataobj)[..., 0].T, masks["a"])
+
+        # no text in the request: cxr.txt beside the image is used
+        status, body = infer(base, "cxr", {})
+        assert status == 200, body[-2000:]
+        np.testing.assert_array_equal(np.asarray(Image.open(BytesIO(body))), masks["a"])
+        status, body = infer(base, "cxr", {"text": TEXT_B}, output="json")
+        result = json.loads(body)
+        assert status == 200 and result["text"] == TEXT_B and result["text_source"] == "request"
+        assert result["label_names"] == {"lesion": 1}
+        # no text anywhere: a clear client error, not a mask from the empty prompt
+        status, body = infer(base, "notext", {})
+        assert status == 400 and "no text prompt" in json.loads(body)["detail"]
+    finally:
+        stop(proc)
+    assert proc.returncode is not None
+    print(
+        f"\n.venv-label check/install {install_s:.1f} s; tiny training {train_s:.1f} s; "
+        f"server ready in {ready_s:.1f} s; /infer {infer_s[0]:.2f} s (first: loads the checkpoint and tokenizer), "
+        f"then {infer_s[1]:.2f} s"
+    )
