@@ -106,7 +106,8 @@ def export_network(
     elif fmt == "onnx":
         model = convert_to_onnx(
             net, inputs=list(inputs.values()), input_names=names, output_names=["pred"], use_trace=True, verify=True,
-            rtol=rtol, atol=atol, dynamo=False, opset_version=17, do_constant_folding=True,
+            rtol=rtol, atol=atol, dynamo=False, opset_version=17, do_constant_folding=True, use_ort=True,
+            ort_provider=["CPUExecutionProvider"],
         )  # fmt: skip
         import onnx
 

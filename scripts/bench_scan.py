@@ -220,7 +220,8 @@ def main() -> None:
             note, run_len, reps = "", length, args.repeats
             if impl == "reference" and 0 < args.ref_length < length:
                 run_len = args.ref_length
-                note = f"timed at L={run_len}, scaled x{length / run_len:.2f} (linear, a lower bound); memory at L={run_len}"
+                note = f"timed at L={run_len}, scaled x{length / run_len:.2f} (linear, a lower bound)"
+                note += f"; memory at L={run_len}"
             if impl.startswith("ours T="):
                 res = measure("ours", b, d, run_len, n, args, reps, chunk=int(impl.split("=")[1]))
             elif impl == "reference":  # slow: one run, no warm-up

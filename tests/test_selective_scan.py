@@ -300,7 +300,8 @@ def test_input_validation():
 
 
 def test_plan_segments_cover_and_bound():
-    for length, step, chunk, budget in [(3136, 6144, 32, 1 << 20), (37, 8, 32, 1 << 20), (5, 8, 32, 64), (1000, 7, 0, 900)]:
+    cases = [(3136, 6144, 32, 1 << 20), (37, 8, 32, 1 << 20), (5, 8, 32, 64), (1000, 7, 0, 900)]
+    for length, step, chunk, budget in cases:
         plan = ss._plan_segments(length, step, chunk, budget)
         assert plan[0][0] == 0 and plan[-1][1] == length
         assert all(p[1] == q[0] for p, q in zip(plan, plan[1:]))

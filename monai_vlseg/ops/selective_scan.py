@@ -190,7 +190,9 @@ def selective_scan(
     name = resolve_scan_backend(backend, u.device)
     if name == "cuda":
         return _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    if name == "ref":
+    if name == "ref" or torch.jit.is_tracing():
+        # Tracing (TorchScript / ONNX export) cannot record the Python autograd.Function and its in-place chunk
+        # buffers; the plain recurrence traces into ordinary ops (unrolled over L: fine for text-length scans).
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
     dtype_in = u.dtype
@@ -355,7 +357,8 @@ def _groups_time_major(m: Tensor, groups: int, start: int, stop: int, t_len: int
     g = m.shape[1]
     if g == groups:
         return tm
-    return tm.unsqueeze(4).expand(*tm.shape[:4], groups // g, tm.shape[-1]).reshape(*tm.shape[:3], groups, -1).contiguous()
+    tm = tm.unsqueeze(4).expand(*tm.shape[:4], groups // g, tm.shape[-1])
+    return tm.reshape(*tm.shape[:3], groups, -1).contiguous()
 
 
 def _store_time_major(dst: Tensor, src: Tensor, start: int, stop: int) -> None:
