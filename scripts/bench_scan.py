@@ -2,7 +2,8 @@
 
 Every measurement runs in its own subprocess, so its peak resident memory (``getrusage`` maxrss) is its own; the
 table also gives the growth of the resident set over the inputs.  Times are the median of ``--repeats`` runs
-after one warm-up.  The reference (``selective_scan(..., backend="ref")``, one autograd step per position) runs
+after one warm-up.  The reference (``selective_scan(..., backend="ref")``, one autograd step per position, linear
+in L; ``--indexed-ref`` adds the textbook loop that indexes full tensors per step, quadratic in L) runs
 at the full length, or at ``--ref-length`` steps scaled linearly (its cost grows faster than linearly with L, so
 the scaled figure is a lower bound).
 
@@ -69,8 +70,25 @@ def scan_mambapy(u, delta, A, B, C, D, z, delta_bias):
     return (y + D[:, None] * u) * F.silu(z)
 
 
+def scan_reference_indexed(u, delta, A, B, C, D, z, delta_bias):
+    """Textbook loop (as in mamba-ssm's ``selective_scan_ref``): full (b, d, N, L) decays/inputs indexed per step.
+
+    Indexing one step of a saved tensor makes autograd allocate a full-size gradient per step: quadratic backward.
+    """
+    delta = F.softplus(delta + delta_bias[:, None])
+    delta_a = torch.exp(delta.unsqueeze(2) * A.unsqueeze(-1))  # (b, d, N, L)
+    delta_b_u = (delta * u).unsqueeze(2) * B.unsqueeze(1)
+    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    ys = []
+    for t in range(u.shape[-1]):
+        h = delta_a[..., t] * h + delta_b_u[..., t]
+        ys.append((h * C[:, None, :, t]).sum(-1))
+    return (torch.stack(ys, dim=-1) + D[:, None] * u) * F.silu(z)
+
+
 IMPLS = {
     "reference": scan_ours("ref"),
+    "ref-indexed": scan_reference_indexed,
     "ours": scan_ours("torch"),
     "mambapy": scan_mambapy,
     "ours-torch": scan_ours("torch"),
@@ -146,7 +164,7 @@ def check_agreement(args: argparse.Namespace) -> str:
     ref = IMPLS["reference"](*inputs)
     scale = ref.abs().max().item()
     parts = []
-    for name in ("ours", "mambapy"):
+    for name in ("ours", "mambapy", "ref-indexed"):
         try:
             parts.append(f"{name} {(IMPLS[name](*inputs) - ref).abs().max().item() / scale:.1e}")
         except ImportError:
@@ -165,6 +183,9 @@ def main() -> None:
         "--ref-length", type=int, default=0, help="time the reference at this length and scale linearly (0: full L)"
     )
     parser.add_argument("--no-mambapy", action="store_true")
+    parser.add_argument(
+        "--indexed-ref", action="store_true", help="also time the textbook (indexing, quadratic-backward) reference"
+    )
     parser.add_argument(
         "--chunk-sizes", type=int, nargs="*", default=[], help="also time our scan with these chunk sizes T"
     )
@@ -194,7 +215,7 @@ def main() -> None:
         if "mamba-ssm" not in impls:
             print("mamba_ssm's CUDA kernel cannot be imported: timing our torch backend only.")
     else:
-        impls = ["reference", "ours"]
+        impls = ["reference"] + (["ref-indexed"] if args.indexed_ref else []) + ["ours"]
         try:
             import mambapy.pscan  # noqa: F401
 
@@ -202,7 +223,7 @@ def main() -> None:
         except ImportError:
             print("mambapy is not installed: no pscan column.")
         print(check_agreement(args))
-    widths = (20, 10, 10, 8, 11, 13)
+    widths = (20, 11, 10, 8, 11, 13)
     cols = ("size (b, d, L, N)", "impl", "fwd+bwd s", "vs ours", "peak RSS MB", "RSS growth MB")
     if args.device == "cuda":
         cols = cols[:4] + ("peak CUDA MB", "-")
@@ -218,13 +239,13 @@ def main() -> None:
         rows = {}
         for impl in impls + [f"ours T={t}" for t in args.chunk_sizes]:
             note, run_len, reps = "", length, args.repeats
-            if impl == "reference" and 0 < args.ref_length < length:
+            if impl in ("reference", "ref-indexed") and 0 < args.ref_length < length:
                 run_len = args.ref_length
                 note = f"timed at L={run_len}, scaled x{length / run_len:.2f} (linear, a lower bound)"
                 note += f"; memory at L={run_len}"
             if impl.startswith("ours T="):
                 res = measure("ours", b, d, run_len, n, args, reps, chunk=int(impl.split("=")[1]))
-            elif impl == "reference":  # slow: one run, no warm-up
+            elif impl in ("reference", "ref-indexed"):  # slow: one run, no warm-up
                 res = measure(impl, b, d, run_len, n, args, 1, warmup=0)
                 note = (note + "; " if note else "") + "1 run"
             else:
