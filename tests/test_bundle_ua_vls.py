@@ -170,3 +170,24 @@ def test_multi_gpu_config_runs_ddp_on_cpu(bundle, tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     ckpt = torch.load(tmp_path / "ddp" / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in ckpt)  # saved unwrapped, loads into network_def
+
+
+def test_bundle_files_and_metadata_schema_fields():
+    """The model-zoo layout and the metadata fields that meta_schema_20240725 requires (the schema itself is a
+    release asset that cannot be downloaded here)."""
+    bundle_dir = os.path.dirname(CONFIGS)
+    for f in ("configs/train.json", "configs/evaluate.json", "configs/inference.json", "configs/multi_gpu_train.json",
+              "configs/metadata.json", "configs/logging.conf", "docs/README.md", "LICENSE"):  # fmt: skip
+        assert os.path.isfile(os.path.join(bundle_dir, f)), f
+    meta = json.load(open(META))
+    required = ("schema", "version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
+                "task", "description", "authors", "copyright", "network_data_format")  # fmt: skip
+    assert all(meta.get(k) for k in required)
+    assert meta["version"] in meta["changelog"]
+    fmt = meta["network_data_format"]
+    for group in ("inputs", "outputs"):
+        for name, t in fmt[group].items():
+            for k in ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range"):
+                assert k in t, (group, name, k)
+    assert list(fmt["inputs"])[0] == "image" and list(fmt["outputs"]) == ["pred"]
+    assert fmt["outputs"]["pred"]["channel_def"] == {"0": "lesion"}
