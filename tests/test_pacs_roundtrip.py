@@ -1,0 +1,142 @@
+"""PACS round trip against a real Orthanc with its DICOMweb plug-in: upload the chest CR, run
+scripts/pacs_infer.py (QIDO -> WADO-RS -> UA-VLS with a tiny untrained checkpoint -> STOW-RS), then read the SEG back
+from the server and check that it references the radiograph and carries the frame the script wrote.
+
+Orthanc comes from Debian (`apt-get install orthanc orthanc-dicomweb`; .ci/run does it). Runs on loopback, with its
+own free HTTP port, a temporary storage folder and no DICOM listener."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+import torch
+from dicomweb_client.api import DICOMwebClient
+from monai.bundle import ConfigParser
+from test_bundle_ua_vls import TINY_NET
+from test_dicom_io import RG1
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "bundles", "ua_vls", "configs")
+SCRIPT = os.path.join(ROOT, "scripts", "pacs_infer.py")
+PLUGIN_DIRS = ["/usr/share/orthanc/plugins", "/usr/lib/orthanc"]
+
+
+def _dicomweb_plugin() -> str:
+    for d in PLUGIN_DIRS:
+        if os.path.isdir(d):
+            for name in sorted(os.listdir(d)):
+                if name.startswith("libOrthancDicomWeb.so"):
+                    return os.path.join(d, name)
+    raise AssertionError(f"libOrthancDicomWeb.so not found in {PLUGIN_DIRS}: apt-get install orthanc-dicomweb")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    exe = shutil.which("Orthanc")
+    assert exe, "Orthanc not found: apt-get install orthanc orthanc-dicomweb (the CI script does)"
+    tmp = tmp_path_factory.mktemp("orthanc")
+    port = _free_port()
+    config = {
+        "Name": "monai-vlseg-test", "StorageDirectory": str(tmp / "db"), "IndexDirectory": str(tmp / "db"),
+        "HttpPort": port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "DicomServerEnabled": False, "Plugins": [_dicomweb_plugin()],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }  # fmt: skip
+    (tmp / "orthanc.json").write_text(json.dumps(config))
+    log = open(tmp / "orthanc.log", "w")
+    proc = subprocess.Popen([exe, str(tmp / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, f"Orthanc exited ({proc.returncode}): {(tmp / 'orthanc.log').read_text()[-2000:]}"
+            try:
+                if requests.get(f"{base}/system", timeout=2).ok:
+                    break
+            except requests.exceptions.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, f"Orthanc did not answer on {base}/system within 60 s"
+            time.sleep(0.2)
+        plugins = requests.get(f"{base}/plugins", timeout=5).json()
+        assert "dicom-web" in plugins, plugins
+        yield {"base": base, "dicomweb": f"{base}/dicom-web"}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle_files(tmp_path_factory):
+    """An untrained tiny UA-VLS checkpoint and the override file that builds the same network."""
+    tmp = tmp_path_factory.mktemp("tiny_ua_vls")
+    parser = ConfigParser()
+    parser.read_config(os.path.join(CONFIGS, "inference.json"))
+    parser.update(TINY_NET)
+    torch.manual_seed(0)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp / "model.pt")
+    (tmp / "tiny.json").write_text(json.dumps({**TINY_NET, "image_size": [64, 64]}))
+    return {"ckpt": str(tmp / "model.pt"), "overrides": str(tmp / "tiny.json")}
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def test_pacs_round_trip_stores_seg_over_radiograph(orthanc, tiny_bundle_files, tmp_path):
+    with open(RG1, "rb") as f:
+        up = requests.post(f"{orthanc['base']}/instances", data=f.read(), timeout=30)
+    assert up.ok and up.json()["Status"] in ("Success", "AlreadyStored"), up.text
+    src = pydicom.dcmread(RG1, stop_before_pixels=True)
+    study = str(src.StudyInstanceUID)
+
+    out = tmp_path / "out"
+    res = run_script("--url", orthanc["dicomweb"], "--study", study, "--bundle", "bundles/ua_vls",
+                     "--config_overrides", tiny_bundle_files["overrides"], "--ckpt", tiny_bundle_files["ckpt"],
+                     "--text", "Bilateral pulmonary infection, two infected areas.", "--output_dir", str(out))  # fmt: skip
+    assert res.returncode == 0, res.stderr[-4000:]
+    printed = res.stdout.split()
+    assert len(printed) == 1 and pydicom.uid.UID(printed[0]).is_valid, res.stdout
+    local = pydicom.dcmread(out / f"{src.SOPInstanceUID}_seg.dcm")
+    assert local.SOPInstanceUID == printed[0]
+
+    client = DICOMwebClient(url=orthanc["dicomweb"])
+    series = client.search_for_series(study_instance_uid=study)
+    modalities = {s["0020000E"]["Value"][0]: s["00080060"]["Value"][0] for s in series}
+    assert sorted(modalities.values()) == ["CR", "SEG"]
+    seg_series = next(uid for uid, m in modalities.items() if m == "SEG")
+    instances = client.search_for_instances(study_instance_uid=study, series_instance_uid=seg_series)
+    assert [i["00080018"]["Value"][0] for i in instances] == printed
+    seg = client.retrieve_instance(study, seg_series, printed[0])
+    assert seg.SOPClassUID == pydicom.uid.SegmentationStorage and seg.StudyInstanceUID == study
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == src.SeriesInstanceUID
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    frame = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
+    assert frame.ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert (seg.Rows, seg.Columns, int(seg.NumberOfFrames)) == (src.Rows, src.Columns, 1)
+    np.testing.assert_array_equal(seg.pixel_array, local.pixel_array)  # the frame the script wrote, bit for bit
+
+    # clear errors naming the server and the UID
+    res = run_script("--url", orthanc["dicomweb"], "--study", "1.2.3.4.5.6789", "--text", "x")
+    assert res.returncode == 1 and "study 1.2.3.4.5.6789 not found on " + orthanc["dicomweb"] in res.stderr, res.stderr
+    dead = f"http://127.0.0.1:{_free_port()}/dicom-web"
+    res = run_script("--url", dead, "--study", study, "--text", "x")
+    assert res.returncode == 1 and f"DICOMweb server {dead} is unreachable" in res.stderr, res.stderr
