@@ -93,7 +93,8 @@ def find_study(client, url: str, study: str | None, accession: str | None) -> st
         # Orthanc's DICOMweb plug-in does not percent-decode query values (a space or '*' never matches once
         # encoded): ask again with literal wildcards in place of the other characters, then filter exactly
         pattern = "".join(c if c.isalnum() or c in "-._" else "?" for c in accession)
-        found = _call(url, f"QIDO accession {accession}", _qido_raw, f"{url.rstrip('/')}/studies?AccessionNumber={pattern}")
+        query = f"{url.rstrip('/')}/studies?AccessionNumber={pattern}"
+        found = _call(url, f"QIDO accession {accession}", _qido_raw, query)
         found = [s for s in found or [] if str(_value(s, "00080050") or "").strip() == accession.strip()]
     uids = sorted({_value(s, "0020000D") for s in found} - {None})
     if not uids:

@@ -63,7 +63,8 @@ def orthanc(tmp_path_factory):
     try:
         deadline = time.monotonic() + 60
         while True:
-            assert proc.poll() is None, f"Orthanc exited ({proc.returncode}): {(tmp / 'orthanc.log').read_text()[-2000:]}"
+            log_tail = (tmp / "orthanc.log").read_text()[-2000:] if proc.poll() is not None else ""
+            assert proc.poll() is None, f"Orthanc exited ({proc.returncode}): {log_tail}"
             try:
                 if requests.get(f"{base}/system", timeout=2).ok:
                     break
@@ -111,7 +112,8 @@ def test_pacs_round_trip_stores_seg_over_radiograph(orthanc, tiny_bundle_files, 
     out = tmp_path / "out"
     res = run_script("--url", orthanc["dicomweb"], "--study", study, "--bundle", "bundles/ua_vls",
                      "--config_overrides", tiny_bundle_files["overrides"], "--ckpt", tiny_bundle_files["ckpt"],
-                     "--text", "Bilateral pulmonary infection, two infected areas.", "--output_dir", str(out))  # fmt: skip
+                     "--text", "Bilateral pulmonary infection, two infected areas.",
+                     "--output_dir", str(out))  # fmt: skip
     assert res.returncode == 0, res.stderr[-4000:]
     printed = res.stdout.split()
     assert len(printed) == 1 and pydicom.uid.UID(printed[0]).is_valid, res.stdout
@@ -136,7 +138,8 @@ def test_pacs_round_trip_stores_seg_over_radiograph(orthanc, tiny_bundle_files, 
 
     # clear errors naming the server and the UID
     res = run_script("--url", orthanc["dicomweb"], "--study", "1.2.3.4.5.6789", "--text", "x")
-    assert res.returncode == 1 and "study 1.2.3.4.5.6789 not found on " + orthanc["dicomweb"] in res.stderr, res.stderr
+    assert res.returncode == 1, res.stderr
+    assert f"study 1.2.3.4.5.6789 not found on {orthanc['dicomweb']}" in res.stderr, res.stderr
     dead = f"http://127.0.0.1:{_free_port()}/dicom-web"
     res = run_script("--url", dead, "--study", study, "--text", "x")
     assert res.returncode == 1 and f"DICOMweb server {dead} is unreachable" in res.stderr, res.stderr
