@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from monai_vlseg.nets.blocks import SS2D, MambaLayer, SelectiveSSM, VSSBlock
-from monai_vlseg.ops.cross_scan import CROSS_2D, CROSS_3D, cross_scan
+from monai_vlseg.ops.cross_scan import CROSS_3D, cross_scan
 from monai_vlseg.ops.selective_scan import selective_scan
 
 

@@ -26,6 +26,20 @@ TINY_NET = {
 }
 
 
+def save_tiny_checkpoint(path, seed=0):
+    """Write the state dict of the untrained tiny UA-VLS that inference.json + TINY_NET builds (tests of geometry and
+    I/O, not accuracy)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(os.path.join(CONFIGS, "inference.json"))
+    parser.update(TINY_NET)
+    torch.manual_seed(seed)
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
+    return path
+
+
 def cfg(*names):
     return [os.path.join(CONFIGS, n) for n in names]
 

@@ -11,10 +11,10 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigWorkflow
 from monai.data import MetaTensor
 from PIL import Image
-from test_bundle_ua_vls import TINY_NET
+from test_bundle_ua_vls import TINY_NET, save_tiny_checkpoint
 from test_dicom_io import RG1, data_file, make_ct_series
 
 from monai_vlseg.io import DicomReader, SaveDicomSegd, load_dicom_series, read_dicom_seg, write_dicom_seg
@@ -143,13 +143,7 @@ def test_save_dicom_segd_only_for_dicom_inputs(tmp_path):
 def ua_vls_root(tmp_path_factory):
     """A bundle root with an untrained tiny UA-VLS checkpoint (geometry, not accuracy, is under test)."""
     root = tmp_path_factory.mktemp("ua_vls_dicom")
-    parser = ConfigParser()
-    parser.read_config(os.path.join(CONFIGS, "inference.json"))
-    parser.update(TINY_NET)
-    torch.manual_seed(0)
-    net = parser.get_parsed_content("network_def")
-    os.makedirs(root / "models")
-    torch.save(net.state_dict(), root / "models" / "model.pt")
+    save_tiny_checkpoint(root / "models" / "model.pt")
     return root
 
 

@@ -17,14 +17,11 @@ import numpy as np
 import pydicom
 import pytest
 import requests
-import torch
 from dicomweb_client.api import DICOMwebClient
-from monai.bundle import ConfigParser
-from test_bundle_ua_vls import TINY_NET
+from test_bundle_ua_vls import TINY_NET, save_tiny_checkpoint
 from test_dicom_io import RG1
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(ROOT, "bundles", "ua_vls", "configs")
 SCRIPT = os.path.join(ROOT, "scripts", "pacs_infer.py")
 PLUGIN_DIRS = ["/usr/share/orthanc/plugins", "/usr/lib/orthanc"]
 
@@ -89,11 +86,7 @@ def orthanc(tmp_path_factory):
 def tiny_bundle_files(tmp_path_factory):
     """An untrained tiny UA-VLS checkpoint and the override file that builds the same network."""
     tmp = tmp_path_factory.mktemp("tiny_ua_vls")
-    parser = ConfigParser()
-    parser.read_config(os.path.join(CONFIGS, "inference.json"))
-    parser.update(TINY_NET)
-    torch.manual_seed(0)
-    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp / "model.pt")
+    save_tiny_checkpoint(tmp / "model.pt")
     (tmp / "tiny.json").write_text(json.dumps({**TINY_NET, "image_size": [64, 64]}))
     return {"ckpt": str(tmp / "model.pt"), "overrides": str(tmp / "tiny.json")}
 
