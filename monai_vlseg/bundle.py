@@ -11,6 +11,8 @@ from typing import Any
 
 from monai.data import load_decathlon_datalist
 
+from monai_vlseg.io.dicom import dicom_files_in, is_dicom_file
+
 __all__ = ["find_bundle_root", "inference_datalist", "shuffle_texts", "save_metrics_summary", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".dcm", ".mha", ".nrrd")
@@ -35,8 +37,11 @@ def find_bundle_root(name: str) -> str:
 
 
 def _is_image(path: str) -> bool:
+    """An image by its extension, or a DICOM file by its content (PACS exports often have no extensions)."""
     low = path.lower()
-    return any(low.endswith(ext) for ext in IMAGE_EXTENSIONS) and not low.endswith("_overlay.png")
+    if low.endswith("_overlay.png") or os.path.basename(low) == "dicomdir":
+        return False
+    return any(low.endswith(ext) for ext in IMAGE_EXTENSIONS) or is_dicom_file(path)
 
 
 def inference_datalist(
@@ -64,7 +69,7 @@ def inference_datalist(
             raise FileNotFoundError(f"input_dir '{input_dir}' is not a folder.")
         items = []
         for path in sorted(glob.glob(os.path.join(input_dir, "*"))):
-            if os.path.isdir(path) and glob.glob(os.path.join(path, "*.dcm")):
+            if os.path.isdir(path) and dicom_files_in(path):  # one folder per DICOM series
                 items.append({"image": path})
             elif os.path.isfile(path) and _is_image(path):
                 item = {"image": path}

@@ -205,3 +205,23 @@ def test_bundle_files_and_metadata_schema_fields():
                 assert k in t, (group, name, k)
     assert list(fmt["inputs"])[0] == "image" and list(fmt["outputs"]) == ["pred"]
     assert fmt["outputs"]["pred"]["channel_def"] == {"0": "lesion"}
+
+
+def test_inference_datalist_finds_extensionless_dicom(tmp_path):
+    """PACS exports often name files IM0001 with no extension: found by their content, DICOMDIR and PNGs kept apart."""
+    import shutil
+
+    from monai_vlseg.bundle import inference_datalist
+    from test_dicom_io import RG1
+
+    shutil.copy(RG1, tmp_path / "IM0001")
+    (tmp_path / "IM0001.txt").write_text("Unilateral pulmonary infection, one infected area, upper left lung.")
+    (tmp_path / "notes").write_text("not an image")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "series").mkdir()
+    shutil.copy(RG1, tmp_path / "series" / "1")
+    items = inference_datalist(input_dir=str(tmp_path), text="fallback")
+    names = sorted(os.path.basename(it["image"]) for it in items)
+    assert names == ["IM0001", "a.png", "series"]
+    texts = {os.path.basename(it["image"]): it["text"] for it in items}
+    assert texts["IM0001"].startswith("Unilateral") and texts["a.png"] == "fallback"
