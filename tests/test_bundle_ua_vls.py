@@ -84,8 +84,10 @@ def test_evaluate_writes_metrics(bundle):
     wf.finalize()
     out = bundle["root"] / "bundle" / "eval" / "test"
     summary = json.loads((out / "summary.json").read_text())
-    assert {"val_mean_dice", "val_mean_iou", "val_hd95"} <= set(summary) and summary["num_images"] == 4
+    metrics = {"val_mean_dice", "val_mean_iou", "val_hd95", "val_count_accuracy", "val_laterality_accuracy"}
+    assert metrics <= set(summary) and summary["num_images"] == 4
     assert 0.0 <= summary["val_mean_dice"] <= 1.0
+    assert (out / "val_laterality_accuracy_raw.csv").is_file()  # per-image text-mask consistency
     with open(out / "val_mean_dice_raw.csv") as f:
         rows = list(csv.reader(f))
     assert len(rows) == 1 + 4 and rows[1][0].endswith(".png")

@@ -1,0 +1,120 @@
+"""Text–mask consistency metrics: parsing, component analysis, the metric and its evaluator handler."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from monai.data import DataLoader, Dataset, load_decathlon_datalist
+from monai.engines import SupervisedEvaluator
+from monai.transforms import AsDiscreted, Compose, EnsureChannelFirstd, LoadImaged, ScaleIntensityd
+
+from monai_vlseg.data import generate_demo_dataset
+from monai_vlseg.metrics.consistency import (
+    TextMaskConsistencyHandler,
+    TextMaskConsistencyMetric,
+    mask_laterality,
+    mask_lesions,
+    parse_laterality,
+    parse_lesion_count,
+)
+
+
+@pytest.mark.parametrize(
+    "text,count,side",
+    [
+        ("Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung.", 2, "bilateral"),
+        ("Unilateral pulmonary infection, one infected area, middle right lung.", 1, "right"),
+        ("Unilateral pulmonary infection, three infected areas, upper left lung, middle left lung and lower left "
+         "lung.", 3, "left"),  # fmt: skip
+        ("A red polyp left side", 1, "left"),
+        ("with a total of two areas of consolidation", 2, None),
+        ("3 nodules in both lungs", 3, "bilateral"),
+        ("one medium sized polyp located in the center", 1, None),
+        ("Bright spot, unilateral", None, None),  # "bright" is not "right"; "unilateral" names no side
+        ("", None, None),
+    ],
+)
+def test_parse(text, count, side):
+    assert parse_lesion_count(text) == count
+    assert parse_laterality(text) == side
+
+
+def _disc(mask: np.ndarray, cx: int, cy: int, r: int) -> None:
+    x, y = np.ogrid[: mask.shape[0], : mask.shape[1]]
+    mask[(x - cx) ** 2 + (y - cy) ** 2 <= r * r] = 1
+
+
+def test_components_and_sides():
+    m = np.zeros((64, 64), np.uint8)  # (x, y): axis 0 runs from the image's left to its right
+    _disc(m, 16, 20, 5)
+    _disc(m, 16, 45, 5)
+    m[60, 60] = 1  # one-pixel speck: below min_area_fraction, not a lesion
+    labels, n = mask_lesions(m, min_area_fraction=0.002)
+    assert n == 2 and labels.max() == 2
+    # both on the image's left = the patient's right under the radiological convention
+    assert mask_laterality(labels, n) == "right"
+    assert mask_laterality(labels, n, left_on_image_right=False) == "left"
+    _disc(m, 50, 30, 5)
+    labels, n = mask_lesions(m, min_area_fraction=0.002)
+    assert n == 3 and mask_laterality(labels, n) == "bilateral"
+    assert mask_laterality(*mask_lesions(np.zeros((8, 8)))) == "none"
+
+
+def test_metric_scores_and_nan():
+    m = torch.zeros(1, 64, 64)
+    m[0, 5:15, 5:15] = 1
+    m[0, 5:15, 40:50] = 1  # two lesions on the image's left -> patient's right
+    texts = ["two lesions in the right lung", "one lesion, left lung", "no side or count here"]
+    count = TextMaskConsistencyMetric("count")
+    count(torch.stack([m, m, m]), texts)
+    buf = count.get_buffer().reshape(-1)
+    assert buf[0] == 1 and buf[1] == 0 and math.isnan(float(buf[2]))
+    assert float(count.aggregate()) == pytest.approx(0.5)
+    side = TextMaskConsistencyMetric("laterality")
+    side([m, m], texts[:2])
+    assert side.get_buffer().reshape(-1).tolist() == [1.0, 0.0]
+    two_channel = torch.cat([1 - m, m])  # softmax-style output: channel 0 is background
+    side.reset()
+    side([two_channel], texts[:1])
+    assert float(side.aggregate()) == 1.0
+    with pytest.raises(ValueError, match="kind"):
+        TextMaskConsistencyMetric("size")
+    with pytest.raises(ValueError, match="texts"):
+        count([m, m], ["one"])
+
+
+def _evaluate(tmp_path, flip: bool) -> dict:
+    """Evaluator whose prediction is the ground-truth mask (optionally mirrored left-right) of the demo set."""
+    datalist = generate_demo_dataset(tmp_path / ("flip" if flip else "demo"), n_train=1, n_val=1, n_test=16, size=96)
+    items = [{"label": d["label"], "text": d["text"]} for d in load_decathlon_datalist(datalist, True, "test")]
+    xf = Compose([LoadImaged("label"), EnsureChannelFirstd("label"), ScaleIntensityd("label")])
+    loader = DataLoader(Dataset(items, xf), batch_size=4)
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return torch.flip(x, dims=(2,)) if flip else x
+
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=loader,
+        network=Net(),
+        prepare_batch=lambda batch, device, non_blocking, **kw: (batch["label"], batch["label"]),
+        postprocessing=AsDiscreted("pred", threshold=0.5),
+        key_val_metric={"count": TextMaskConsistencyHandler("count", min_area_fraction=0.002)},
+        additional_metrics={"side": TextMaskConsistencyHandler("laterality")},
+    )
+    evaluator.run()
+    assert evaluator.state.metric_details["side"].shape == (16, 1)
+    return evaluator.state.metrics
+
+
+def test_handler_on_demo_ground_truth(tmp_path):
+    # the demo masks are drawn in the zones the text names, patient's left on the image's right
+    right = _evaluate(tmp_path, flip=False)
+    assert right["side"] == 1.0
+    assert right["count"] >= 0.75  # lesions in adjacent zones may touch and count as one
+    mirrored = _evaluate(tmp_path, flip=True)
+    assert mirrored["side"] < 0.7  # unilateral cases flip side; bilateral ones stay right
