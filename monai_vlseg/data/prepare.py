@@ -1,0 +1,365 @@
+# Copyright (c) monai_vlseg contributors
+# Licensed under the Apache License, Version 2.0
+"""One front door for the public data set preparers, and the helpers they share.
+
+Every preparer reads a data set in the layout it is downloaded in and writes a MONAI datalist with text
+(``{"training": [...], "validation": [...], "test": [...], "skipped": [...], "meta": {...}}``):
+
+===========  ==========================================  ==============================================
+data set     module                                      text
+===========  ==========================================  ==============================================
+``qata``     :mod:`monai_vlseg.data.lvit` (LViT layout)  LViT's ``*_text.xlsx`` reports
+``mosmed``   :mod:`monai_vlseg.data.lvit` (LViT layout)  LViT's ``*_text.xlsx`` reports
+``kvasir``   :mod:`monai_vlseg.data.kvasir`              MedVLSM's caption files, else a template
+``cvc``      :mod:`monai_vlseg.data.cvc`                 a template from the mask, or a CSV of texts
+``isic``     :mod:`monai_vlseg.data.isic`                a template (diagnosis from Part 3 CSV + mask)
+``monuseg``  :mod:`monai_vlseg.data.monuseg`             a template from the annotations, or a CSV
+===========  ==========================================  ==============================================
+
+Command line::
+
+    python -m monai_vlseg.data.prepare DATASET ROOT OUT.json [options of that data set's preparer]
+
+Templates (:func:`describe_mask`) are deterministic: the same mask always gives the same sentence, built from
+the number of connected regions, their size relative to the image and the 3x3-grid position of the largest —
+the kind of prompt MedVLSM's ``p3``–``p6`` are. They carry information derived from the mask, so a model that
+reads them is not comparable with image-only models; ``meta.text_source`` in the datalist says which text was
+used.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import io
+import logging
+import os
+import random
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from monai_vlseg.data.datalist import atomic_write_bytes, write_datalist
+
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "PREPARERS",
+    "build_item",
+    "check_image",
+    "default_mask_dir",
+    "describe_mask",
+    "finish_datalist",
+    "main",
+    "read_mask",
+    "read_text_csv",
+    "save_mask_png",
+    "seeded_split",
+]
+
+logger = logging.getLogger(__name__)
+
+#: data set name -> module under monai_vlseg.data whose ``main(argv)`` is its command line.
+PREPARERS: dict[str, str] = {
+    "qata": "lvit",
+    "mosmed": "lvit",
+    "lvit": "lvit",
+    "kvasir": "kvasir",
+    "cvc": "cvc",
+    "isic": "isic",
+    "monuseg": "monuseg",
+}
+
+#: default sentence template; fields: count (word), target (singular/plural as counted), size, location, modality.
+DEFAULT_TEMPLATE = "{count} {size} {target} at the {location} of the {modality}."
+
+_NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+_ROWS = ("top", "middle", "bottom")
+_COLS = ("left", "center", "right")
+
+
+def _location(cy: float, cx: float, h: int, w: int) -> str:
+    r, c = min(2, int(3 * cy / max(h, 1))), min(2, int(3 * cx / max(w, 1)))
+    if r == 1 and c == 1:
+        return "center"
+    if r == 1:
+        return f"middle {_COLS[c]}"
+    if c == 1:
+        return _ROWS[r]
+    return f"{_ROWS[r]} {_COLS[c]}"
+
+
+def describe_mask(
+    mask: np.ndarray,
+    target: str = "polyp",
+    plural: str | None = None,
+    modality: str = "image",
+    template: str = DEFAULT_TEMPLATE,
+    extra: Mapping[str, Any] | None = None,
+    count: int | None = None,
+) -> str:
+    """A deterministic sentence about a binary mask (count, size, position of the largest region).
+
+    Args:
+        mask: 2D array, non-zero is foreground.
+        target: what the foreground is (``"polyp"``, ``"skin lesion"``); ``plural`` defaults to ``target + "s"``.
+        modality: the image kind named in the sentence (``"colonoscopy image"``).
+        template: ``str.format`` template with fields ``count``, ``number`` (digits), ``size``, ``location``,
+            ``target``, ``modality`` and any in ``extra``.
+        extra: more template fields (e.g. ``diagnosis``).
+        count: the number of objects when known from annotations (Kvasir boxes, MoNuSeg polygons); default:
+            the number of connected regions of the mask.
+
+    ``size``: small (< 5 % of the image), medium (< 20 %), large. An empty mask gives ``count`` "no" and
+    ``location`` "image".
+    """
+    from scipy import ndimage
+
+    m = np.asarray(mask) > 0
+    if m.ndim != 2:
+        raise ValueError(f"describe_mask expects a 2D mask, got shape {m.shape}.")
+    labels, n = ndimage.label(m)
+    h, w = m.shape
+    plural = plural or target + "s"
+    if n:
+        areas = ndimage.sum(m, labels, index=range(1, n + 1))
+        big = int(np.argmax(areas)) + 1
+        cy, cx = ndimage.center_of_mass(labels == big)
+        frac = float(m.sum()) / m.size
+        size = "small" if frac < 0.05 else "medium" if frac < 0.2 else "large"
+        location = _location(cy, cx, h, w)
+    else:
+        size, location = "", "image"
+    if count is not None:
+        n = int(count)
+    fields = {
+        "count": _NUMBERS[n] if n < len(_NUMBERS) else str(n),
+        "number": n,
+        "size": size,
+        "location": location,
+        "target": target if n == 1 else plural,
+        "modality": modality,
+    }
+    fields.update(extra or {})
+    text = template.format(**fields)
+    text = " ".join(text.split())  # an empty field leaves no double blank
+    return text[:1].upper() + text[1:]
+
+
+def read_text_csv(path: str | os.PathLike) -> dict[str, str]:
+    """User-supplied texts: a CSV with a header holding ``image`` and ``text`` columns (case-insensitive).
+
+    Keys are the ``image`` cells as written and their file stems, so ``ISIC_0000000`` and ``ISIC_0000000.jpg``
+    both match.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"text CSV not found: {path}")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
+        if "image" not in cols or "text" not in cols:
+            raise ValueError(f"{path}: the header must hold 'image' and 'text' columns, found {reader.fieldnames}.")
+        out: dict[str, str] = {}
+        for row in reader:
+            name = (row.get(cols["image"]) or "").strip()
+            text = (row.get(cols["text"]) or "").strip()
+            if name and text:
+                out[name] = text
+                out[os.path.splitext(os.path.basename(name))[0]] = text
+    return out
+
+
+def seeded_split(
+    names: Sequence[str], val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
+) -> dict[str, list[str]]:
+    """Split sorted ``names`` into ``training`` / ``validation`` / ``test`` with a seeded shuffle.
+
+    The same names, fractions and seed always give the same split, whatever order ``names`` came in.
+    """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(f"fractions must be in [0, 1) and sum below 1, got val={val_fraction}, test={test_fraction}.")
+    order = sorted(names)
+    random.Random(seed).shuffle(order)
+    n = len(order)
+    n_test, n_val = round(n * test_fraction), round(n * val_fraction)
+    test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
+    return {"training": sorted(train), "validation": sorted(val), "test": sorted(test)}
+
+
+def read_mask(path: str | os.PathLike, threshold: int = 127) -> np.ndarray:
+    """A mask file (PNG/JPG/TIFF/BMP; grey, RGB or palette) as a boolean array (any channel > ``threshold``).
+
+    JPEG masks (Kvasir-SEG) are lossy: thresholding at the middle recovers the binary mask.
+    """
+    from PIL import Image
+
+    with Image.open(os.fspath(path)) as im:
+        a = np.asarray(im.convert("L") if im.mode in ("P", "1", "LA") else im)
+    if a.ndim == 3:
+        a = a[..., :3].max(axis=-1)
+    if a.dtype != np.uint8:  # 16-bit or float masks
+        a = (a > 0).astype(np.uint8) * 255
+    return a > threshold
+
+
+def save_mask_png(mask: np.ndarray, path: str | os.PathLike) -> str:
+    """Write a binary mask as a 0/255 8-bit PNG (atomically) and return the absolute path."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255, mode="L").save(buf, format="PNG")
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def check_image(path: str) -> str | None:
+    """``None`` when ``path`` is a readable image (header parsed, not decoded), else the problem."""
+    from PIL import Image
+
+    if not os.path.isfile(path):
+        return "file missing"
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:  # PIL raises many types for broken files
+        return f"unreadable image ({type(e).__name__}: {e})"
+    return None
+
+
+def build_item(
+    split: str,
+    image: str,
+    mask: str | None,
+    root: str,
+    skipped: list[dict[str, Any]],
+    text: str | None = None,
+    describe: Any = None,
+    mask_out: str | None = None,
+    mask_array: np.ndarray | None = None,
+) -> dict[str, Any] | None:
+    """One datalist item ``{"image", "label", "text"}``, or ``None`` after recording why in ``skipped``.
+
+    Args:
+        split: datalist key the item belongs to (for the skip record).
+        image: image file; must exist and be readable.
+        mask: mask file (read and binarised), unless ``mask_array`` is given (already rasterised).
+        root: data set root, skip records name files relative to it.
+        skipped: list the problem records are appended to.
+        text: the item's text; when ``None`` ``describe(mask_bool_array)`` makes it.
+        describe: callable making a text from the boolean mask (templates).
+        mask_out: write the binary mask as a 0/255 PNG there and point ``label`` at it; ``None`` keeps ``mask``.
+    """
+
+    def rel(p: str) -> str:
+        return os.path.relpath(p, root).replace(os.sep, "/")
+
+    def skip(file: str, reason: str) -> None:
+        skipped.append({"split": split, "file": rel(file), "reason": reason})
+
+    problem = check_image(image)
+    if problem:
+        skip(image, problem)
+        return None
+    if mask_array is None:
+        if mask is None or not os.path.isfile(mask):
+            skip(mask or image, "mask file missing" + (f" ({rel(mask)})" if mask else ""))
+            return None
+        try:
+            mask_array = read_mask(mask)
+        except Exception as e:  # PIL raises many types for broken files
+            skip(mask, f"unreadable mask ({type(e).__name__}: {e})")
+            return None
+    if text is None and describe is not None:
+        text = describe(mask_array)
+    if not text or not str(text).strip():
+        skip(image, "no text")
+        return None
+    label = mask if mask_out is None else save_mask_png(mask_array, mask_out)
+    if label is None:
+        raise ValueError(f"{image}: a rasterised mask needs `mask_out`.")
+    return {"image": os.path.abspath(image), "label": os.path.abspath(label), "text": str(text).strip()}
+
+
+def default_mask_dir(output_json: str | os.PathLike | None, mask_dir: str | os.PathLike | None) -> str | None:
+    """Where converted masks go: ``mask_dir``, else ``<output json stem>_masks`` beside the datalist."""
+    if mask_dir is not None:
+        return os.path.abspath(os.fspath(mask_dir))
+    if output_json is not None:
+        return os.path.splitext(os.path.abspath(os.fspath(output_json)))[0] + "_masks"
+    return None
+
+
+def finish_datalist(
+    splits: Mapping[str, list[dict[str, Any]]],
+    skipped: list[dict[str, Any]],
+    meta: Mapping[str, Any],
+    output_json: str | os.PathLike | None,
+    relative: bool = True,
+    strict: bool = False,
+    root: str = "",
+) -> dict[str, Any]:
+    """Log (or with ``strict`` raise on) the skipped entries, write the datalist, return it.
+
+    ``skipped`` records are ``{"split", "file", "reason"}`` like :func:`~monai_vlseg.data.lvit.build_lvit_datalist`.
+    """
+    if skipped:
+        lines = [f"  [{r.get('split', '')}] {r['file']}: {r['reason']}" for r in skipped]
+        msg = f"{root}: {len(skipped)} entries skipped:\n" + "\n".join(lines)
+        if strict:
+            raise ValueError(msg)
+        logger.warning(msg)
+    result: dict[str, Any] = {k: list(v) for k, v in splits.items()}
+    result["skipped"] = skipped
+    result["meta"] = dict(meta)
+    logger.info("%s: text source: %s", meta.get("dataset", root), meta.get("text_source", "?"))
+    if output_json is not None:
+        write_datalist(result, output_json, relative=relative)
+    return result
+
+
+def add_common_args(p: Any, texts: bool = True, split: bool = True) -> None:
+    """Arguments every preparer's command line shares."""
+    p.add_argument("root", help="data set root as downloaded")
+    p.add_argument("output_json", help="datalist JSON to write (converted masks go to a folder beside it)")
+    if split:
+        p.add_argument("--val-fraction", type=float, default=0.1, help="seeded split: validation fraction")
+        p.add_argument("--test-fraction", type=float, default=0.1, help="seeded split: test fraction")
+        p.add_argument("--seed", type=int, default=0, help="seed of the split")
+    if texts:
+        p.add_argument("--texts-csv", default=None, help="CSV with 'image' and 'text' columns (overrides templates)")
+        p.add_argument("--template", default=None, help=f"sentence template (default '{DEFAULT_TEMPLATE}')")
+    p.add_argument("--absolute", action="store_true", help="store absolute paths (default: relative to the JSON)")
+    p.add_argument("--strict", action="store_true", help="fail on any bad or missing file")
+
+
+def run_cli(build: Any, args: Any, **kwargs: Any) -> int:
+    """Run a builder for a command line, print the counts, turn expected errors into exit code 1."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        dl = build(args.root, args.output_json, relative=not args.absolute, strict=args.strict, **kwargs)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    counts = ", ".join(f"{k}: {len(v)}" for k, v in dl.items() if k not in ("skipped", "meta"))
+    print(
+        f"wrote {os.path.abspath(args.output_json)} ({counts}; skipped: {len(dl['skipped'])}; "
+        f"text: {dl.get('meta', {}).get('text_source', 'LViT xlsx')})"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m monai_vlseg.data.prepare DATASET ROOT OUT.json [options]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in PREPARERS:
+        names = ", ".join(PREPARERS)
+        print(f"usage: python -m monai_vlseg.data.prepare DATASET ROOT OUT.json [options]\n  DATASET: one of {names}")
+        print(__doc__.split("Command line::")[0])
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    module = importlib.import_module(f"monai_vlseg.data.{PREPARERS[argv[0]]}")
+    return int(module.main(argv[1:]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
