@@ -1,0 +1,359 @@
+"""Accuracy of every bundle on the demo data, trained with its documented small-demo override.
+
+For each bundle (``bundles/*/configs/train.json`` with a ``configs/demo.json``, or ``--bundles``):
+
+1. trains with ``train.json`` + ``demo.json`` through ``python -m monai.bundle run training`` in a subprocess,
+   checkpoints and TensorBoard events going to a run folder of its own (``bundles/<name>/runs/demo_accuracy/``,
+   through the ``ckpt_dir`` / ``output_dir`` ids when the config has them);
+2. evaluates the best checkpoint on the test split with ``evaluate.json`` (Dice, mIoU, HD95 and, for
+   text-guided bundles, the text-mask consistency accuracies), and for text-guided bundles (metadata inputs
+   list ``input_ids``) once more with ``--shuffle_text True``: the Dice drop is the figure that shows the text
+   is used;
+3. writes one table, ``docs/demo_accuracy.md`` (+ ``docs/demo_accuracy.json``, which keeps the rows of bundles
+   not run this time and which ``scripts/benchmark.py --plot`` reads), and one PNG of training curves per bundle
+   (``docs/demo_curves_<name>.png``: training loss per epoch and validation Dice, read from the TensorBoard
+   event files, else from the StatsHandler log lines).
+
+    .venv/bin/python scripts/demo_accuracy.py                      # every bundle
+    .venv/bin/python scripts/demo_accuracy.py --bundles ua_vls     # one; others' rows are kept
+    .venv/bin/python scripts/demo_accuracy.py --bundles ua_vls --skip-train   # re-evaluate the last run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUNDLES = os.path.join(REPO, "bundles")
+RUN_SUBDIR = os.path.join("runs", "demo_accuracy")
+
+#: summary.json keys -> table columns
+METRICS = {
+    "val_mean_dice": "Dice",
+    "val_mean_iou": "mIoU",
+    "val_hd95": "HD95 (px)",
+    "val_count_accuracy": "count acc.",
+    "val_laterality_accuracy": "laterality acc.",
+}
+
+
+def discover(names: Sequence[str] | None = None) -> list[str]:
+    """Bundles that have ``configs/train.json`` and ``configs/demo.json`` (all, or the ``names`` asked for)."""
+    found = sorted(
+        os.path.basename(os.path.dirname(os.path.dirname(p)))
+        for p in glob.glob(os.path.join(BUNDLES, "*", "configs", "train.json"))
+    )
+    if names:
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise SystemExit(f"error: no bundles/<name>/configs/train.json for {missing}; found {found}")
+        found = [n for n in found if n in names]
+    return [n for n in found if os.path.isfile(os.path.join(BUNDLES, n, "configs", "demo.json"))]
+
+
+def is_text_guided(bundle: str) -> bool:
+    """True when the bundle's metadata lists ``input_ids`` among the network inputs."""
+    with open(os.path.join(BUNDLES, bundle, "configs", "metadata.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    return "input_ids" in meta.get("network_data_format", {}).get("inputs", {})
+
+
+def config_ids(files: Sequence[str]) -> set[str]:
+    """Top-level ids of the merged configs (read as JSON, nothing is instantiated)."""
+    ids: set[str] = set()
+    for f in files:
+        with open(f, encoding="utf-8") as fh:
+            ids.update(json.load(fh))
+    return ids
+
+
+def _run(cmd: list[str], log_path: str, timeout: float | None) -> tuple[int, float]:
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    t0 = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
+        log.flush()
+        try:
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            log.write(f"\n[demo_accuracy] timed out after {timeout} s\n")
+            rc = 124
+    return rc, time.perf_counter() - t0
+
+
+def _tail(path: str, n: int = 15) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except OSError:
+        return ""
+
+
+def read_curves(train_dir: str, log_path: str) -> dict[str, list[tuple[int, float]]]:
+    """``{"loss": [(epoch, mean loss)], "val_dice": [(epoch, dice)]}`` from TensorBoard events, else the log."""
+    curves: dict[str, list[tuple[int, float]]] = {"loss": [], "val_dice": []}
+    events = sorted(glob.glob(os.path.join(train_dir, "**", "events.out.tfevents.*"), recursive=True))
+    if events:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        scalars: dict[str, list[tuple[int, float]]] = {}
+        for ev in events:
+            acc = EventAccumulator(ev, size_guidance={"scalars": 0})
+            acc.Reload()
+            for tag in acc.Tags().get("scalars", []):
+                scalars.setdefault(tag, []).extend((s.step, s.value) for s in acc.Scalars(tag))
+        dice_tag = next((t for t in ("val_mean_dice", "val_dice") if t in scalars), None)
+        if dice_tag:
+            curves["val_dice"] = sorted(scalars[dice_tag])
+        loss = sorted(scalars.get("train_loss", []))
+        epochs = max((len(v) for k, v in scalars.items() if k.startswith("train_") and k != "train_loss"), default=0)
+        epochs = epochs or len(curves["val_dice"])
+        if loss and epochs:  # iteration-level loss -> per-epoch mean
+            per = max(1, round(len(loss) / epochs))
+            curves["loss"] = [
+                (e + 1, sum(v for _, v in loss[e * per : (e + 1) * per]) / len(loss[e * per : (e + 1) * per]))
+                for e in range(epochs)
+                if loss[e * per : (e + 1) * per]
+            ]
+        elif loss:
+            curves["loss"] = loss
+    if not curves["loss"] or not curves["val_dice"]:
+        curves_log = _curves_from_log(log_path)
+        for k in curves:
+            curves[k] = curves[k] or curves_log[k]
+    return curves
+
+
+def _curves_from_log(log_path: str) -> dict[str, list[tuple[int, float]]]:
+    """Parse MONAI StatsHandler lines: ``Epoch: 3/60, Iter: 2/12 -- train_loss: 0.51`` and
+    ``Epoch[3] Metrics -- val_mean_dice: 0.42``."""
+    loss: dict[int, list[float]] = {}
+    dice: list[tuple[int, float]] = []
+    it_re = re.compile(r"Epoch: (\d+)/\d+, Iter: \d+/\d+ -- \w*loss\w*: ([-\d.eE+naif]+)")
+    ep_re = re.compile(r"Epoch\[(\d+)\] Metrics -- .*?val_mean_dice: ([-\d.eE+naif]+)")
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if m := it_re.search(line):
+                    loss.setdefault(int(m.group(1)), []).append(float(m.group(2)))
+                elif m := ep_re.search(line):
+                    dice.append((int(m.group(1)), float(m.group(2))))
+    except OSError:
+        pass
+    return {"loss": [(e, sum(v) / len(v)) for e, v in sorted(loss.items())], "val_dice": dice}
+
+
+def plot_curves(bundle: str, curves: dict[str, list[tuple[int, float]]], path: str) -> str | None:
+    """Two panels (training loss per epoch, validation Dice per epoch) in one PNG."""
+    if not curves["loss"] and not curves["val_dice"]:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, key, title in ((axes[0], "loss", "training loss (epoch mean)"), (axes[1], "val_dice", "validation Dice")):
+        if curves[key]:
+            x, y = zip(*curves[key])
+            ax.plot(x, y, marker="." if len(x) < 40 else None)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{bundle}: demo-data training")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def run_bundle(bundle: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Train (unless ``--skip-train``) and evaluate one bundle; returns its table row."""
+    cfg = os.path.join("bundles", bundle, "configs")
+    train, demo, evaluate = (os.path.join(cfg, f) for f in ("train.json", "demo.json", "evaluate.json"))
+    run_dir = os.path.join("bundles", bundle, RUN_SUBDIR)  # relative: subprocesses run in REPO
+    ids = config_ids([os.path.join(REPO, train), os.path.join(REPO, demo)])
+    own = [k for k in ("ckpt_dir", "output_dir") if k not in ids]
+    redirect = [] if own else ["--ckpt_dir", os.path.join(run_dir, "models")]
+    train_dir = os.path.join(run_dir, "train") if not own else os.path.join("bundles", bundle, "eval")
+    row: dict[str, Any] = {
+        "bundle": bundle,
+        "text_guided": is_text_guided(bundle),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "run_dir": run_dir,
+        "note": "" if not own else f"config has no {own}: used the bundle's own folders",
+    }
+    py = [sys.executable, "-m", "monai.bundle", "run"]
+    train_cmd = py + ["training", "--config_file", json.dumps([train, demo])] + redirect
+    if not own:
+        train_cmd += ["--output_dir", train_dir]
+    train_cmd += args.override
+    row["train_command"] = " ".join(shlex.quote(c) for c in ["python"] + train_cmd[1:])
+    log_path = os.path.join(REPO, run_dir, "train.log")
+    if not args.skip_train:
+        print(f"[{bundle}] training: {row['train_command']}", flush=True)
+        for old in glob.glob(os.path.join(REPO, train_dir, "events.out.tfevents.*")) if not own else []:
+            os.remove(old)  # curves of this run only
+        rc, secs = _run(train_cmd, log_path, args.timeout)
+        row["train_time_s"] = secs
+        row["load_avg_after_training"] = round(os.getloadavg()[0], 2)
+        if rc:
+            row["error"] = f"training failed (exit {rc}); see {os.path.relpath(log_path, REPO)}"
+            print(f"[{bundle}] {row['error']}\n{_tail(log_path)}", file=sys.stderr, flush=True)
+            return row
+    else:
+        row["train_time_s"] = None
+    variants = [("test", False)] + ([("test_shuffled_text", True)] if row["text_guided"] else [])
+    eval_files = json.dumps([train, evaluate, demo])
+    for name, shuffled in variants:
+        out_dir = os.path.join(run_dir, "eval", name)
+        cmd = py + ["evaluating", "--config_file", eval_files] + redirect + ["--output_dir", out_dir]
+        if row["text_guided"]:
+            cmd += ["--shuffle_text", str(shuffled)]
+        cmd += args.override
+        print(f"[{bundle}] evaluating ({name})", flush=True)
+        elog = os.path.join(REPO, run_dir, f"eval_{name}.log")
+        rc, _ = _run(cmd, elog, args.timeout)
+        summary_path = os.path.join(REPO, out_dir, "summary.json")
+        if rc or not os.path.isfile(summary_path):
+            row["error"] = f"evaluation ({name}) failed (exit {rc}); see {os.path.relpath(elog, REPO)}"
+            print(f"[{bundle}] {row['error']}\n{_tail(elog)}", file=sys.stderr, flush=True)
+            return row
+        with open(summary_path, encoding="utf-8") as f:
+            row[name] = json.load(f)
+    if "test_shuffled_text" in row:
+        row["dice_drop_shuffled"] = row["test"]["val_mean_dice"] - row["test_shuffled_text"]["val_mean_dice"]
+    curves = read_curves(os.path.join(REPO, train_dir), log_path)
+    row["epochs"] = len(curves["val_dice"]) or len(curves["loss"])
+    png = plot_curves(bundle, curves, os.path.join(args.docs, f"demo_curves_{bundle}.png"))
+    row["curves_png"] = os.path.relpath(png, args.docs) if png else None
+    return row
+
+
+def _fmt(v: Any, nd: int = 3) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "—"
+    return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def write_table(rows: dict[str, dict[str, Any]], docs: str, command: str) -> str:
+    """``docs/demo_accuracy.md`` from all rows (this run's and the kept ones)."""
+    lines = [
+        "# Accuracy on the demo data",
+        "",
+        "Every bundle trained with its small-demo override (`configs/train.json` + `configs/demo.json`) on the",
+        "synthetic chest-X-ray-like demo set (`monai_vlseg.data.demo`; report texts name some lesions and not the",
+        "distractors), evaluated on its test split with `configs/evaluate.json` (best-validation-Dice checkpoint).",
+        "\"Dice drop (shuffled text)\" is Dice minus the Dice with the texts permuted across test images",
+        "(`--shuffle_text True`): the part of the result that comes from the text. Count / laterality accuracy:",
+        "the predicted mask's number of lesions / lung sides agree with the report (`monai_vlseg.metrics.consistency`).",
+        "Times are wall-clock on the machine named in each row's run, usually shared with other jobs (under load).",
+        "",
+        f"Produced by `{command}` (rows of bundles not run then are kept from earlier runs).",
+        "",
+        "| bundle | text | Dice | mIoU | HD95 (px) | count acc. | laterality acc. | Dice shuffled text | "
+        "Dice drop (shuffled text) | epochs | train time (min) | run date | curves |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in sorted(rows):
+        r = rows[name]
+        if "error" in r:
+            lines.append(f"| {name} | {'yes' if r.get('text_guided') else 'no'} | " + " | ".join(["—"] * 9)
+                         + f" | {r.get('date', '')} | {r['error']} |")  # fmt: skip
+            continue
+        t, s = r.get("test", {}), r.get("test_shuffled_text", {})
+        secs = r.get("train_time_s")
+        png = r.get("curves_png")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    name,
+                    "yes" if r.get("text_guided") else "no",
+                    _fmt(t.get("val_mean_dice")),
+                    _fmt(t.get("val_mean_iou")),
+                    _fmt(t.get("val_hd95"), 1),
+                    _fmt(t.get("val_count_accuracy")),
+                    _fmt(t.get("val_laterality_accuracy")),
+                    _fmt(s.get("val_mean_dice")),
+                    _fmt(r.get("dice_drop_shuffled")),
+                    _fmt(r.get("epochs")),
+                    _fmt(secs / 60 if secs else None, 1),
+                    r.get("date", ""),
+                    f"![{name}]({png})" if png else "—",
+                ]
+            )
+            + " |"
+        )
+    lines += ["", "Training commands (machine; 1-minute load average when training ended):", ""]
+    for name in sorted(rows):
+        r = rows[name]
+        if r.get("train_command"):
+            load = r.get("load_avg_after_training")
+            where = f"{r.get('machine', '?')}; load {'not recorded' if load is None else load}"
+            lines.append(f"- {name} ({where}): `{r['train_command']}`" + (f" ({r['note']})" if r.get("note") else ""))
+    lines.append("")
+    path = os.path.join(docs, "demo_accuracy.md")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bundles", nargs="+", default=None, help="bundle names (default: every bundle with demo.json)")
+    p.add_argument("--docs", default=os.path.join(REPO, "docs"), help="where the table, JSON and PNGs go")
+    p.add_argument("--skip-train", action="store_true", help="evaluate the checkpoint of the last run only")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per subprocess")
+    p.add_argument("--override", nargs=argparse.REMAINDER, default=[],
+                   help="extra `--id value` overrides passed to every bundle run (last on the command line)")  # fmt: skip
+    args = p.parse_args(argv)
+    names = discover(args.bundles)
+    if not names:
+        print("no bundles with configs/demo.json found", file=sys.stderr)
+        return 1
+    os.makedirs(args.docs, exist_ok=True)
+    store = os.path.join(args.docs, "demo_accuracy.json")
+    rows: dict[str, dict[str, Any]] = {}
+    if os.path.isfile(store):
+        with open(store, encoding="utf-8") as f:
+            rows = json.load(f).get("rows", {})
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
+    command = " ".join(["python", "scripts/demo_accuracy.py"] + list(sys.argv[1:] if argv is None else argv))
+    for name in names:
+        row = run_bundle(name, args)
+        row["machine"] = machine
+        rows[name] = row
+        with open(store + ".tmp", "w", encoding="utf-8") as f:
+            json.dump({"rows": rows}, f, indent=2)
+        os.replace(store + ".tmp", store)
+        t = row.get("test", {})
+        print(
+            f"[{name}] " + (row["error"] if "error" in row else
+            f"Dice {_fmt(t.get('val_mean_dice'))} mIoU {_fmt(t.get('val_mean_iou'))} HD95 {_fmt(t.get('val_hd95'), 1)}"
+            f" drop(shuffled) {_fmt(row.get('dice_drop_shuffled'))}"),
+            flush=True,
+        )  # fmt: skip
+    print(write_table(rows, args.docs, command))
+    return 1 if any("error" in rows[n] for n in names) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
