@@ -1,104 +1,216 @@
-"""Cost of the bundles' paper configurations beside MONAI baselines at the same input size.
+"""Cost of every bundle's paper configuration beside MONAI's UNet and SwinUNETR at the same input size.
 
-For each network: trainable and total parameters, GFLOPs of one forward pass at batch 1
-(``torch.utils.flop_counter``: 2 FLOPs per multiply-add, matmul/conv/attention only), CPU (or CUDA) latency at
-batch 1 (median), training-step throughput and peak memory. Each network runs in its own subprocess so its peak
-resident memory is its own.
+Every bundle under ``bundles/*/configs/train.json`` is found; its ``network_def`` (the paper configuration by
+default; ``--variant demo`` adds ``configs/demo.json``) is instantiated with MONAI's ``ConfigParser`` and fed
+example inputs built from ``configs/metadata.json`` ``network_data_format.inputs``: the image at its
+``num_channels`` x ``spatial_shape`` (the demo ``image_size`` for ``--variant demo``) and, when listed, the token
+inputs ``input_ids`` / ``attention_mask`` of an example report tokenised with the bundle's ``text_model``
+(:class:`monai_vlseg.transforms.TokenizeText`). MONAI's UNet and SwinUNETR are measured at each distinct input
+size (2D and 3D) in the same run.
 
-    .venv/bin/python scripts/benchmark.py                       # all networks, markdown table
-    .venv/bin/python scripts/benchmark.py --nets ua_vls --repeats 5 --out docs/benchmarks.md
+Per network: trainable and total parameters; GFLOPs of one forward pass at batch 1
+(``torch.utils.flop_counter``: 2 FLOPs per multiply-add; matmul, convolution and attention only — element-wise
+work such as the selective scan's recurrence is not counted); median latency at batch 1 (inference, no grad);
+training-step throughput (forward + backward + AdamW step, images/s at ``--batch``, ``--batch-3d`` for 3D) and
+peak memory (CUDA: ``max_memory_allocated``; CPU: the peak resident set of the measuring process, which includes
+the ~0.3-0.5 GiB of the Python/torch runtime). ``--amp`` runs the timed passes under bf16 autocast. Each network
+is measured in its own subprocess (own peak memory, a failure or time-out is reported, not fatal).
+
+    .venv/bin/python scripts/benchmark.py                                  # every bundle + baselines
+    .venv/bin/python scripts/benchmark.py --nets ua_vls,unet --repeats 3
+    .venv/bin/python scripts/benchmark.py --out docs/benchmarks.md --plot docs/benchmarks.png
+    .venv/bin/python scripts/benchmark.py --device cuda --amp --out docs/benchmarks_cuda.md
+
+``--nets`` takes bundle names and ``unet`` / ``swin_unetr`` (baselines at every bundle input size among the
+selected bundles, or 1x224x224 when no bundle is selected). ``--plot`` draws Dice on the demo data (from
+``docs/demo_accuracy.json``, written by ``scripts/demo_accuracy.py``) against GFLOPs and parameters.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import glob
 import json
 import os
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
 EXAMPLE_TEXT = "Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung."
+BASELINES = ("unet", "swin_unetr")
+#: the papers' own figures for their paper configuration (from the method descriptions the bundles implement).
+PAPER_FIGURES = {
+    "ua_vls": "39.9M trainable, 17.87 GFLOPs",
+    "c2seg": "18.92M",
+    "lcpdn": "4.52M",
+}
+TOKEN_KEYS = ("input_ids", "attention_mask")
 
 
-def build(name: str):
-    """(network, example forward args at batch 1, note). Paper configurations with offline defaults."""
-    if name == "ua_vls":
-        from monai_vlseg.nets import UAVLS
+def discover_bundles(root: str = REPO) -> list[str]:
+    """Names of the bundles with a ``configs/train.json``."""
+    return sorted(
+        os.path.basename(os.path.dirname(os.path.dirname(p)))
+        for p in glob.glob(os.path.join(root, "bundles", "*", "configs", "train.json"))
+    )
+
+
+def _meta(bundle: str) -> dict[str, Any]:
+    with open(os.path.join(REPO, "bundles", bundle, "configs", "metadata.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _parser(bundle: str, variant: str):
+    from monai.bundle import ConfigParser
+
+    cfg = os.path.join(REPO, "bundles", bundle, "configs")
+    files = [os.path.join(cfg, "train.json")]
+    if variant == "demo" and os.path.isfile(os.path.join(cfg, "demo.json")):
+        files.append(os.path.join(cfg, "demo.json"))
+    parser = ConfigParser()
+    parser.read_config(files)
+    parser.read_meta(os.path.join(cfg, "metadata.json"))
+    return parser
+
+
+def image_input(bundle: str, variant: str = "paper", parser: Any = None) -> tuple[int, tuple[int, ...]]:
+    """``(channels, spatial shape)`` of the bundle's image input (metadata; the config's ``image_size`` for
+    ``variant="demo"``)."""
+    inputs = _meta(bundle)["network_data_format"]["inputs"]
+    image = inputs.get("image") or next(iter(inputs.values()))
+    shape = tuple(int(s) for s in image["spatial_shape"])
+    if variant == "demo":
+        parser = parser or _parser(bundle, variant)
+        for key in ("image_size", "roi_size", "patch_size"):
+            if key in parser:
+                size = parser.get_parsed_content(key)
+                if isinstance(size, (list, tuple)) and len(size) == len(shape):
+                    shape = tuple(int(s) for s in size)
+                    break
+    return int(image["num_channels"]), shape
+
+
+def build_bundle(bundle: str, variant: str = "paper") -> tuple[torch.nn.Module, tuple[torch.Tensor, ...], str]:
+    """(network, example inputs at batch 1, description of the inputs) of one bundle."""
+    parser = _parser(bundle, variant)
+    net = parser.get_parsed_content("network_def", instantiate=True)
+    inputs = _meta(bundle)["network_data_format"]["inputs"]
+    channels, shape = image_input(bundle, variant, parser)
+    args: list[torch.Tensor] = []
+    desc = [f"{channels}x{'x'.join(map(str, shape))}"]
+    args.append(torch.rand(1, channels, *shape))  # the image comes first, as in every bundle's forward
+    tokens = [k for k in TOKEN_KEYS if k in inputs]
+    if tokens:
         from monai_vlseg.transforms import TokenizeText
 
-        net = UAVLS()  # ConvNeXt-Tiny (random init), default text tower, 224x224
-        ids, mask = TokenizeText(max_length=24)(EXAMPLE_TEXT)
-        return net, (torch.rand(1, 1, 224, 224), ids[None], mask[None]), "paper config, text tower frozen"
+        length = int(inputs[tokens[0]]["spatial_shape"][-1])
+        text_model = parser.get_parsed_content("text_model") if "text_model" in parser else None
+        ids, mask = TokenizeText(tokenizer=text_model, max_length=length)(EXAMPLE_TEXT)
+        by_key = {"input_ids": ids[None], "attention_mask": mask[None]}
+        args += [by_key[k] for k in tokens]
+        desc.append(f"{length} tokens")
+    return net, tuple(args), " + ".join(desc)
+
+
+def build_baseline(name: str, channels: int, shape: tuple[int, ...]) -> tuple[torch.nn.Module, tuple[torch.Tensor], str]:
+    """MONAI UNet (32-512 channels in 2D, 16-256 in 3D, 2 residual units) or SwinUNETR (feature size 48)."""
+    dims = len(shape)
     if name == "unet":
         from monai.networks.nets import UNet
 
-        net = UNet(2, 1, 1, channels=(32, 64, 128, 256, 512), strides=(2, 2, 2, 2), num_res_units=2)
-        return net, (torch.rand(1, 1, 224, 224),), "MONAI UNet 32-512, 2 res units"
-    if name == "swin_unetr":
+        chans = (32, 64, 128, 256, 512) if dims == 2 else (16, 32, 64, 128, 256)
+        net = UNet(dims, channels, 1, channels=chans, strides=(2, 2, 2, 2), num_res_units=2)
+        note = f"MONAI UNet {chans[0]}-{chans[-1]}, 2 res units"
+    elif name == "swin_unetr":
         from monai.networks.nets import SwinUNETR
 
-        net = SwinUNETR(in_channels=1, out_channels=1, feature_size=48, spatial_dims=2)
-        return net, (torch.rand(1, 1, 224, 224),), "MONAI SwinUNETR 2D, feature 48"
-    raise ValueError(f"unknown network '{name}'")
+        if any(s % 32 for s in shape):
+            raise ValueError(f"SwinUNETR needs sizes divisible by 32, got {shape}")
+        net = SwinUNETR(in_channels=channels, out_channels=1, feature_size=48, spatial_dims=dims)
+        note = "MONAI SwinUNETR, feature size 48"
+    else:
+        raise ValueError(f"unknown baseline '{name}'; expected one of {BASELINES}")
+    return net, (torch.rand(1, channels, *shape),), note + f" ({channels}x{'x'.join(map(str, shape))})"
 
 
-NETS = ("ua_vls", "unet", "swin_unetr")
+def _scalar(out: Any) -> torch.Tensor:
+    """A scalar from any network output (tensor, tuple/list, dict) for the backward pass."""
+    if isinstance(out, torch.Tensor):
+        return out.float().sigmoid().mean() if out.is_floating_point() else out.float().sum() * 0
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        parts = [_scalar(o) for o in out if isinstance(o, (torch.Tensor, list, tuple, dict))]
+        return torch.stack(parts).sum() if parts else torch.zeros(())
+    return torch.zeros(())
 
 
-def measure(name: str, repeats: int, batch: int, device: str, amp: bool) -> dict:
+def measure(spec: dict[str, Any], repeats: int, batch: int, device: str, amp: bool) -> dict[str, Any]:
+    """Measure one network (see the module docstring); ``spec``: ``{"kind": "bundle", "name", "variant"}`` or
+    ``{"kind": "unet" | "swin_unetr", "channels", "shape"}``."""
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
-    net, args, note = build(name)
+    t_build = time.perf_counter()
+    if spec["kind"] == "bundle":
+        net, args, desc = build_bundle(spec["name"], spec.get("variant", "paper"))
+        note = f"`network_def` ({spec.get('variant', 'paper')} config)"
+    else:
+        net, args, note = build_baseline(spec["kind"], spec["channels"], tuple(spec["shape"]))
+        desc = f"{spec['channels']}x{'x'.join(map(str, spec['shape']))}"
+    build_s = time.perf_counter() - t_build
     dev = torch.device(device)
     net = net.to(dev)
     args = tuple(a.to(dev) for a in args)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     total = sum(p.numel() for p in net.parameters())
     net.eval()
-    with torch.no_grad():
-        with FlopCounterMode(display=False) as fc:
-            net(*args)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        net(*args)
     gflops = fc.get_total_flops() / 1e9
 
-    def sync():
+    def sync() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    ctx = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if amp else torch.no_grad
     times = []
     with torch.no_grad():
         for i in range(repeats + 1):
             sync()
             t = time.perf_counter()
-            with ctx():
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                 net(*args)
             sync()
-            if i:  # first call is warm-up
+            if i:  # the first call is the warm-up
                 times.append(time.perf_counter() - t)
     latency = statistics.median(times)
 
     net.train()
     bargs = tuple(a.expand(batch, *a.shape[1:]).contiguous() for a in args)
-    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4) if params else None
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     steps = []
     for i in range(max(2, repeats // 2) + 1):
         sync()
         t = time.perf_counter()
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            out = net(*bargs)
-            loss = out.float().sigmoid().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+            loss = _scalar(net(*bargs))
+        if opt is not None:
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
         sync()
         if i:
             steps.append(time.perf_counter() - t)
@@ -109,55 +221,210 @@ def measure(name: str, repeats: int, batch: int, device: str, amp: bool) -> dict
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
     return {
-        "name": name, "note": note, "trainable_M": trainable / 1e6, "total_M": total / 1e6, "gflops": gflops,
-        "latency_ms": latency * 1e3, "train_img_per_s": batch / step, "peak_mem_MiB": peak, "batch": batch,
+        "trainable_M": trainable / 1e6, "total_M": total / 1e6, "gflops": gflops, "latency_ms": latency * 1e3,
+        "train_img_per_s": batch / step, "peak_mem_MiB": peak, "batch": batch, "note": note, "build_s": build_s,
+        "input": desc, "dims": len(args[0].shape) - 2,
     }  # fmt: skip
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--nets", default=",".join(NETS))
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--batch", type=int, default=2, help="batch of the training-step measurement")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast")
-    p.add_argument("--out", default=None, help="also write the markdown table here")
-    p.add_argument("--_one", default=None, help=argparse.SUPPRESS)
-    a = p.parse_args()
-    if a._one:
-        print(json.dumps(measure(a._one, a.repeats, a.batch, a.device, a.amp)))
-        return 0
-    rows = []
-    for name in a.nets.split(","):
-        cmd = [sys.executable, __file__, "--_one", name, "--repeats", str(a.repeats), "--batch", str(a.batch),
-               "--device", a.device] + (["--amp"] if a.amp else [])  # fmt: skip
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode:
-            print(res.stderr[-2000:], file=sys.stderr)
-            return res.returncode
-        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    head = (
-        f"{datetime.date.today()} · {platform.processor() or platform.machine()} · {os.cpu_count()} CPU cores · "
-        f"torch {torch.__version__} · device {a.device}{' (bf16 autocast)' if a.amp else ''} · "
-        f"`{' '.join(['python', 'scripts/benchmark.py'] + sys.argv[1:])}`"
-    )
+def plan(names: list[str], variant: str) -> list[dict[str, Any]]:
+    """Measurement specs: the selected bundles, then the baselines at each distinct bundle input size."""
+    bundles = [n for n in names if n not in BASELINES]
+    specs: list[dict[str, Any]] = []
+    sizes: list[tuple[int, tuple[int, ...]]] = []
+    for b in bundles:
+        spec: dict[str, Any] = {"kind": "bundle", "name": b, "variant": variant}
+        try:
+            size = image_input(b, variant)
+            spec["size"] = [size[0], list(size[1])]
+            if size not in sizes:
+                sizes.append(size)
+        except Exception as e:  # noqa: BLE001 - a broken bundle is reported in its row, not fatal
+            spec["error"] = f"metadata: {type(e).__name__}: {e}"
+        specs.append(spec)
+    if not sizes:
+        sizes = [(1, (224, 224))]
+    for base in (n for n in names if n in BASELINES):
+        for ch, shape in sizes:
+            specs.append({"kind": base, "name": base, "channels": ch, "shape": list(shape)})
+    return specs
+
+
+def run_spec(spec: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
+    """Measure one spec in a subprocess; a failure or time-out becomes the row's ``error``."""
+    row = {"name": spec["name"], "kind": "bundle" if spec["kind"] == "bundle" else "baseline", "spec": spec}
+    if "error" in spec:
+        row["error"] = spec["error"]
+        return row
+    dims = len(spec["shape"]) if "shape" in spec else len(spec.get("size", [0, [0, 0]])[1])
+    batch = a.batch_3d if dims == 3 else a.batch
+    cmd = [sys.executable, __file__, "--_one", json.dumps(spec), "--repeats", str(a.repeats), "--batch", str(batch),
+           "--device", a.device] + (["--amp"] if a.amp else [])  # fmt: skip
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout, cwd=REPO, check=False)
+    except subprocess.TimeoutExpired:
+        row["error"] = f"timed out after {a.timeout:.0f} s"
+        return row
+    if res.returncode:
+        lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+        row["error"] = (lines[-1] if lines else f"exit code {res.returncode}")[:300]
+        return row
+    row.update(json.loads(res.stdout.strip().splitlines()[-1]))
+    return row
+
+
+def _label(r: dict[str, Any]) -> str:
+    if r["kind"] == "bundle":
+        return r["name"]
+    s = r["spec"]
+    return f"{r['name']} ({len(s['shape'])}D {'x'.join(map(str, s['shape']))})"
+
+
+def markdown(rows: list[dict[str, Any]], a: argparse.Namespace, command: str) -> str:
+    """The table with its provenance line."""
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cpu = platform.processor() or platform.machine()
+    if a.device.startswith("cuda") and torch.cuda.is_available():
+        cpu = torch.cuda.get_device_name(0)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
-        head, "",
-        "| network | trainable (M) | total (M) | GFLOPs (fwd, bs 1) | latency bs 1 (ms) | train img/s (bs %d) | peak mem (MiB) | note |"
-        % a.batch,
-        "|---|---|---|---|---|---|---|---|",
+        "# Benchmarks: bundles' paper configurations beside MONAI baselines",
+        "",
+        f"{now} · {cpu} · {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()} · load average at the "
+        f"end {load:.1f} · torch {torch.__version__} · device {a.device}{' (bf16 autocast)' if a.amp else ''} · "
+        f"variant `{a.variant}` · `{command}`",
+        "",
+        "GFLOPs: one forward pass at batch 1 (`torch.utils.flop_counter`, 2 per multiply-add; matmul/conv/attention "
+        "only, so element-wise work such as the selective-scan recurrence is not counted). Latency: median of "
+        f"{a.repeats} forward passes at batch 1. Training: forward + backward + AdamW step at batch {a.batch} "
+        f"(3D: {a.batch_3d}). Peak memory: "
+        + ("CUDA `max_memory_allocated`." if a.device.startswith("cuda") else
+           "peak resident set of the measuring process (includes ~0.3-0.5 GiB of Python/torch runtime).")
+        + " Timings on a shared machine are under load from other jobs.",
+        "",
+        "| network | input | trainable (M) | total (M) | GFLOPs (fwd, bs 1) | latency bs 1 (ms) | train img/s | "
+        "peak mem (MiB) | paper's figure | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in rows:
+        s = r["spec"]
+        inp = r.get("input") or (
+            f"{s['size'][0]}x{'x'.join(map(str, s['size'][1]))}" if "size" in s else
+            f"{s['channels']}x{'x'.join(map(str, s['shape']))}" if "shape" in s else "?")  # fmt: skip
+        paper = PAPER_FIGURES.get(r["name"], "—") if r["kind"] == "bundle" else "—"
+        if "error" in r:
+            lines.append(f"| {_label(r)} | {inp} | — | — | — | — | — | — | {paper} | failed: {r['error'].replace('|', '/')} |")
+            continue
         lines.append(
-            f"| {r['name']} | {r['trainable_M']:.2f} | {r['total_M']:.2f} | {r['gflops']:.2f} | {r['latency_ms']:.0f} | "
-            f"{r['train_img_per_s']:.2f} | {r['peak_mem_MiB']:.0f} | {r['note']} |"
+            f"| {_label(r)} | {inp} | {r['trainable_M']:.2f} | {r['total_M']:.2f} | {r['gflops']:.2f} | "
+            f"{r['latency_ms']:.0f} | {r['train_img_per_s']:.2f} (bs {r['batch']}) | {r['peak_mem_MiB']:.0f} | {paper} | "
+            f"{r['note']} |"
         )
-    text = "\n".join(lines)
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], path: str, accuracy_json: str) -> str:
+    """Two panels: demo-data Dice vs GFLOPs (bundles with a demo-accuracy row; marker area ~ trainable params),
+    and latency vs GFLOPs for every measured network (baselines included)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc: dict[str, Any] = {}
+    if os.path.isfile(accuracy_json):
+        with open(accuracy_json, encoding="utf-8") as f:
+            acc = json.load(f).get("rows", {})
+    ok = [r for r in rows if "error" not in r]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax = axes[0]
+    pts = [(r, acc[r["name"]]["test"]["val_mean_dice"]) for r in ok
+           if r["kind"] == "bundle" and "test" in acc.get(r["name"], {})]  # fmt: skip
+    for r, dice in pts:
+        ax.scatter(r["gflops"], dice, s=20 + 8 * r["trainable_M"], alpha=0.7)
+        ax.annotate(f"{r['name']} ({r['trainable_M']:.1f}M)", (r["gflops"], dice), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
+    ax.set_xlabel("GFLOPs (forward, batch 1, measured config)")
+    ax.set_ylabel("Dice on demo test split (small-demo config)")
+    ax.set_title("accuracy vs. cost" + ("" if pts else " (no demo_accuracy.json rows yet)"), fontsize=10)
+    if pts:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    for r in ok:
+        mk = "o" if r["kind"] == "bundle" else "s"
+        ax.scatter(r["gflops"], r["latency_ms"], marker=mk, s=20 + 4 * r["trainable_M"], alpha=0.7)
+        ax.annotate(_label(r), (r["gflops"], r["latency_ms"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    if ok:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlabel("GFLOPs (forward, batch 1)")
+    ax.set_ylabel("latency at batch 1 (ms)")
+    ax.set_title("cost: bundles (o) and MONAI baselines (s); area ~ trainable params", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--nets", default=None, help="comma-separated bundle names and/or unet,swin_unetr (default: all)")
+    p.add_argument("--variant", default="paper", choices=("paper", "demo"), help="network_def of train.json (paper) "
+                   "or with demo.json merged (demo)")  # fmt: skip
+    p.add_argument("--repeats", type=int, default=5, help="timed forward passes (training steps: half, at least 2)")
+    p.add_argument("--batch", type=int, default=2, help="batch of the 2D training-step measurement")
+    p.add_argument("--batch-3d", type=int, default=1, help="batch of the 3D training-step measurement")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast for the timed passes")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per network before it is reported as timed out")
+    p.add_argument("--out", default=None, help="write the markdown table (with date, machine, command) here")
+    p.add_argument("--json", default=None, help="write the raw rows here (default: beside --out)")
+    p.add_argument("--plot", default=None, help="write the accuracy-vs-cost PNG here")
+    p.add_argument("--accuracy", default=os.path.join(REPO, "docs", "demo_accuracy.json"),
+                   help="demo-accuracy rows for --plot (scripts/demo_accuracy.py)")  # fmt: skip
+    p.add_argument("--_one", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a._one:
+        print(json.dumps(measure(json.loads(a._one), a.repeats, a.batch, a.device, a.amp)))
+        return 0
+    available = discover_bundles()
+    names = a.nets.split(",") if a.nets else [*available, *BASELINES]
+    unknown = [n for n in names if n not in available and n not in BASELINES]
+    if unknown:
+        print(f"error: unknown networks {unknown}; bundles: {available}, baselines: {list(BASELINES)}", file=sys.stderr)
+        return 2
+    command = " ".join(["python", "scripts/benchmark.py"] + [shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv)])
+    rows = []
+    for spec in plan(names, a.variant):
+        t = time.perf_counter()
+        row = run_spec(spec, a)
+        rows.append(row)
+        status = row.get("error") or (
+            f"{row['trainable_M']:.2f}M trainable / {row['total_M']:.2f}M, {row['gflops']:.2f} GFLOPs, "
+            f"{row['latency_ms']:.0f} ms, {row['train_img_per_s']:.2f} img/s, {row['peak_mem_MiB']:.0f} MiB")
+        print(f"[{time.perf_counter() - t:6.1f} s] {_label(row)}: {status}", flush=True)  # fmt: skip
+    text = markdown(rows, a, command)
     print(text)
     if a.out:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+        with open(a.out + ".tmp", "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(a.out + ".tmp", a.out)
+    js = a.json or (os.path.splitext(a.out)[0] + ".json" if a.out else None)
+    if js:
+        with open(js + ".tmp", "w", encoding="utf-8") as f:
+            json.dump({"command": command, "device": a.device, "amp": a.amp, "variant": a.variant, "rows": rows}, f, indent=2)
+        os.replace(js + ".tmp", js)
+    if a.plot:
+        print(f"plot: {plot(rows, a.plot, a.accuracy)}")
+    failed = [r["name"] for r in rows if "error" in r]
+    if failed:
+        print(f"{len(failed)} network(s) failed to build or run: {', '.join(failed)}", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,70 @@
+# Copyright (c) monai_vlseg contributors
+# Licensed under the Apache License, Version 2.0
+"""scripts/benchmark.py on tiny cases: the measurement, the bundle inputs from metadata, failures as rows."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("benchmark_script", os.path.join(REPO, "scripts", "benchmark.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_measure_tiny_unet_counts_parameters_and_flops(bench):
+    row = bench.measure({"kind": "unet", "channels": 1, "shape": [32, 32]}, repeats=1, batch=1, device="cpu", amp=False)
+    from monai.networks.nets import UNet
+
+    ref = UNet(2, 1, 1, channels=(32, 64, 128, 256, 512), strides=(2, 2, 2, 2), num_res_units=2)
+    n = sum(p.numel() for p in ref.parameters())
+    assert row["trainable_M"] == pytest.approx(n / 1e6) and row["total_M"] == pytest.approx(n / 1e6)
+    assert row["gflops"] > 0 and row["latency_ms"] > 0 and row["train_img_per_s"] > 0 and row["peak_mem_MiB"] > 0
+    assert row["input"] == "1x32x32" and row["dims"] == 2
+    # FLOPs scale with the pixel count for a fully convolutional network
+    big = bench.measure({"kind": "unet", "channels": 1, "shape": [64, 64]}, repeats=1, batch=1, device="cpu", amp=False)
+    assert big["gflops"] == pytest.approx(4 * row["gflops"], rel=0.01)
+
+
+def test_scalar_handles_nested_outputs(bench):
+    x = torch.randn(2, 1, 4, 4, requires_grad=True)
+    loss = bench._scalar({"a": x, "b": (x * 2, [x + 1]), "n": torch.tensor([1, 2])})
+    loss.backward()
+    assert loss.ndim == 0 and x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_plan_bundles_and_baselines_at_each_input_size(bench):
+    assert "ua_vls" in bench.discover_bundles()
+    assert bench.image_input("ua_vls") == (1, (224, 224))
+    assert bench.image_input("ua_vls", "demo") == (1, (96, 96))
+    specs = bench.plan(["ua_vls", "unet", "swin_unetr"], "paper")
+    assert [s["kind"] for s in specs] == ["bundle", "unet", "swin_unetr"]
+    assert specs[1]["shape"] == [224, 224] and specs[1]["channels"] == 1
+    with pytest.raises(ValueError, match="divisible by 32"):
+        bench.build_baseline("swin_unetr", 1, (40, 40))
+
+
+def test_bundle_inputs_follow_metadata_and_failures_become_rows(bench, tmp_path):
+    net, args, desc = bench.build_bundle("ua_vls", "demo")
+    assert desc == "1x96x96 + 24 tokens"
+    assert [tuple(a.shape) for a in args] == [(1, 1, 96, 96), (1, 24), (1, 24)]
+    assert args[1].dtype == torch.int64 and int(args[2].sum()) > 2  # real tokens of the example report
+    with torch.no_grad():
+        assert net.eval()(*args).shape == (1, 1, 96, 96)
+    a = argparse.Namespace(batch=1, batch_3d=1, repeats=1, device="cpu", amp=False, timeout=120)
+    row = bench.run_spec({"kind": "bundle", "name": "no_such_bundle", "variant": "paper", "size": [1, [32, 32]]}, a)
+    assert row["kind"] == "bundle" and "error" in row and row["error"]
+    text = bench.markdown([row], argparse.Namespace(**vars(a), variant="paper"), "python scripts/benchmark.py")
+    assert "| no_such_bundle |" in text and "failed:" in text and "torch threads" in text
+    png = bench.plot([row], str(tmp_path / "p.png"), str(tmp_path / "none.json"))
+    assert os.path.getsize(png) > 1000
