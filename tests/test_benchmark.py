@@ -68,3 +68,28 @@ def test_bundle_inputs_follow_metadata_and_failures_become_rows(bench, tmp_path)
     assert "| no_such_bundle |" in text and "failed:" in text and "torch threads" in text
     png = bench.plot([row], str(tmp_path / "p.png"), str(tmp_path / "none.json"))
     assert os.path.getsize(png) > 1000
+
+
+def test_demo_accuracy_curves_from_log_and_table(tmp_path):
+    spec = importlib.util.spec_from_file_location("demo_accuracy_script", os.path.join(REPO, "scripts", "demo_accuracy.py"))
+    da = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(da)
+    log = tmp_path / "train.log"
+    log.write_text(
+        "2026-01-01 - INFO - Epoch: 1/2, Iter: 1/2 -- train_loss: 1.0 \n"
+        "2026-01-01 - INFO - Epoch: 1/2, Iter: 2/2 -- train_loss: 0.5 \n"
+        "2026-01-01 - INFO - Epoch[1] Metrics -- val_mean_dice: 0.2000 val_mean_iou: 0.1\n"
+        "2026-01-01 - INFO - Epoch: 2/2, Iter: 1/2 -- train_loss: 0.25 \n"
+        "2026-01-01 - INFO - Epoch[2] Metrics -- val_mean_dice: 0.4000 \n"
+    )
+    curves = da.read_curves(str(tmp_path / "no_events"), str(log))  # no TensorBoard files: the log is parsed
+    assert curves == {"loss": [(1, 0.75), (2, 0.25)], "val_dice": [(1, 0.2), (2, 0.4)]}
+    assert os.path.getsize(da.plot_curves("x", curves, str(tmp_path / "c.png"))) > 1000
+    assert da.is_text_guided("ua_vls")
+    row = {"bundle": "x", "text_guided": True, "test": {"val_mean_dice": 0.7, "val_mean_iou": 0.5, "val_hd95": 3.0},
+           "test_shuffled_text": {"val_mean_dice": 0.6}, "dice_drop_shuffled": 0.1, "epochs": 2, "train_time_s": 120.0,
+           "curves_png": "c.png", "train_command": "python -m monai.bundle run training"}  # fmt: skip
+    bad = {"bundle": "y", "text_guided": False, "error": "training failed (exit 1)"}
+    text = open(da.write_table({"x": row, "y": bad}, str(tmp_path), "cmd")).read()
+    assert "| x | yes | 0.700 | 0.500 | 3.0 | — | — | 0.600 | 0.100 | 2 | 2.0 |" in text
+    assert "| y | no |" in text and "training failed" in text

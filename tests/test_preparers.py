@@ -274,3 +274,47 @@ def test_prepare_front_door_usage_and_errors(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert prepare_main(["monuseg", str(tmp_path), str(tmp_path / "x.json")]) == 1
     assert "no *.xml" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ LViT + subset
+
+
+def test_front_door_lvit_covid19_variant_and_subset(tmp_path):
+    import openpyxl
+
+    root = tmp_path / "Covid19"
+    rows = {"Train": [], "Val": [], "Test": []}
+    for split, n in (("Train", 6), ("Val", 2), ("Test", 3)):
+        for i in range(n):
+            name = f"covid_{split}_{i}.png"
+            _rgb(str(root / f"{split}_Folder" / "img" / name))
+            _mask(str(root / f"{split}_Folder" / "labelcol" / f"mask_{name}"), [(2, 2, 9, 9)])
+            rows[split].append((f"mask_{name}", f"Unilateral pulmonary infection, one infected area, {split} {i}."))
+
+    def xlsx(path, data):
+        wb = openpyxl.Workbook()
+        wb.active.append(["Image", "Description"])
+        for r in data:
+            wb.active.append(list(r))
+        wb.save(path)
+
+    xlsx(root / "Train_Val_text.xlsx", rows["Train"] + rows["Val"])  # the Covid19 copy: one xlsx for Train and Val
+    xlsx(root / "Test_Folder" / "Test_text.xlsx", rows["Test"])
+    out = str(tmp_path / "qata.json")
+    assert prepare_main(["qata", str(root), out]) == 0
+    with open(out) as f:
+        dl = json.load(f)
+    assert [len(dl[k]) for k in ("training", "validation", "test")] == [6, 2, 3] and dl["skipped"] == []
+    assert dl["training"][0]["image"].endswith("Train_Folder/img/covid_Train_0.png")
+    assert dl["training"][0]["label"].endswith("Train_Folder/labelcol/mask_covid_Train_0.png")
+    # a low-data cut written elsewhere: seeded, order kept, paths still resolve
+    small = str(tmp_path / "cuts" / "qata_small.json")
+    assert prepare_main(["subset", out, small, "--training", "3", "--test", "2", "--seed", "1"]) == 0
+    tr, te, va = (load_datalist(small, k) for k in ("training", "test", "validation"))
+    assert len(tr) == 3 and len(te) == 2 and len(va) == 2
+    full = [it["image"] for it in load_datalist(out, "training")]
+    idx = [full.index(it["image"]) for it in tr]
+    assert idx == sorted(idx) and all(os.path.isfile(it["image"]) and os.path.isfile(it["label"]) for it in tr)
+    with open(small) as f:
+        assert json.load(f)["meta"]["subset"]["sizes"] == {"training": 3, "test": 2}
+    assert prepare_main(["subset", out, small, "--training", "99"]) == 1
