@@ -131,7 +131,7 @@ def test_kvasir_medvlsm_captions_give_split_and_text(tmp_path):
         json.dump([rec(3, "A polyp."), {"img_name": "missing.jpg", "mask_name": "missing.jpg", "prompts": {"p1": "x"}}], f)
     from monai_vlseg.data.kvasir import build_kvasir_datalist
 
-    dl = build_kvasir_datalist(root, str(tmp_path / "dl.json"), prompt_index=1)
+    dl = build_kvasir_datalist(root, str(tmp_path / "dl.json"), prompt="auto", prompt_index=1)
     assert [it["text"] for it in dl["training"]] == ["Small polyp.", "Two polyps."]
     assert [it["text"] for it in dl["validation"]] == ["Polyp."]
     assert [it["text"] for it in dl["test"]] == ["A polyp."]
@@ -140,6 +140,9 @@ def test_kvasir_medvlsm_captions_give_split_and_text(tmp_path):
     assert "MedVLSM" in dl["meta"]["text_source"]
     dl1 = build_kvasir_datalist(root, None, prompt="p1")
     assert all(it["text"] == "Polyp." for it in dl1["training"])
+    dl6 = build_kvasir_datalist(root, None)  # default p6: absent in these records -> every row skipped, reported
+    assert sum(len(dl6[k]) for k in ("training", "validation", "test")) == 0
+    assert all("empty prompt 'p6'" in r["reason"] for r in dl6["skipped"] if "prompt" in r["reason"])
     with pytest.raises(ValueError, match="missing.jpg"):
         build_kvasir_datalist(root, None, strict=True)
 
@@ -180,6 +183,17 @@ def test_cvc_clinicdb_tif_and_png_layouts(tmp_path, layout):
     assert all(it["text"] == f"polyp number {os.path.splitext(os.path.basename(it['image']))[0]}" for it in dl2["training"])
     assert any(r["file"].endswith(f"3{ext}") and r["reason"] == "no text" for r in dl2["skipped"])
     assert "user CSV" in dl2["meta"]["text_source"]
+    if layout == "png":  # MedVLSM's captions for CVC-ClinicDB name the PNG copy's files
+        anns = tmp_path / "anns"
+        anns.mkdir()
+        rec = {"img_name": "4.png", "mask_name": "4.png", "prompts": {"p1": "polyp", "p6": "one small pink polyp, located in center of the image"}}
+        (anns / "train.json").write_text(json.dumps([rec, {**rec, "img_name": "5.png", "mask_name": "5.png"}]))
+        (anns / "test.json").write_text(json.dumps([{**rec, "img_name": "6.png", "mask_name": "6.png"}]))
+        dl3 = build_cvc_datalist(str(tmp_path), str(tmp_path / "cvc_cap.json"), captions=str(anns))
+        assert [os.path.basename(i["image"]) for i in dl3["training"]] == ["4.png", "5.png"]
+        assert dl3["test"][0]["text"] == "one small pink polyp, located in center of the image"
+        assert np.array_equal(_read_png(dl3["test"][0]["label"]), truth["6"])
+        assert [r["reason"] for r in dl3["skipped"]] == ["caption file missing"]  # no val.json
 
 
 # ------------------------------------------------------------------------------------------------ ISIC 2017

@@ -10,6 +10,9 @@ Layouts accepted (the original TIFF release and the Kaggle copy with PNG and TIF
     root/CVC-ClinicDB/...                   (any of the above one level down)
 
 The mask folder may also be spelt ``GroundTruth`` or ``Ground_Truth``; images and masks pair by file stem.
+With MedVLSM's caption files for CVC-ClinicDB (``data/clinicdb_polyp/anns/{train,val,test}.json`` in
+github.com/naamiinepal/medvlsm, ``img_name`` "288.png" — the PNG copy; ``--captions DIR``) their split and prompts
+are used, as for Kvasir-SEG (:func:`monai_vlseg.data.kvasir.medvlsm_splits`, default prompt ``p6``). Otherwise
 CVC-ClinicDB has no official split and no text: the split is seeded (``val_fraction``/``test_fraction``/
 ``seed``; note that frames of one sequence are near-duplicates, so a frame-level split — the one the papers
 use — is optimistic) and the texts come from a CSV (``texts_csv``, columns ``image``, ``text``) or the
@@ -19,7 +22,7 @@ colonoscopy image."). Masks (TIFF, sometimes RGB) are written as 0/255 PNGs besi
 
 Command line::
 
-    python -m monai_vlseg.data.cvc ROOT OUT.json [--texts-csv F] [--val-fraction 0.1 --test-fraction 0.1 --seed 0]
+    python -m monai_vlseg.data.cvc ROOT OUT.json [--captions DIR [--prompt p6]] [--texts-csv F] [--val-fraction 0.1 --seed 0]
 """
 
 from __future__ import annotations
@@ -65,6 +68,9 @@ def find_cvc_folders(root: str) -> tuple[str, str]:
 def build_cvc_datalist(
     root: str | os.PathLike,
     output_json: str | os.PathLike | None = None,
+    captions: str | os.PathLike | None = None,
+    prompt: str = "p6",
+    prompt_index: int = 0,
     texts_csv: str | os.PathLike | None = None,
     template: str | None = None,
     val_fraction: float = 0.1,
@@ -79,6 +85,8 @@ def build_cvc_datalist(
     Args:
         root: data set root (see the accepted layouts).
         output_json: datalist to write; PNG masks go to ``mask_dir`` (default ``<out stem>_masks/``).
+        captions: folder with MedVLSM's ``train/val/test.json`` for CVC-ClinicDB: their split and prompts.
+        prompt, prompt_index: which MedVLSM prompt (:func:`monai_vlseg.data.kvasir.pick_prompt`).
         texts_csv: CSV with ``image`` and ``text`` columns (file name or stem); images it lacks are skipped.
         template: sentence template for :func:`~monai_vlseg.data.prepare.describe_mask`.
         val_fraction, test_fraction, seed: the seeded split.
@@ -93,14 +101,30 @@ def build_cvc_datalist(
     images = {os.path.splitext(f)[0]: f for f in sorted(os.listdir(img_dir)) if f.lower().endswith(_EXT)}
     masks = {os.path.splitext(f)[0]: f for f in sorted(os.listdir(msk_dir)) if f.lower().endswith(_EXT)}
     skipped: list[dict[str, Any]] = []
+    splits: dict[str, list[dict[str, Any]]]
     for stem in sorted(set(masks) - set(images)):
         skipped.append({"split": "", "file": os.path.relpath(os.path.join(msk_dir, masks[stem]), root), "reason": "mask without image"})
 
     def order(s: str) -> tuple[int, str]:  # numeric file names sort as numbers
         return (int(s), "") if s.isdigit() else (1 << 30, s)
 
+    if captions is not None:
+        from monai_vlseg.data.kvasir import medvlsm_splits
+
+        splits = medvlsm_splits(
+            captions, img_dir, msk_dir, root, skipped, prompt, prompt_index,
+            None if out_masks is None else (lambda split, m: os.path.join(out_masks, os.path.splitext(m)[0] + ".png")),
+        )  # fmt: skip
+        meta = {
+            "dataset": "CVC-ClinicDB",
+            "text_source": f"MedVLSM captions ({os.path.abspath(os.fspath(captions))}), prompt '{prompt}', alternative {prompt_index}",
+            "split": "MedVLSM caption files",
+            "root": root,
+            "images": os.path.relpath(img_dir, root),
+        }
+        return finish_datalist(splits, skipped, meta, output_json, relative=relative, strict=strict, root=root)
     kw = {"template": template} if template else {}
-    splits: dict[str, list[dict[str, Any]]] = {}
+    splits = {}
     for key, members in seeded_split(list(images), val_fraction, test_fraction, seed).items():
         splits[key] = []
         for stem in sorted(members, key=order):
@@ -128,9 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m monai_vlseg.data.cvc", description=__doc__.split("\n\n")[0])
     add_common_args(p)
     p.add_argument("--mask-dir", default=None, help="where converted PNG masks go (default <OUT stem>_masks)")
+    p.add_argument("--captions", default=None, help="folder with MedVLSM's clinicdb_polyp train/val/test.json")
+    p.add_argument("--prompt", default="p6", help="MedVLSM prompt key (p0..p9) or 'auto'")
+    p.add_argument("--prompt-index", type=int, default=0, help="which alternative when a prompt is a list")
     a = p.parse_args(argv)
     return run_cli(
-        build_cvc_datalist, a, texts_csv=a.texts_csv, template=a.template, val_fraction=a.val_fraction,
+        build_cvc_datalist, a, captions=a.captions, prompt=a.prompt, prompt_index=a.prompt_index, texts_csv=a.texts_csv, template=a.template, val_fraction=a.val_fraction,
         test_fraction=a.test_fraction, seed=a.seed, mask_dir=a.mask_dir,
     )  # fmt: skip
 

@@ -13,7 +13,8 @@ Layout as downloaded (``kvasir-seg.zip`` unpacks to ``Kvasir-SEG/``)::
 MedVLSM's caption files (github.com/naamiinepal/medvlsm, ``data/kvasir_polyp/anns/{train,val,test}.json``) are
 lists of ``{"img_name", "mask_name", "prompts": {"p0": "", "p1": "...", "p2": [...], ...}}``; a prompt is a
 string or a list of alternatives. They define the split (the one MedVLSM's benchmarks use). ``prompt`` picks the
-key (``"auto"``: the highest-numbered non-empty one, the most detailed), ``prompt_index`` the alternative.
+key (default ``p6``: "one small pink circle polyp, located in right of the image", the most detailed caption with
+location words; ``"auto"``: the highest-numbered non-empty one), ``prompt_index`` the alternative of a list.
 
 Without caption files: a seeded split (``val_fraction``/``test_fraction``/``seed``) and texts from a CSV
 (``texts_csv``) or the deterministic template :func:`monai_vlseg.data.prepare.describe_mask` ("One small polyp at
@@ -49,6 +50,9 @@ from monai_vlseg.data.prepare import (
 __all__ = ["build_kvasir_datalist", "main", "pick_prompt", "read_medvlsm_captions"]
 
 CAPTION_SPLITS = {"train": "training", "val": "validation", "test": "test"}
+#: MedVLSM prompt used by default: p6 is "<count> <size> <colour> <shape> polyp, located in <where> of the image",
+#: the most detailed single caption with location words (UA-VLS picks those); p7-p9 append generic definitions.
+DEFAULT_PROMPT = "p6"
 _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
 
@@ -96,11 +100,65 @@ def _find(folder: str, name: str) -> str | None:
     return None
 
 
+def medvlsm_splits(
+    captions: str | os.PathLike,
+    img_dir: str,
+    msk_dir: str,
+    root: str,
+    skipped: list[dict[str, Any]],
+    prompt: str = DEFAULT_PROMPT,
+    prompt_index: int = 0,
+    mask_out: Any = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Datalist splits from a folder of MedVLSM caption files (``train.json``, ``val.json``, ``test.json``).
+
+    Args:
+        captions: the ``anns`` folder.
+        img_dir, msk_dir: where ``img_name`` / ``mask_name`` are looked up (exact name, else same stem).
+        root: data set root (skip records are relative to it); skipped: list problems are appended to.
+        prompt, prompt_index: which prompt (see :func:`pick_prompt`).
+        mask_out: ``mask_out(split, mask_name)`` -> PNG path for a converted mask, or ``None`` to keep the mask.
+    """
+    captions = os.path.abspath(os.fspath(captions))
+    files = {k: os.path.join(captions, f"{s}.json") for s, k in CAPTION_SPLITS.items()}
+    if not any(os.path.isfile(f) for f in files.values()):
+        raise FileNotFoundError(f"{captions}: none of train.json, val.json, test.json (MedVLSM caption files).")
+    splits: dict[str, list[dict[str, Any]]] = {"training": [], "validation": [], "test": []}
+    for key, cap_file in files.items():
+        if not os.path.isfile(cap_file):
+            skipped.append({"split": key, "file": os.path.relpath(cap_file, root), "reason": "caption file missing"})
+            continue
+        seen: set[str] = set()
+        for i, rec in enumerate(read_medvlsm_captions(cap_file)):
+            where = f"record {i} of {os.path.basename(cap_file)}"
+            img_name = str(rec.get("img_name") or "") if isinstance(rec, dict) else ""
+            if not img_name:
+                skipped.append({"split": key, "file": "", "reason": f"no img_name ({where})"})
+                continue
+            mask_name = str(rec.get("mask_name") or img_name)
+            image = _find(img_dir, img_name) or os.path.join(img_dir, img_name)
+            if img_name in seen:
+                skipped.append({"split": key, "file": os.path.relpath(image, root), "reason": f"duplicate ({where})"})
+                continue
+            seen.add(img_name)
+            mask = _find(msk_dir, mask_name) or os.path.join(msk_dir, mask_name)
+            text = pick_prompt(rec.get("prompts"), prompt, prompt_index)
+            if not text:
+                reason = f"empty prompt '{prompt}' ({where})"
+                skipped.append({"split": key, "file": os.path.relpath(image, root), "reason": reason})
+                continue
+            out = None if mask_out is None else mask_out(key, mask_name)
+            item = build_item(key, image, mask, root, skipped, text=text, mask_out=out)
+            if item:
+                splits[key].append(item)
+    return splits
+
+
 def build_kvasir_datalist(
     root: str | os.PathLike,
     output_json: str | os.PathLike | None = None,
     captions: str | os.PathLike | None = None,
-    prompt: str = "auto",
+    prompt: str = DEFAULT_PROMPT,
     prompt_index: int = 0,
     texts_csv: str | os.PathLike | None = None,
     template: str | None = None,
@@ -147,36 +205,8 @@ def build_kvasir_datalist(
         return None if out_masks is None else os.path.join(out_masks, split, os.path.splitext(mask_name)[0] + ".png")
 
     if captions is not None:
-        captions = os.path.abspath(os.fspath(captions))
-        files = {k: os.path.join(captions, f"{s}.json") for s, k in CAPTION_SPLITS.items()}
-        if not any(os.path.isfile(f) for f in files.values()):
-            raise FileNotFoundError(f"{captions}: none of train.json, val.json, test.json (MedVLSM caption files).")
-        for key, cap_file in files.items():
-            if not os.path.isfile(cap_file):
-                skipped.append({"split": key, "file": os.path.relpath(cap_file, root), "reason": "caption file missing"})
-                continue
-            seen: set[str] = set()
-            for i, rec in enumerate(read_medvlsm_captions(cap_file)):
-                where = f"record {i} of {os.path.basename(cap_file)}"
-                img_name = str(rec.get("img_name") or "") if isinstance(rec, dict) else ""
-                if not img_name:
-                    skipped.append({"split": key, "file": "", "reason": f"no img_name ({where})"})
-                    continue
-                mask_name = str(rec.get("mask_name") or img_name)
-                if img_name in seen:
-                    skipped.append({"split": key, "file": f"images/{img_name}", "reason": f"duplicate ({where})"})
-                    continue
-                seen.add(img_name)
-                image = _find(img_dir, img_name) or os.path.join(img_dir, img_name)
-                mask = _find(msk_dir, mask_name) or os.path.join(msk_dir, mask_name)
-                text = pick_prompt(rec.get("prompts"), prompt, prompt_index)
-                if not text:
-                    skipped.append({"split": key, "file": os.path.relpath(image, root), "reason": f"empty prompt '{prompt}' ({where})"})
-                    continue
-                item = build_item(key, image, mask, root, skipped, text=text, mask_out=mask_out(key, mask_name))
-                if item:
-                    splits[key].append(item)
-        source = f"MedVLSM captions ({captions}), prompt '{prompt}', alternative {prompt_index}"
+        splits = medvlsm_splits(captions, img_dir, msk_dir, root, skipped, prompt, prompt_index, mask_out)
+        source = f"MedVLSM captions ({os.path.abspath(os.fspath(captions))}), prompt '{prompt}', alternative {prompt_index}"
         split_source = "MedVLSM caption files"
     else:
         boxes: dict[str, Any] = {}
@@ -219,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m monai_vlseg.data.kvasir", description=__doc__.split("\n\n")[0])
     add_common_args(p)
     p.add_argument("--captions", default=None, help="folder with MedVLSM's train/val/test.json (default ROOT/anns)")
-    p.add_argument("--prompt", default="auto", help="MedVLSM prompt key (p0..p9) or 'auto' (most detailed)")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="MedVLSM prompt key (p0..p9) or 'auto' (highest-numbered non-empty)")
     p.add_argument("--prompt-index", type=int, default=0, help="which alternative when a prompt is a list")
     p.add_argument("--mask-dir", default=None, help="where converted PNG masks go (default <OUT stem>_masks)")
     a = p.parse_args(argv)
