@@ -338,7 +338,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
     command = " ".join(["python", "scripts/demo_accuracy.py"] + list(sys.argv[1:] if argv is None else argv))
     for name in names:
-        row = run_bundle(name, args)
+        try:
+            row = run_bundle(name, args)
+        except Exception as e:  # noqa: BLE001 - a half-built bundle is reported in its row, the others still run
+            row = {"bundle": name, "text_guided": False, "error": f"{type(e).__name__}: {e}"[:300],
+                   "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}  # fmt: skip
+            print(f"[{name}] {row['error']}", file=sys.stderr, flush=True)
         row["machine"] = machine
         rows[name] = row
         with open(store + ".tmp", "w", encoding="utf-8") as f:
