@@ -13,13 +13,14 @@ Per network: trainable and total parameters; GFLOPs of one forward pass at batch
 work such as the selective scan's recurrence is not counted); median latency at batch 1 (inference, no grad);
 training-step throughput (forward + backward + AdamW step, images/s at ``--batch``, ``--batch-3d`` for 3D) and
 peak memory (CUDA: ``max_memory_allocated``; CPU: the peak resident set of the measuring process, which includes
-the ~0.3-0.5 GiB of the Python/torch runtime). ``--amp`` runs the timed passes under bf16 autocast. Each network
+the ~0.3-0.5 GiB of the Python/torch runtime). ``--precision amp`` (or ``--amp``) runs the timed passes under bf16
+autocast, ``--precision both`` measures every network twice (fp32 and AMP; the default on CUDA). Each network
 is measured in its own subprocess (own peak memory, a failure or time-out is reported, not fatal).
 
     .venv/bin/python scripts/benchmark.py                                  # every bundle + baselines
     .venv/bin/python scripts/benchmark.py --nets ua_vls,unet --repeats 3
     .venv/bin/python scripts/benchmark.py --out docs/benchmarks.md --plot docs/benchmarks.png
-    .venv/bin/python scripts/benchmark.py --device cuda --amp --out docs/benchmarks_cuda.md
+    .venv/bin/python scripts/benchmark.py --device cuda --out docs/benchmarks_cuda.md   # fp32 and AMP rows
 
 ``--nets`` takes bundle names and ``unet`` / ``swin_unetr`` (baselines at every bundle input size among the
 selected bundles, or 1x224x224 when no bundle is selected). ``--plot`` draws Dice on the demo data (from
@@ -258,8 +259,9 @@ def run_spec(spec: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
         return row
     dims = len(spec["shape"]) if "shape" in spec else len(spec.get("size", [0, [0, 0]])[1])
     batch = a.batch_3d if dims == 3 else a.batch
+    amp = spec.get("precision", "fp32") == "amp"
     cmd = [sys.executable, __file__, "--_one", json.dumps(spec), "--repeats", str(a.repeats), "--batch", str(batch),
-           "--device", a.device] + (["--amp"] if a.amp else [])  # fmt: skip
+           "--device", a.device] + (["--amp"] if amp else [])  # fmt: skip
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout, cwd=REPO, check=False)
     except subprocess.TimeoutExpired:
@@ -274,10 +276,11 @@ def run_spec(spec: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _label(r: dict[str, Any]) -> str:
-    if r["kind"] == "bundle":
-        return r["name"]
     s = r["spec"]
-    return f"{r['name']} ({len(s['shape'])}D {'x'.join(map(str, s['shape']))})"
+    amp = " [AMP]" if s.get("precision") == "amp" else ""
+    if r["kind"] == "bundle":
+        return r["name"] + amp
+    return f"{r['name']} ({len(s['shape'])}D {'x'.join(map(str, s['shape']))}){amp}"
 
 
 def markdown(rows: list[dict[str, Any]], a: argparse.Namespace, command: str) -> str:
@@ -291,7 +294,7 @@ def markdown(rows: list[dict[str, Any]], a: argparse.Namespace, command: str) ->
         "# Benchmarks: bundles' paper configurations beside MONAI baselines",
         "",
         f"{now} · {cpu} · {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()} · load average at the "
-        f"end {load:.1f} · torch {torch.__version__} · device {a.device}{' (bf16 autocast)' if a.amp else ''} · "
+        f"end {load:.1f} · torch {torch.__version__} · device {a.device} · precision {a.precision} (AMP = bf16 autocast) · "
         f"variant `{a.variant}` · `{command}`",
         "",
         "GFLOPs: one forward pass at batch 1 (`torch.utils.flop_counter`, 2 per multiply-add; matmul/conv/attention "
@@ -336,6 +339,8 @@ def plot(rows: list[dict[str, Any]], path: str, accuracy_json: str) -> str:
         with open(accuracy_json, encoding="utf-8") as f:
             acc = json.load(f).get("rows", {})
     ok = [r for r in rows if "error" not in r]
+    if any(r["spec"].get("precision", "fp32") == "fp32" for r in ok):  # one point per network: fp32 when measured
+        ok = [r for r in ok if r["spec"].get("precision", "fp32") == "fp32"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     ax = axes[0]
     pts = [(r, acc[r["name"]]["test"]["val_mean_dice"]) for r in ok
@@ -380,7 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=2, help="batch of the 2D training-step measurement")
     p.add_argument("--batch-3d", type=int, default=1, help="batch of the 3D training-step measurement")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast for the timed passes")
+    p.add_argument("--precision", choices=("fp32", "amp", "both"), default=None,
+                   help="fp32, bf16 autocast (amp) or both rows per network (default: fp32 on CPU, both on CUDA)")
+    p.add_argument("--amp", action="store_true", help="same as --precision amp")  # fmt: skip
     p.add_argument("--timeout", type=float, default=1800, help="seconds per network before it is reported as timed out")
     p.add_argument("--out", default=None, help="write the markdown table (with date, machine, command) here")
     p.add_argument("--json", default=None, help="write the raw rows here (default: beside --out)")
@@ -389,8 +396,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="demo-accuracy rows for --plot (scripts/demo_accuracy.py)")  # fmt: skip
     p.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a._one:
-        print(json.dumps(measure(json.loads(a._one), a.repeats, a.batch, a.device, a.amp)))
+    if a.precision is None:
+        a.precision = "amp" if a.amp else ("both" if a.device.startswith("cuda") else "fp32")
+        print(json.dumps(measure(json.loads(a._one), a.repeats, a.batch, a.device, a.precision == "amp")))
         return 0
     available = discover_bundles()
     names = a.nets.split(",") if a.nets else [*available, *BASELINES]
@@ -400,7 +408,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = " ".join(["python", "scripts/benchmark.py"] + [shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv)])
     rows = []
-    for spec in plan(names, a.variant):
+    precisions = ["fp32", "amp"] if a.precision == "both" else [a.precision]
+    specs = [{**sp, "precision": pr} for sp in plan(names, a.variant) for pr in precisions]
+    for spec in specs:
         t = time.perf_counter()
         row = run_spec(spec, a)
         rows.append(row)
@@ -418,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     js = a.json or (os.path.splitext(a.out)[0] + ".json" if a.out else None)
     if js:
         with open(js + ".tmp", "w", encoding="utf-8") as f:
-            json.dump({"command": command, "device": a.device, "amp": a.amp, "variant": a.variant, "rows": rows}, f, indent=2)
+            json.dump({"command": command, "device": a.device, "precision": a.precision, "variant": a.variant, "rows": rows}, f, indent=2)
         os.replace(js + ".tmp", js)
     if a.plot:
         print(f"plot: {plot(rows, a.plot, a.accuracy)}")

@@ -61,7 +61,7 @@ def test_bundle_inputs_follow_metadata_and_failures_become_rows(bench, tmp_path)
     assert args[1].dtype == torch.int64 and int(args[2].sum()) > 2  # real tokens of the example report
     with torch.no_grad():
         assert net.eval()(*args).shape == (1, 1, 96, 96)
-    a = argparse.Namespace(batch=1, batch_3d=1, repeats=1, device="cpu", amp=False, timeout=120)
+    a = argparse.Namespace(batch=1, batch_3d=1, repeats=1, device="cpu", precision="fp32", timeout=120)
     row = bench.run_spec({"kind": "bundle", "name": "no_such_bundle", "variant": "paper", "size": [1, [32, 32]]}, a)
     assert row["kind"] == "bundle" and "error" in row and row["error"]
     text = bench.markdown([row], argparse.Namespace(**vars(a), variant="paper"), "python scripts/benchmark.py")
