@@ -1,0 +1,481 @@
+# Copyright (c) monai_vlseg contributors
+# Licensed under the Apache License, Version 2.0
+"""TIFCMamba: text-supervised segmentation with a Mamba UNet and Bi-Dimension Fusion (BiDF).
+
+Pan, Huang & Zheng, "MAMBA-Based Weakly Supervised Medical Image Segmentation with Cross-Modal Textual Information",
+MICCAI 2025 (poster; no public code). Components, with the poster's notation:
+
+- :class:`CLIPTowers` — CLIP image encoder E_I and text encoder E_T (HuggingFace ``CLIPModel``); frozen during
+  segmentation training. ``openai/clip-vit-base-patch16`` by id (local cache / folder only), or a small random CLIP
+  config that the bundle first trains contrastively on the image-text pairs (no masks; see the bundle docs).
+- :class:`BiDF` — Bi-Dimension Fusion: text expanded over the image grid and fused per patch, [image, image-text,
+  text] concatenated on channels, then spatial fusion (2D selective scan, SS2D) and channel fusion (1D selective
+  scan over the channel axis) give F_fuse.
+- :class:`TIFCImageSegmenter` — Phi_I: VSS-block (VM-UNet SS2D) UNet whose decoder stages fuse the keyword W_T by BiDF.
+- :class:`TIFCTextSegmenter` — Phi_T: a word-level mask M_T over the description's tokens given the keyword.
+- :class:`TIFCMamba` — M_I = sigmoid(<e^I, e^T>) (the poster's dot product of the last decoder feature with the CLIP
+  text feature); in text-supervised training it also builds I-hat / T-hat and returns their CLIP embeddings and the
+  region-level (mask-pooled patch) embeddings for :class:`monai_vlseg.losses.text_supervised.TextSupervisedLoss`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import CLIPConfig, CLIPModel
+
+from monai_vlseg.nets.blocks.attention import MultiHeadAttention
+from monai_vlseg.nets.blocks.mamba import SS2D, MambaLayer, VSSBlock
+from monai_vlseg.utils import load_pretrained
+
+__all__ = [
+    "TIFC_CONFIGS", "SMALL_CLIP", "CLIPTowers", "BiDF", "TIFCImageSegmenter", "TIFCTextSegmenter", "TIFCMamba",
+    "TrivialPrior",
+]
+
+#: model sizes. The poster reports T/S/B without numbers; these follow VM-UNet's widths (B = VM-UNet's 96..768).
+TIFC_CONFIGS: dict[str, dict[str, Any]] = {
+    "T": {"dims": (48, 96, 192, 384), "depths": (1, 1, 2, 1)},
+    "S": {"dims": (64, 128, 256, 512), "depths": (2, 2, 2, 2)},
+    "B": {"dims": (96, 192, 384, 768), "depths": (2, 2, 2, 2)},
+}
+#: offline default CLIP: a small random config (trained in the bundle's CLIP stage). vocab = the default tokenizer's.
+SMALL_CLIP: dict[str, Any] = {
+    "projection_dim": 128,
+    "text_config": {"vocab_size": 30522, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 3,
+                    "num_attention_heads": 4, "max_position_embeddings": 64, "bos_token_id": 101,
+                    "eos_token_id": 102, "pad_token_id": 0},
+    "vision_config": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 3, "num_attention_heads": 4,
+                      "image_size": 64, "patch_size": 8},
+}
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """x: (B, L, C), mask (B, L) -> (B, C)."""
+    if mask is None:
+        return x.mean(1)
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class CLIPTowers(nn.Module):
+    """CLIP image and text towers (E_I, E_T) with the inputs TIFCMamba needs.
+
+    Args:
+        model_name_or_path: a CLIP id (``openai/clip-vit-base-patch16``) in the local HF cache or a local folder;
+            ``None`` builds a random CLIP from ``config`` (offline default, to be trained by the bundle's CLIP stage).
+        config: ``CLIPConfig`` keyword arguments for ``model_name_or_path=None`` (default :data:`SMALL_CLIP`).
+        frozen: parameters without gradients, eval mode kept by ``train()``; gradients still flow to the INPUTS
+            (I-hat, T-hat) so the segmenters learn through the frozen towers.
+        attn_implementation: HF attention backend ("eager" works with the soft text masks everywhere).
+    """
+
+    def __init__(self, model_name_or_path: str | None = None, config: Mapping[str, Any] | None = None,
+                 frozen: bool = True, attn_implementation: str = "eager") -> None:
+        super().__init__()
+        if model_name_or_path in (None, "", "random"):
+            cfg = CLIPConfig(**dict(config or SMALL_CLIP))
+            cfg._attn_implementation = attn_implementation
+            self.model = CLIPModel(cfg)
+        else:
+            self.model = load_pretrained(CLIPModel, model_name_or_path, attn_implementation=attn_implementation)
+        self.register_buffer("mean", torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        self.set_frozen(frozen)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.config.projection_dim)
+
+    @property
+    def text_hidden(self) -> int:
+        return int(self.model.config.text_config.hidden_size)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.config.vision_config.image_size)
+
+    @property
+    def eos_token_id(self) -> int:
+        return int(self.model.config.text_config.eos_token_id)
+
+    def set_frozen(self, frozen: bool = True) -> CLIPTowers:
+        """Freeze (segmentation stage) or unfreeze (CLIP stage); returns self for configs."""
+        self.frozen = frozen
+        self.model.requires_grad_(not frozen)
+        self.train(self.training)
+        return self
+
+    def train(self, mode: bool = True) -> CLIPTowers:
+        super().train(mode)
+        if self.frozen:
+            self.model.eval()
+        return self
+
+    def _pixels(self, image: torch.Tensor) -> torch.Tensor:
+        """[0, 1] image (B, C, H, W) -> CLIP input (3 channels, CLIP size, CLIP normalisation)."""
+        if image.shape[1] == 1:
+            image = image.expand(-1, 3, -1, -1)
+        s = self.image_size
+        if tuple(image.shape[-2:]) != (s, s):
+            image = F.interpolate(image, size=(s, s), mode="bilinear", align_corners=False)
+        return (image - self.mean) / self.std
+
+    def encode_image(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """image in [0, 1] -> (global embedding (B, E), patch embeddings (B, P, E)); not normalised."""
+        vm = self.model.vision_model
+        hidden = vm(pixel_values=self._pixels(image)).last_hidden_state
+        hidden = vm.post_layernorm(hidden)
+        proj = self.model.visual_projection(hidden)
+        return proj[:, 0], proj[:, 1:]
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids -> (text embedding (B, E) at the EOS token, token hidden states (B, L, H)).
+
+        ``token_weights`` (B, L) in [0, 1] soft-masks the token embeddings (T-hat, Eq. of the text mask): a token
+        with weight w enters as ``w * emb(token) + (1 - w) * emb(pad)``; differentiable in the weights.
+        """
+        tm = self.model.text_model
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        emb = tm.embeddings.token_embedding(input_ids)
+        if token_weights is not None:
+            pad_id = self.model.config.text_config.pad_token_id or 0
+            pad = tm.embeddings.token_embedding.weight[pad_id]
+            w = token_weights.to(emb.dtype).unsqueeze(-1)
+            emb = w * emb + (1 - w) * pad
+        hidden = tm.embeddings(inputs_embeds=emb)
+        n = input_ids.shape[1]
+        causal = torch.ones(n, n, dtype=torch.bool, device=hidden.device).tril()
+        allowed = causal[None] & attention_mask.bool()[:, None, :]
+        allowed = allowed | torch.eye(n, dtype=torch.bool, device=hidden.device)[None]  # no all-masked rows
+        mask4d = torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device)
+        mask4d = mask4d.masked_fill(~allowed, torch.finfo(hidden.dtype).min)[:, None]
+        hidden = tm.encoder(inputs_embeds=hidden, attention_mask=mask4d).last_hidden_state
+        hidden = tm.final_layer_norm(hidden)
+        eos = (input_ids == self.eos_token_id) & attention_mask.bool()
+        # the EOS token; a truncated text without EOS uses its last real token
+        last = attention_mask.long().sum(1).clamp(min=1) - 1
+        pos = torch.where(eos.any(1), eos.int().argmax(1), last)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), pos]
+        return self.model.text_projection(pooled), hidden
+
+    def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """CLIP stage: (B, B) image-to-text logits ``scale * cos(E_I(x_i), E_T(t_j))``."""
+        img = F.normalize(self.encode_image(image)[0], dim=-1)
+        txt = F.normalize(self.encode_text(input_ids, attention_mask)[0], dim=-1)
+        return self.model.logit_scale.exp().clamp(max=100) * img @ txt.t()
+
+
+class BiDF(nn.Module):
+    """Bi-Dimension Fusion of an image feature map with text tokens (TIFCMamba's Mamba Fusion module).
+
+    Stage 1: text tokens are projected to the image width; every patch attends to them (image-text feature) and the
+    pooled text is expanded over the grid; [image, image-text, text] are concatenated on channels (3C).
+    Stage 2: spatial fusion by a 2D selective scan (SS2D, residual) and channel fusion by a 1D selective scan along
+    the channel axis (each channel a token described by its pooled ``channel_pool`` x ``channel_pool`` map; the scan
+    output gates the channels). A 1x1 projection back to C added to the image feature gives F_fuse.
+
+    Args:
+        dim: image channels C.
+        text_dim: text token width.
+        spatial: use the 2D selective scan (ablation switch).
+        channel: use the 1D channel selective scan (ablation switch).
+        num_heads: heads of the patch-to-text attention.
+        d_state: SSM state size.
+        ss2d_expand: expansion of the SS2D inner width over 3C.
+        channel_pool: side of the pooled map describing a channel token.
+    """
+
+    def __init__(self, dim: int, text_dim: int, spatial: bool = True, channel: bool = True, num_heads: int = 4,
+                 d_state: int = 16, ss2d_expand: int = 1, channel_pool: int = 4) -> None:
+        super().__init__()
+        self.spatial, self.channel, self.channel_pool = spatial, channel, channel_pool
+        heads = math.gcd(num_heads, dim)
+        self.text_proj = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.img_norm = nn.LayerNorm(dim)
+        self.cross = MultiHeadAttention(dim, heads)
+        c3 = 3 * dim
+        if spatial:
+            self.spatial_norm = nn.LayerNorm(c3)
+            self.ss2d = SS2D(c3, d_state=d_state, expand=ss2d_expand)
+        if channel:
+            p2 = channel_pool * channel_pool
+            self.channel_norm = nn.LayerNorm(p2)
+            self.channel_scan = MambaLayer(p2, d_state=d_state, directions=("forward", "backward"))
+            self.channel_gate = nn.Linear(p2, 1)
+        self.out = nn.Sequential(nn.Conv2d(c3, dim, 1), nn.GroupNorm(1, dim), nn.GELU(), nn.Conv2d(dim, dim, 1))
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C, H, W); text: (B, L, text_dim); text_mask: (B, L) -> F_fuse (B, C, H, W)."""
+        b, c, h, w = x.shape
+        t = self.text_proj(text)  # (B, L, C)
+        tokens = self.img_norm(x.flatten(2).transpose(1, 2))  # (B, HW, C)
+        if text_mask is not None:  # masked keys: keep padding out of the attention by zeroing its values
+            t = t * text_mask.to(t.dtype).unsqueeze(-1)
+        it = self.cross(tokens, t, t).transpose(1, 2).reshape(b, c, h, w)  # each patch sees the text
+        tg = _masked_mean(t, text_mask)[:, :, None, None].expand(-1, -1, h, w)  # text expanded over the grid
+        f = torch.cat([x, it, tg], dim=1)  # (B, 3C, H, W): image, image-text, text
+        if self.spatial:  # spatial fusion: 2D selective scan
+            fl = f.permute(0, 2, 3, 1)
+            f = (fl + self.ss2d(self.spatial_norm(fl))).permute(0, 3, 1, 2)
+        if self.channel:  # channel fusion: 1D selective scan over the 3C channel tokens
+            p = F.adaptive_avg_pool2d(f, self.channel_pool).flatten(2)  # (B, 3C, p*p)
+            s = self.channel_scan(self.channel_norm(p))
+            f = f * torch.sigmoid(self.channel_gate(s))[..., None]  # (B, 3C, 1, 1) gates
+        return x + self.out(f)
+
+
+class TIFCImageSegmenter(nn.Module):
+    """Phi_I: Mamba UNet of VSS blocks with BiDF keyword fusion in every decoder stage.
+
+    Patch embedding (conv k = s = ``patch_size``), encoder stages of VSS blocks with 2x2 patch merging, decoder
+    stages (2x up-projection + additive skip + VSS blocks + BiDF), and a final ``patch_size`` x transposed conv that
+    returns the last decoder feature at the input resolution.
+
+    Args:
+        in_channels: image channels.
+        dims: widths per stage; depths: VSS blocks per encoder stage (the decoder mirrors them).
+        text_dim: keyword token width.
+        out_dim: width of the returned feature.
+        patch_size: stem stride.
+        d_state: SSM state size.
+        drop_path: stochastic depth rate (max).
+        fusion_spatial, fusion_channel: BiDF ablation switches.
+    """
+
+    def __init__(self, in_channels: int = 3, dims: Sequence[int] = (96, 192, 384, 768),
+                 depths: Sequence[int] = (2, 2, 2, 2), text_dim: int = 512, out_dim: int = 32, patch_size: int = 4,
+                 d_state: int = 16, drop_path: float = 0.1, fusion_spatial: bool = True,
+                 fusion_channel: bool = True, num_heads: int = 4) -> None:
+        super().__init__()
+        if len(dims) != len(depths):
+            raise ValueError(f"dims {tuple(dims)} and depths {tuple(depths)} must have the same length.")
+        self.patch_size, self.num_stages = patch_size, len(dims)
+        self.stem = nn.Conv2d(in_channels, dims[0], patch_size, patch_size)
+        self.stem_norm = nn.LayerNorm(dims[0])
+        dpr = torch.linspace(0, drop_path, sum(depths)).tolist()
+        self.encoder = nn.ModuleList()
+        self.down = nn.ModuleList()
+        k = 0
+        for i, (d, n) in enumerate(zip(dims, depths)):
+            self.encoder.append(nn.Sequential(*[VSSBlock(d, dpr[k + j], d_state) for j in range(n)]))
+            k += n
+            if i < len(dims) - 1:
+                self.down.append(nn.Conv2d(d, dims[i + 1], 2, 2))
+        self.fuse = nn.ModuleList([BiDF(d, text_dim, fusion_spatial, fusion_channel, num_heads, d_state)
+                                   for d in dims])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(dims[i + 1], dims[i], 2, 2) for i in range(len(dims) - 1)])
+        self.decoder = nn.ModuleList([nn.Sequential(*[VSSBlock(dims[i], 0.0, d_state) for _ in range(depths[i])])
+                                      for i in range(len(dims) - 1)])
+        self.head = nn.Sequential(
+            nn.ConvTranspose2d(dims[0], out_dim, patch_size, patch_size), nn.GroupNorm(1, out_dim), nn.GELU(),
+            nn.Conv2d(out_dim, out_dim, 3, padding=1),
+        )
+
+    @staticmethod
+    def _blocks(blocks: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return blocks(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """image (B, C, H, W) with H, W divisible by patch_size * 2**(stages-1); keyword tokens (B, L, text_dim)
+        -> last decoder feature e^I (B, out_dim, H, W)."""
+        f = self.patch_size * 2 ** (self.num_stages - 1)
+        if image.shape[-1] % f or image.shape[-2] % f:
+            raise ValueError(f"image size {tuple(image.shape[-2:])} must be divisible by {f}.")
+        x = self.stem(image)
+        x = self.stem_norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        skips = []
+        for i, blocks in enumerate(self.encoder):
+            x = self._blocks(blocks, x)
+            if i < self.num_stages - 1:
+                skips.append(x)
+                x = self.down[i](x)
+        x = self.fuse[-1](x, text, text_mask)
+        for i in reversed(range(self.num_stages - 1)):
+            x = self.up[i](x) + skips[i]
+            x = self.fuse[i](self._blocks(self.decoder[i], x), text, text_mask)
+        return self.head(x)
+
+
+class TIFCTextSegmenter(nn.Module):
+    """Phi_T: word-level mask over the description tokens given the keyword.
+
+    Each token feature is concatenated with the pooled keyword feature and its cosine similarity to it, mixed by a
+    bidirectional Mamba layer, and classified per token; padding tokens get mask 0.
+
+    Args:
+        text_dim: token width; hidden: inner width; d_state: SSM state size; num_layers: Mamba layers.
+    """
+
+    def __init__(self, text_dim: int = 512, hidden: int = 64, d_state: int = 16, num_layers: int = 1) -> None:
+        super().__init__()
+        self.proj = nn.Linear(2 * text_dim + 1, hidden)
+        self.layers = nn.ModuleList(
+            [MambaLayer(hidden, d_state=d_state, directions=("forward", "backward")) for _ in range(num_layers)]
+        )
+        self.norms = nn.ModuleList([nn.LayerNorm(hidden) for _ in range(num_layers)])
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor, keyword: torch.Tensor) -> torch.Tensor:
+        """tokens (B, L, D), token_mask (B, L), keyword (B, D) -> M_T logits (B, L) (padding: -1e4)."""
+        sim = F.cosine_similarity(tokens, keyword[:, None], dim=-1).unsqueeze(-1)
+        x = self.proj(torch.cat([tokens, keyword[:, None].expand_as(tokens), sim], dim=-1))
+        for norm, layer in zip(self.norms, self.layers):
+            x = x + layer(norm(x))
+        logits = self.head(x).squeeze(-1)
+        return logits.masked_fill(~token_mask.bool(), -1e4)
+
+
+class TIFCMamba(nn.Module):
+    """TIFCMamba: text-supervised segmentation (image segmenter Phi_I, text segmenter Phi_T, CLIP towers).
+
+    ``forward(image, input_ids, attention_mask, keyword_ids, keyword_mask)`` returns the mask logits M_I
+    (B, 1, H, W) in eval mode (and in training when ``text_supervised`` is False, e.g. the fully supervised
+    comparison). In text-supervised training it returns a dict for
+    :class:`monai_vlseg.losses.text_supervised.TextSupervisedLoss`:
+    ``pred`` (logits), ``mask_image`` / ``mask_text`` (M_I, M_T in [0, 1]), ``text`` (e^T of the description),
+    ``fg_image`` / ``bg_image`` (E_I of I-hat and of the complement image), ``fg_text`` (E_T of T-hat),
+    ``fg_region`` / ``bg_region`` (mask-pooled CLIP patch embeddings of the full image: region-level alignment),
+    ``keyword_tokens`` (B, L) 0/1 membership of each description token in the keyword, ``token_mask``.
+    Without text (``input_ids`` None) a learned empty prompt replaces e^T and the keyword tokens.
+
+    Args:
+        in_channels: image channels.
+        size: ``"T"``, ``"S"`` or ``"B"`` (:data:`TIFC_CONFIGS`); ``dims``/``depths`` override it.
+        clip_model: CLIP id/folder or None (random :data:`SMALL_CLIP`-like config, ``clip_config``).
+        clip_config: CLIPConfig kwargs for ``clip_model=None``.
+        text_supervised: return the alignment dict in training (False: logits, for mask supervision).
+        feature_dim: width of the last decoder feature before its projection to the CLIP embedding.
+        fusion_spatial, fusion_channel: BiDF ablation switches (the poster's fusion table).
+        text_hidden: Phi_T inner width.
+        drop_path, d_state, patch_size: Phi_I settings.
+        fill: background fill of I-hat: ``"uniform"`` (random pixels) or ``"shuffle"`` (pixels of another image).
+    """
+
+    def __init__(self, in_channels: int = 3, size: str = "B", dims: Sequence[int] | None = None,
+                 depths: Sequence[int] | None = None, clip_model: str | None = None,
+                 clip_config: Mapping[str, Any] | None = None, text_supervised: bool = True, feature_dim: int = 32,
+                 fusion_spatial: bool = True, fusion_channel: bool = True, text_hidden: int = 64,
+                 drop_path: float = 0.1, d_state: int = 16, patch_size: int = 4, fill: str = "uniform") -> None:
+        super().__init__()
+        if size not in TIFC_CONFIGS:
+            raise ValueError(f"size must be one of {sorted(TIFC_CONFIGS)}, got {size!r}")
+        if fill not in ("uniform", "shuffle"):
+            raise ValueError(f"fill must be 'uniform' or 'shuffle', got {fill!r}")
+        dims = tuple(dims or TIFC_CONFIGS[size]["dims"])
+        depths = tuple(depths or TIFC_CONFIGS[size]["depths"])
+        self.text_supervised, self.fill, self.in_channels = text_supervised, fill, in_channels
+        self.clip = CLIPTowers(clip_model, clip_config, frozen=True)
+        th, e = self.clip.text_hidden, self.clip.embed_dim
+        self.image_segmenter = TIFCImageSegmenter(in_channels, dims, depths, th, feature_dim, patch_size, d_state,
+                                                  drop_path, fusion_spatial, fusion_channel)
+        self.text_segmenter = TIFCTextSegmenter(th, text_hidden, d_state)
+        self.image_proj = nn.Conv2d(feature_dim, e, 1)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.logit_bias = nn.Parameter(torch.tensor(-2.0))
+        self.empty_text = nn.Parameter(torch.zeros(e))
+        self.empty_tokens = nn.Parameter(torch.zeros(1, 1, th))
+        nn.init.normal_(self.empty_text, std=0.02)
+        nn.init.normal_(self.empty_tokens, std=0.02)
+
+    def segmenter_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters of Phi_I, Phi_T and the mask head (the CLIP towers excluded)."""
+        return [p for n, p in self.named_parameters() if not n.startswith("clip.") and p.requires_grad]
+
+    def _text(self, input_ids, attention_mask, keyword_ids, keyword_mask, batch: int):
+        if input_ids is None:
+            e_t = self.empty_text[None].expand(batch, -1)
+            kw = self.empty_tokens.expand(batch, -1, -1)
+            return e_t, None, kw, None, None
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if keyword_ids is None:
+            keyword_ids, keyword_mask = input_ids, attention_mask
+        elif keyword_mask is None:
+            keyword_mask = torch.ones_like(keyword_ids)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.clip.frozen):
+            e_t, tok = self.clip.encode_text(input_ids, attention_mask)
+            _, kw = self.clip.encode_text(keyword_ids, keyword_mask)
+        has_text = attention_mask.sum(1) > 0
+        e_t = torch.where(has_text[:, None], e_t, self.empty_text[None].to(e_t.dtype))
+        kw_has = keyword_mask.sum(1) > 0
+        kw = torch.where(kw_has[:, None, None], kw, self.empty_tokens.to(kw.dtype))
+        return e_t, tok, kw, keyword_mask, attention_mask
+
+    def forward(self, image: torch.Tensor, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, keyword_ids: torch.Tensor | None = None,
+                keyword_mask: torch.Tensor | None = None):
+        if image.shape[1] != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} image channels, got {image.shape[1]}.")
+        b = image.shape[0]
+        e_t, tok, kw, kw_mask, attn = self._text(input_ids, attention_mask, keyword_ids, keyword_mask, b)
+        feat = self.image_segmenter(image, kw, kw_mask)  # e^I: last decoder feature
+        e_i = F.normalize(self.image_proj(feat), dim=1)
+        cos = torch.einsum("bchw,bc->bhw", e_i, F.normalize(e_t, dim=-1)).unsqueeze(1)
+        logits = self.logit_scale.exp() * cos + self.logit_bias  # M_I = sigmoid(e^I . e^T)
+        if not (self.training and self.text_supervised):
+            return logits
+        if input_ids is None:
+            raise ValueError("text-supervised training needs the description tokens (input_ids).")
+        m_i = torch.sigmoid(logits)
+        # image under M_I, background filled randomly (I-hat), and the complement image
+        if self.fill == "uniform":
+            noise = torch.rand_like(image)
+        else:
+            noise = image.roll(1, dims=0)
+        fg_img = m_i * image + (1 - m_i) * noise
+        bg_img = (1 - m_i) * image + m_i * noise
+        fg_image, _ = self.clip.encode_image(fg_img)
+        bg_image, _ = self.clip.encode_image(bg_img)
+        with torch.no_grad():
+            _, patches = self.clip.encode_image(image)  # (B, P, E) region features of the full image
+        g = int(round(patches.shape[1] ** 0.5))
+        m_p = F.adaptive_avg_pool2d(m_i, g).flatten(1)  # (B, P)
+        fg_region = (m_p.unsqueeze(-1) * patches).sum(1) / m_p.sum(1, keepdim=True).clamp(min=1e-6)
+        bg_region = ((1 - m_p).unsqueeze(-1) * patches).sum(1) / (1 - m_p).sum(1, keepdim=True).clamp(min=1e-6)
+        # text segmenter: M_T over the description tokens given the keyword, then T-hat
+        kw_pooled = _masked_mean(kw, kw_mask)
+        mt_logits = self.text_segmenter(tok, attn, kw_pooled)
+        m_t = torch.sigmoid(mt_logits)
+        special = (torch.arange(input_ids.shape[1], device=input_ids.device) == 0)[None] | (
+            input_ids == self.clip.eos_token_id)
+        weights = torch.where(special, torch.ones_like(m_t), m_t) * attn
+        fg_text, _ = self.clip.encode_text(input_ids, attn, token_weights=weights)
+        kw_ids = input_ids if keyword_ids is None else keyword_ids
+        kw_tokens = (input_ids[:, :, None] == kw_ids[:, None, :]) & keyword_mask.bool()[:, None, :]
+        kw_tokens = kw_tokens.any(-1) & attn.bool() & ~special
+        return {
+            "pred": logits, "mask_image": m_i, "mask_text": m_t, "text": e_t, "fg_image": fg_image,
+            "bg_image": bg_image, "fg_text": fg_text, "fg_region": fg_region, "bg_region": bg_region,
+            "keyword_tokens": kw_tokens.to(m_t.dtype), "token_mask": (attn.bool() & ~special).to(m_t.dtype),
+        }
+
+
+class TrivialPrior(nn.Module):
+    """Image-independent baseline masks for the report: ``"whole"`` image or a ``"disc"`` centred in the image of
+    radius ``radius`` x the image side. Returns logits (+10 inside, -10 outside); ignores every other input."""
+
+    def __init__(self, kind: str = "disc", radius: float = 0.2) -> None:
+        super().__init__()
+        if kind not in ("whole", "disc"):
+            raise ValueError(f"kind must be 'whole' or 'disc', got {kind!r}")
+        self.kind, self.radius = kind, radius
+
+    def forward(self, image: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        b, _, h, w = image.shape
+        if self.kind == "whole":
+            inside = torch.ones(h, w, dtype=torch.bool, device=image.device)
+        else:
+            yy = (torch.arange(h, device=image.device) + 0.5) / h - 0.5
+            xx = (torch.arange(w, device=image.device) + 0.5) / w - 0.5
+            inside = yy[:, None] ** 2 + xx[None] ** 2 <= self.radius**2
+        return torch.where(inside, 10.0, -10.0).to(image.dtype).expand(b, 1, h, w).clone()
