@@ -484,7 +484,11 @@ class LCPDN(nn.Module):
             raise ValueError(f"diffusion checkpoint '{path}' could not be read: {err}") from None
         if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
             state = state["model"]
-        missing, unexpected = self.diffusion.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = self.diffusion.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # shape mismatches
+            first = str(err).strip().splitlines()
+            raise ValueError(f"diffusion checkpoint '{path}' does not match this UNet: {first[-1].strip()}") from None
         bad = [k for k in missing if k.startswith("unet.")]
         if bad or unexpected:
             raise ValueError(
