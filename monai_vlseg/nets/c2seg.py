@@ -1,0 +1,470 @@
+"""C2Seg: consistency-enhanced two-stage text-guided segmentation.
+
+"Towards Text-Mask Consistency in Medical Image Segmentation" (ICLR 2026, no public code). Stage 1 aligns the image
+encoder with a frozen text tower by cluster-aware contrastive learning (:class:`C2SegPretrainNet` +
+:class:`monai_vlseg.losses.cacl.CaCLLoss`); stage 2 fuses image and text with the Bi-directional Complementary
+Attention Module (:class:`BCAM`) and KAN gating (:class:`KGate`) and decodes a mask (:class:`C2Seg`).
+The paper gives no equation numbers in the text we follow; comments name the quantity (A, F_v, F_l, g) instead.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.nets.basic_unet import Down, TwoConv, UpCat
+from monai.utils import convert_to_tensor
+from transformers import AutoConfig, CLIPTextConfig, CLIPTextModel
+
+from monai_vlseg.nets.blocks.attention import MultiHeadAttention
+from monai_vlseg.nets.blocks.kan import KANLinear, OverlapPatchEmbed, TokenizedKANBlock
+from monai_vlseg.nets.blocks.text_encoder import FrozenTextEncoder
+from monai_vlseg.utils import PretrainedNotFoundError, load_pretrained
+
+__all__ = [
+    "CLIP_TEXT_MODEL",
+    "C2SegTextEncoder",
+    "C2SegEncoder",
+    "KGate",
+    "BCAM",
+    "DualAttention",
+    "C2SegFusion",
+    "C2Seg",
+    "C2SegPretrainNet",
+    "load_encoder_checkpoint",
+]
+
+#: the paper's text tower (the text half of CLIP ViT-B/32; 512-d tokens).
+CLIP_TEXT_MODEL = "openai/clip-vit-base-patch32"
+_CLIP_TYPES = ("clip", "clip_text_model")
+
+
+def _is_clip(name: str | None, overrides: dict) -> bool:
+    if overrides.get("model_type") in _CLIP_TYPES:
+        return True
+    try:
+        return load_pretrained(AutoConfig, name).model_type in _CLIP_TYPES
+    except (PretrainedNotFoundError, ValueError, OSError):
+        return False  # FrozenTextEncoder raises the clear "not available offline" error itself
+
+
+class C2SegTextEncoder(FrozenTextEncoder):
+    """:class:`FrozenTextEncoder` that also takes a CLIP checkpoint (e.g. ``openai/clip-vit-base-patch32``).
+
+    ``AutoModel`` maps a CLIP id to the two-tower ``CLIPModel``, whose forward needs pixel values; here a CLIP
+    config (``model_type`` "clip" or "clip_text_model") loads only the text tower, ``CLIPTextModel``. Every other
+    model goes through :class:`FrozenTextEncoder` unchanged (same offline policy and "no text" convention).
+    ``config_overrides={"model_type": "clip_text_model", ...}`` with ``random_init=True`` builds a random CLIP text
+    tower without any file (tests, parameter counts).
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        frozen: bool = True,
+        trust_remote_code: bool = False,
+        random_init: bool = False,
+        config_overrides: dict | None = None,
+    ) -> None:
+        overrides = dict(config_overrides or {})
+        if not _is_clip(model_name_or_path, overrides):
+            super().__init__(model_name_or_path, frozen, trust_remote_code, random_init, overrides)
+            return
+        nn.Module.__init__(self)
+        from_overrides = overrides.pop("model_type", None) in _CLIP_TYPES and model_name_or_path in (None, "default")
+        if random_init:
+            if from_overrides:
+                config = CLIPTextConfig(**overrides)
+            else:
+                config = load_pretrained(CLIPTextConfig, model_name_or_path, **overrides)
+            self.model = CLIPTextModel(config)
+        else:
+            self.model = load_pretrained(CLIPTextModel, model_name_or_path, **overrides)
+        self.frozen = frozen
+        if frozen:
+            self.model.requires_grad_(False)
+            self.model.eval()
+
+
+class C2SegEncoder(nn.Module):
+    """Hybrid CNN + KAN image encoder: five stages, each halving the resolution after the first.
+
+    Convolutional stages are MONAI's ``TwoConv`` (stage 1) and ``Down`` (max-pool + two 3x3 conv); KAN stages are a
+    U-KAN overlapping patch embedding (3x3 conv, stride 2) followed by a :class:`TokenizedKANBlock`. The paper's
+    best configuration is CNN for the first three stages and KAN for the last two (``kan_stages=2``).
+
+    Args:
+        in_channels: image channels.
+        features: widths of the five stages.
+        kan_stages: how many of the last stages are KAN stages (0-4).
+        kan_layers: KAN + depthwise-conv units per KAN block.
+        act, norm: MONAI activation / normalisation of the convolutional stages.
+        kan_kwargs: :class:`KANLinear` arguments.
+
+    ``forward(x)`` returns the five feature maps, finest first.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        features: Sequence[int] = (32, 64, 128, 256, 512),
+        kan_stages: int = 2,
+        kan_layers: int = 1,
+        act: str | tuple = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True}),
+        norm: str | tuple = "batch",
+        kan_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if len(features) != 5:
+            raise ValueError(f"C2SegEncoder needs five stage widths, got {list(features)}.")
+        if not 0 <= kan_stages <= 4:
+            raise ValueError(f"kan_stages must be in 0..4 (the first stage is convolutional), got {kan_stages}.")
+        self.features, self.kan_stages = tuple(features), kan_stages
+        stages: list[nn.Module] = [TwoConv(2, in_channels, features[0], act, norm, True)]
+        for i in range(1, 5):
+            if i >= 5 - kan_stages:
+                stages.append(
+                    nn.Sequential(
+                        OverlapPatchEmbed(features[i - 1], features[i]),
+                        TokenizedKANBlock(features[i], kan_layers, **(kan_kwargs or {})),
+                    )
+                )
+            else:
+                stages.append(Down(2, features[i - 1], features[i], act, norm, True))
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+
+class KGate(nn.Module):
+    """KAN attention gate: ``g = tanh(KAN2(ReLU(KAN1(F))))`` and ``F * g`` (element-wise, g in [-1, 1]).
+
+    Args:
+        channels: width of F; hidden: width between the two KAN layers.
+    Shapes: ``(B, P, C) -> (B, P, C)``.
+    """
+
+    def __init__(self, channels: int, hidden: int, **kan_kwargs) -> None:
+        super().__init__()
+        self.kan1 = KANLinear(channels, hidden, **kan_kwargs)
+        self.kan2 = KANLinear(hidden, channels, **kan_kwargs)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        g = torch.tanh(self.kan2(F.relu(self.kan1(f))))  # g = tanh(KAN2(ReLU(KAN1(F))))
+        return f * g
+
+
+def _masked_fill(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    return scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+
+
+class BCAM(nn.Module):
+    """Bi-directional Complementary Attention Module.
+
+    KAN projections (after LayerNorm, which brings the inputs into the KAN grid range) give ``V_key, V_value`` from
+    the vision tokens ``V`` (P x C) and ``L_key, L_value`` from the text tokens ``L`` (N x C_t). With
+    ``A = V_key L_key^T / sqrt(d)`` (P x N):
+
+    - vision-dominant ``F_v = Softmax_N(A) L_value`` (P x C);
+    - language-dominant: ``W = Softmax_P(A^T)`` (N x P), each token's spatial weights applied to the vision values
+      and summed over the tokens, ``F_l[p] = sum_n W[n, p] V_value[p]`` (P x C, on the pixel grid).
+
+    Padding tokens are excluded from both softmaxes' token side. ``F_l`` is multiplied by ``P / N_valid`` so that a
+    uniform attention weighs every pixel by 1 (a fixed rescaling; the paper does not state the scale). With
+    ``num_heads > 1`` the key width and the value channels are split into heads, each with its own A.
+
+    Args:
+        channels: vision width C (also the output width); text_dim: text token width C_t.
+        key_dim: d (default C); num_heads: attention heads (1 as in the paper).
+        kan_kwargs: :class:`KANLinear` arguments.
+
+    ``forward(v, l, mask)``: v (B, P, C), l (B, N, C_t), mask (B, N) bool -> (F_v, F_l), both (B, P, C).
+    """
+
+    def __init__(
+        self, channels: int, text_dim: int, key_dim: int | None = None, num_heads: int = 1, **kan_kwargs
+    ) -> None:
+        super().__init__()
+        key_dim = key_dim or channels
+        if key_dim % num_heads or channels % num_heads:
+            raise ValueError(f"key_dim {key_dim} and channels {channels} must be divisible by num_heads {num_heads}.")
+        self.num_heads, self.key_dim = num_heads, key_dim
+        self.norm_v, self.norm_l = nn.LayerNorm(channels), nn.LayerNorm(text_dim)
+        self.v_key = KANLinear(channels, key_dim, **kan_kwargs)
+        self.v_value = KANLinear(channels, channels, **kan_kwargs)
+        self.l_key = KANLinear(text_dim, key_dim, **kan_kwargs)
+        self.l_value = KANLinear(text_dim, channels, **kan_kwargs)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)  # (B, h, n, c/h)
+
+    def forward(
+        self, v: torch.Tensor, l: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        b, p, c = v.shape
+        if mask is None:
+            mask = torch.ones(l.shape[:2], dtype=torch.bool, device=l.device)
+        mask = mask.bool()
+        v, l = self.norm_v(v), self.norm_l(l)
+        vk, vv = self._heads(self.v_key(v)), self._heads(self.v_value(v))
+        lk, lv = self._heads(self.l_key(l)), self._heads(self.l_value(l))
+        a = vk @ lk.transpose(-1, -2) / math.sqrt(self.key_dim // self.num_heads)  # A: (B, h, P, N)
+        keep = mask[:, None, None, :]
+        f_v = torch.softmax(_masked_fill(a, keep), dim=-1) @ lv  # F_v = Softmax_N(A) L_value
+        w = torch.softmax(a.transpose(-1, -2), dim=-1)  # W = Softmax_P(A^T): (B, h, N, P)
+        n_valid = mask.sum(1).clamp(min=1).to(w.dtype)[:, None, None]  # (B, 1, 1)
+        token_sum = (w * mask[:, None, :, None].to(w.dtype)).sum(2)  # sum over tokens: (B, h, P)
+        f_l = (token_sum * (p / n_valid)).unsqueeze(-1) * vv  # F_l[p] = sum_n W[n, p] V_value[p]
+        merge = lambda x: x.transpose(1, 2).reshape(b, p, c)  # noqa: E731
+        return merge(f_v), merge(f_l)
+
+
+class DualAttention(nn.Module):
+    """DualA-style bi-directional cross-attention (ablation row b): the text tokens are updated from the image
+    (``L' = L + Attn(L, V, V)``), then the image attends to the updated tokens (``F_v = Attn(V, L', L')``); the
+    language side stays a set of tokens, so the two outputs are the vision tokens V and F_v.
+
+    ``forward(v, l, mask)``: v (B, P, C), l (B, N, C_t) -> (V, F_v), both (B, P, C).
+    """
+
+    def __init__(self, channels: int, text_dim: int, num_heads: int = 4) -> None:
+        super().__init__()
+        self.text_proj = nn.Linear(text_dim, channels)
+        self.norm_v, self.norm_l = nn.LayerNorm(channels), nn.LayerNorm(channels)
+        self.text_update = MultiHeadAttention(channels, num_heads)
+        self.vision_attn = MultiHeadAttention(channels, num_heads)
+
+    def forward(
+        self, v: torch.Tensor, l: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        l = self.text_proj(l)
+        vn = self.norm_v(v)
+        l = l + self.text_update(self.norm_l(l), vn, vn)
+        if mask is not None:  # padding tokens cannot be attended to: zero them, their keys stay non-informative
+            l = l * mask[..., None].to(l.dtype)
+        return v, self.vision_attn(vn, l, l)
+
+
+class C2SegFusion(nn.Module):
+    """Image-text fusion at one encoder level: two paths from BCAM (F_v, F_l) or DualA (V, F_v), each optionally
+    reweighted by its own :class:`KGate`, concatenated and mixed by a 1x1 convolution (``F_out``).
+
+    Args:
+        channels: vision width; text_dim: text token width.
+        fusion: "bcam" or "duala".
+        k_gate: use the KAN gates.
+        gate_hidden: hidden width of the gates (default channels // 4).
+        num_heads: BCAM heads (1) / DualA heads (4 when BCAM uses 1).
+    ``forward(x, l, mask)``: x (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        text_dim: int,
+        fusion: str = "bcam",
+        k_gate: bool = True,
+        gate_hidden: int | None = None,
+        num_heads: int = 1,
+        **kan_kwargs,
+    ) -> None:
+        super().__init__()
+        if fusion == "bcam":
+            self.attn: nn.Module = BCAM(channels, text_dim, num_heads=num_heads, **kan_kwargs)
+        elif fusion == "duala":
+            self.attn = DualAttention(channels, text_dim, num_heads=max(num_heads, 4) if channels % 4 == 0 else 1)
+        else:
+            raise ValueError(f"fusion must be 'bcam' or 'duala', got '{fusion}'.")
+        hidden = gate_hidden or max(channels // 4, 1)
+        self.gates = nn.ModuleList(KGate(channels, hidden, **kan_kwargs) for _ in range(2)) if k_gate else None
+        self.mix = nn.Conv2d(2 * channels, channels, 1)
+
+    def forward(self, x: torch.Tensor, l: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, c, h, w = x.shape
+        paths = self.attn(x.flatten(2).transpose(1, 2), l, mask)
+        if self.gates is not None:
+            paths = tuple(g(f) for g, f in zip(self.gates, paths))  # F^g = F * g, per path
+        f = torch.cat(paths, dim=-1).transpose(1, 2).reshape(b, 2 * c, h, w)
+        return self.mix(f)  # F_out = Conv1x1(Concat(F_v^g, F_l^g))
+
+
+class C2Seg(nn.Module):
+    """
+    C2Seg network: hybrid CNN + KAN encoder, frozen text encoder, BCAM + K-Gate fusion at the deepest levels, and a
+    U-Net decoder (MONAI ``UpCat``: transposed conv, concatenation with the skip, two 3x3 convs) with a 1x1 head.
+
+    ``forward(image, input_ids=None, attention_mask=None)`` returns logits (B, out_channels, H, W). Without text (or
+    rows whose attention mask is all zero) a learned empty prompt stands for the text tokens.
+
+    Ablation switches (the paper's table): ``fusion="none"`` (a: vision only), ``"duala"`` (b), ``"bcam"`` with
+    ``k_gate=False`` (c), ``"bcam"`` with ``k_gate=True`` (d, and e/f after stage-1 pretraining with hard / CaCL
+    labels). ``kan_stages`` varies the encoder (0: all CNN; 2: the paper's best).
+
+    Args:
+        in_channels: image channels; out_channels: output channels (1 for a sigmoid mask).
+        features: widths of the five encoder stages (the decoder mirrors them).
+        kan_stages, kan_layers: see :class:`C2SegEncoder`.
+        text_encoder: text model for :class:`C2SegTextEncoder`: "default" (the packaged offline encoder), a local
+            folder or a cached HuggingFace id; the paper uses :data:`CLIP_TEXT_MODEL`.
+        text_config: config overrides that build a random-init text tower (tests, parameter counts).
+        text_len: tokenizer max_length (the empty prompt's length).
+        fusion: "bcam", "duala" or "none"; k_gate: KAN gates; fusion_levels: encoder levels (0-4) fused with text.
+        gate_hidden: hidden width of the gates (channels // 4 when None); num_heads: BCAM heads.
+        grid_size, spline_order, grid_range: KAN settings of every KAN layer.
+        act, norm: MONAI activation / normalisation of the convolutional stages and the decoder.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        features: Sequence[int] = (32, 64, 128, 256, 512),
+        kan_stages: int = 2,
+        kan_layers: int = 1,
+        text_encoder: str | None = "default",
+        text_config: dict | None = None,
+        text_len: int = 24,
+        fusion: str = "bcam",
+        k_gate: bool = True,
+        fusion_levels: Sequence[int] = (3, 4),
+        gate_hidden: int | None = None,
+        num_heads: int = 1,
+        grid_size: int = 5,
+        spline_order: int = 3,
+        grid_range: Sequence[float] = (-1.0, 1.0),
+        act: str | tuple = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True}),
+        norm: str | tuple = "batch",
+    ) -> None:
+        super().__init__()
+        if fusion not in ("bcam", "duala", "none"):
+            raise ValueError(f"fusion must be 'bcam', 'duala' or 'none', got '{fusion}'.")
+        if any(not 0 <= i <= 4 for i in fusion_levels):
+            raise ValueError(f"fusion_levels must be encoder levels in 0..4, got {list(fusion_levels)}.")
+        kan_kwargs = dict(grid_size=grid_size, spline_order=spline_order, grid_range=tuple(grid_range))
+        self.in_channels, self.text_len, self.fusion_mode = in_channels, text_len, fusion
+        self.encoder = C2SegEncoder(in_channels, features, kan_stages, kan_layers, act, norm, kan_kwargs)
+        self.text_encoder = C2SegTextEncoder(
+            text_encoder, frozen=True, random_init=text_config is not None, config_overrides=text_config
+        )
+        text_dim = self.text_encoder.hidden_size
+        self.empty_prompt = nn.Parameter(torch.randn(text_len, text_dim) * 0.02)
+        self.fusion_levels = tuple(sorted(set(fusion_levels))) if fusion != "none" else ()
+        self.fusions = nn.ModuleDict(
+            {
+                str(i): C2SegFusion(features[i], text_dim, fusion, k_gate, gate_hidden, num_heads, **kan_kwargs)
+                for i in self.fusion_levels
+            }
+        )
+        self.decoder = nn.ModuleList(
+            UpCat(2, features[i + 1], features[i], features[i], act, norm, True, halves=True) for i in range(3, -1, -1)
+        )
+        self.head = nn.Conv2d(features[0], out_channels, 1)
+
+    def encode_text(
+        self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, batch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen text tokens (B, text_len, D) and their validity mask; the learned empty prompt (all valid) where
+        there is no text."""
+        prompt = self.empty_prompt.unsqueeze(0).expand(batch, -1, -1)
+        full = torch.ones(batch, self.text_len, dtype=torch.bool, device=prompt.device)
+        if input_ids is None:
+            return prompt, full
+        if input_ids.shape[1] != self.text_len:
+            raise ValueError(f"input_ids have {input_ids.shape[1]} tokens; this network was built for {self.text_len}.")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        feats, _ = self.text_encoder(input_ids, attention_mask)
+        has_text = attention_mask.sum(1) > 0
+        tokens = torch.where(has_text[:, None, None], feats.to(prompt.dtype), prompt)
+        mask = torch.where(has_text[:, None], attention_mask.bool(), full)
+        return tokens, mask
+
+    def forward(
+        self, image: torch.Tensor, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        image = convert_to_tensor(image, track_meta=False)  # MONAI engines pass MetaTensors; keep the net plain
+        if image.shape[1] != self.in_channels:
+            raise ValueError(f"expected {self.in_channels}-channel images, got shape {tuple(image.shape)}.")
+        h, w = image.shape[-2:]
+        if h % 16 or w % 16:
+            raise ValueError(f"C2Seg needs image sizes divisible by 16, got {h}x{w}.")
+        feats = self.encoder(image)
+        if self.fusion_levels:
+            text, mask = self.encode_text(input_ids, attention_mask, image.shape[0])
+            for i in self.fusion_levels:
+                feats[i] = self.fusions[str(i)](feats[i], text, mask)
+        y = feats[4]
+        for up, skip in zip(self.decoder, feats[3::-1]):
+            y = up(y, skip)
+        return self.head(y)
+
+
+class C2SegPretrainNet(nn.Module):
+    """Stage 1 (CaCL pretraining) view of a :class:`C2Seg`: image embedding ``v`` (global average of the deepest
+    encoder features, linearly projected into the frozen text space) and text embedding ``l`` (masked mean of the
+    frozen text tokens), both L2-normalised.
+
+    ``forward(image, input_ids, attention_mask)`` returns ``torch.stack([v, l], 1)``, (B, 2, D), so that MONAI's
+    ``SupervisedTrainer`` can pass one tensor to the loss (``pred[:, 0]``, ``pred[:, 1]``).
+
+    Args:
+        network: the segmentation network whose ``encoder`` and ``text_encoder`` are used (and trained / frozen).
+    """
+
+    def __init__(self, network: C2Seg) -> None:
+        super().__init__()
+        self.network = network
+        self.image_proj = nn.Linear(network.encoder.features[-1], network.text_encoder.hidden_size)
+
+    @property
+    def encoder(self) -> C2SegEncoder:
+        return self.network.encoder
+
+    def forward(
+        self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        image = convert_to_tensor(image, track_meta=False)
+        v = self.image_proj(self.network.encoder(image)[-1].mean(dim=(2, 3)))
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        tokens, _ = self.network.text_encoder(input_ids, attention_mask)
+        m = attention_mask.to(tokens.dtype).unsqueeze(-1)
+        l = (tokens * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return torch.stack([F.normalize(v, dim=-1), F.normalize(l.to(v.dtype), dim=-1)], dim=1)
+
+
+def load_encoder_checkpoint(network: nn.Module, path: str | None, required: bool = False) -> nn.Module:
+    """Load a stage-1 image-encoder checkpoint (a state dict of ``network.encoder``) into ``network`` and return it.
+
+    A missing file (or ``path`` None/empty) warns and leaves the encoder randomly initialised, unless ``required``,
+    which raises ``FileNotFoundError``. A file that does not fit the encoder raises ``ValueError`` naming the file.
+    """
+    if not path or not os.path.isfile(path):
+        msg = (
+            f"stage-1 encoder checkpoint '{path}' not found: run configs/pretrain.json first "
+            "(python -m monai.bundle run pretraining --config_file bundles/c2seg/configs/pretrain.json)"
+        )
+        if required:
+            raise FileNotFoundError(msg + ", or set require_pretrained_encoder to false.")
+        warnings.warn(msg + "; training stage 2 with a randomly initialised image encoder.", stacklevel=2)
+        return network
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "encoder" in state and isinstance(state["encoder"], dict):
+        state = state["encoder"]
+    try:
+        network.encoder.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(f"'{path}' is not an encoder checkpoint for this network: {first}") from None
+    return network
