@@ -85,19 +85,24 @@ def _parser(bundle: str, variant: str):
 
 
 def image_input(bundle: str, variant: str = "paper", parser: Any = None) -> tuple[int, tuple[int, ...]]:
-    """``(channels, spatial shape)`` of the bundle's image input (metadata; the config's ``image_size`` for
-    ``variant="demo"``)."""
+    """``(channels, spatial shape)`` of the bundle's image input: metadata ``spatial_shape``; where that is
+    symbolic (``"32*n"``, sliding-window bundles) or ``variant="demo"``, the config's ``patch_size`` /
+    ``roi_size`` / ``image_size`` of the same dimension."""
     inputs = _meta(bundle)["network_data_format"]["inputs"]
     image = inputs.get("image") or next(iter(inputs.values()))
-    shape = tuple(int(s) for s in image["spatial_shape"])
-    if variant == "demo":
+    raw = list(image["spatial_shape"])
+    fixed = all(isinstance(v, int) or (isinstance(v, str) and v.isdigit()) for v in raw)
+    shape = tuple(int(v) for v in raw) if fixed else None
+    if variant == "demo" or shape is None:
         parser = parser or _parser(bundle, variant)
-        for key in ("image_size", "roi_size", "patch_size"):
+        for key in ("patch_size", "roi_size", "image_size"):
             if key in parser:
                 size = parser.get_parsed_content(key)
-                if isinstance(size, (list, tuple)) and len(size) == len(shape):
-                    shape = tuple(int(s) for s in size)
+                if isinstance(size, (list, tuple)) and len(size) == len(raw):
+                    shape = tuple(int(v) for v in size)
                     break
+    if shape is None:
+        raise ValueError(f"{bundle}: spatial_shape {raw} is symbolic and the config has no patch_size/roi_size/image_size")
     return int(image["num_channels"]), shape
 
 
@@ -272,6 +277,8 @@ def run_spec(spec: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
         row["error"] = (lines[-1] if lines else f"exit code {res.returncode}")[:300]
         return row
     row.update(json.loads(res.stdout.strip().splitlines()[-1]))
+    row["measured"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    row["load"] = round(os.getloadavg()[0], 1)
     return row
 
 
@@ -306,8 +313,8 @@ def markdown(rows: list[dict[str, Any]], a: argparse.Namespace, command: str) ->
         + " Timings on a shared machine are under load from other jobs.",
         "",
         "| network | input | trainable (M) | total (M) | GFLOPs (fwd, bs 1) | latency bs 1 (ms) | train img/s | "
-        "peak mem (MiB) | paper's figure | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "peak mem (MiB) | paper's figure | measured (UTC, load avg) | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in rows:
         s = r["spec"]
@@ -316,12 +323,12 @@ def markdown(rows: list[dict[str, Any]], a: argparse.Namespace, command: str) ->
             f"{s['channels']}x{'x'.join(map(str, s['shape']))}" if "shape" in s else "?")  # fmt: skip
         paper = PAPER_FIGURES.get(r["name"], "—") if r["kind"] == "bundle" else "—"
         if "error" in r:
-            lines.append(f"| {_label(r)} | {inp} | — | — | — | — | — | — | {paper} | failed: {r['error'].replace('|', '/')} |")
+            lines.append(f"| {_label(r)} | {inp} | — | — | — | — | — | — | {paper} | — | failed: {r['error'].replace('|', '/')} |")
             continue
         lines.append(
             f"| {_label(r)} | {inp} | {r['trainable_M']:.2f} | {r['total_M']:.2f} | {r['gflops']:.2f} | "
             f"{r['latency_ms']:.0f} | {r['train_img_per_s']:.2f} (bs {r['batch']}) | {r['peak_mem_MiB']:.0f} | {paper} | "
-            f"{r['note']} |"
+            f"{r.get('measured', '?')}, {r.get('load', '?')} | {r['note']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -392,12 +399,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="write the markdown table (with date, machine, command) here")
     p.add_argument("--json", default=None, help="write the raw rows here (default: beside --out)")
     p.add_argument("--plot", default=None, help="write the accuracy-vs-cost PNG here")
+    p.add_argument("--merge", action="store_true", help="keep the rows of the --json file (default: beside --out) "
+                   "for networks not measured in this run; re-measured ones are replaced")  # fmt: skip
     p.add_argument("--accuracy", default=os.path.join(REPO, "docs", "demo_accuracy.json"),
                    help="demo-accuracy rows for --plot (scripts/demo_accuracy.py)")  # fmt: skip
     p.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.precision is None:
         a.precision = "amp" if a.amp else ("both" if a.device.startswith("cuda") else "fp32")
+    if a._one:
         print(json.dumps(measure(json.loads(a._one), a.repeats, a.batch, a.device, a.precision == "amp")))
         return 0
     available = discover_bundles()
@@ -418,6 +428,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['trainable_M']:.2f}M trainable / {row['total_M']:.2f}M, {row['gflops']:.2f} GFLOPs, "
             f"{row['latency_ms']:.0f} ms, {row['train_img_per_s']:.2f} img/s, {row['peak_mem_MiB']:.0f} MiB")
         print(f"[{time.perf_counter() - t:6.1f} s] {_label(row)}: {status}", flush=True)  # fmt: skip
+    js = a.json or (os.path.splitext(a.out)[0] + ".json" if a.out else None)
+    if a.merge and js and os.path.isfile(js):
+        with open(js, encoding="utf-8") as f:
+            old = json.load(f).get("rows", [])
+        new = {_label(r): r for r in rows}
+        merged = [new.pop(_label(r), r) for r in old]
+        rows = merged + list(new.values())
+        command += " (rows of earlier runs kept: see the measured column)"
     text = markdown(rows, a, command)
     print(text)
     if a.out:
@@ -425,7 +443,6 @@ def main(argv: list[str] | None = None) -> int:
         with open(a.out + ".tmp", "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(a.out + ".tmp", a.out)
-    js = a.json or (os.path.splitext(a.out)[0] + ".json" if a.out else None)
     if js:
         with open(js + ".tmp", "w", encoding="utf-8") as f:
             json.dump({"command": command, "device": a.device, "precision": a.precision, "variant": a.variant, "rows": rows}, f, indent=2)

@@ -93,3 +93,20 @@ def test_demo_accuracy_curves_from_log_and_table(tmp_path):
     text = open(da.write_table({"x": row, "y": bad}, str(tmp_path), "cmd")).read()
     assert "| x | yes | 0.700 | 0.500 | 3.0 | — | — | 0.600 | 0.100 | 2 | 2.0 |" in text
     assert "| y | no |" in text and "training failed" in text
+
+
+def test_main_writes_table_json_plot_and_merges(bench, tmp_path):
+    import json
+
+    out = tmp_path / "benchmarks.md"
+    old = {"name": "ghost", "kind": "bundle", "spec": {"kind": "bundle", "name": "ghost", "size": [1, [8, 8]]},
+           "error": "kept from an earlier run"}  # fmt: skip
+    (tmp_path / "benchmarks.json").write_text(json.dumps({"rows": [old]}))
+    rc = bench.main(["--nets", "unet", "--repeats", "1", "--batch", "1", "--out", str(out), "--merge",
+                     "--plot", str(tmp_path / "b.png")])  # fmt: skip
+    assert rc == 0
+    text = out.read_text()
+    assert "| unet (2D 224x224) | 1x224x224 | 6.49 |" in text and "| ghost |" in text and "earlier runs kept" in text
+    rows = json.loads((tmp_path / "benchmarks.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["ghost", "unet"] and rows[1]["gflops"] > 4
+    assert (tmp_path / "b.png").stat().st_size > 1000
