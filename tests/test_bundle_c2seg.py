@@ -1,0 +1,194 @@
+"""The C2Seg bundle as model-zoo tests it, both stages: CaCL pretraining writes the encoder checkpoint, stage-2
+training loads it (encoder in its own optimizer group, text tower frozen), evaluate / inference workflows,
+verify_net_in_out, 2-process DDP training on CPU (gloo), and the metadata fields."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
+from PIL import Image
+
+from monai_vlseg.data import generate_demo_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "bundles", "c2seg", "configs")
+META = os.path.join(CONFIGS, "metadata.json")
+LOGGING = os.path.join(CONFIGS, "logging.conf")
+TINY_NET = {
+    "network_def#features": [4, 8, 8, 16, 16],
+    "network_def#kan_layers": 1,
+    "network_def#text_config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
+}
+
+
+def cfg(*names):
+    return [os.path.join(CONFIGS, n) for n in names]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """A tiny demo data set, a 2-epoch CaCL pretraining and a 2-epoch stage-2 training on it."""
+    tmp = tmp_path_factory.mktemp("c2seg")
+    datalist = generate_demo_dataset(str(tmp / "data"), n_train=8, n_val=4, n_test=4, size=128, seed=1)
+    overrides = {
+        "bundle_root": str(tmp / "bundle"),
+        "datalist": datalist,
+        "image_size": [64, 64],
+        "batch_size": 4,
+        "max_epochs": 2,
+        "min_epochs": 0,
+        "pretrain_batch_size": 4,
+        "pretrain_epochs": 2,
+        **TINY_NET,
+    }
+    pre = ConfigWorkflow(workflow_type="train", config_file=cfg("pretrain.json"), meta_file=META, logging_file=LOGGING,
+                         **overrides)  # fmt: skip
+    pre.initialize()
+    pre.run()
+    pre.finalize()
+    wf = ConfigWorkflow(workflow_type="train", config_file=cfg("train.json"), meta_file=META, logging_file=LOGGING, **overrides)
+    wf.initialize()
+    assert wf.check_properties() == []
+    optimizer = wf.parser.get_parsed_content("optimizer")
+    wf.run()
+    wf.finalize()
+    return {"root": tmp, "datalist": datalist, "overrides": overrides, "optimizer": optimizer}
+
+
+def test_pretraining_writes_the_encoder_and_training_loads_it(bundle):
+    models = bundle["root"] / "bundle" / "models"
+    enc = torch.load(models / "encoder.pt", map_location="cpu", weights_only=True)
+    assert any(k.startswith("stages.4.1.kans") for k in enc)  # the KAN stage of the hybrid encoder
+    assert not any(k.startswith(("text_encoder", "decoder", "image_proj")) for k in enc)
+    parser = ConfigParser()
+    parser.read_config(cfg("train.json"))
+    parser.update(bundle["overrides"])
+    net = parser.get_parsed_content("network")  # load_encoder_checkpoint(network_def, pretrained_encoder)
+    for k, v in net.encoder.state_dict().items():
+        torch.testing.assert_close(v, enc[k], msg=k)
+    model = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+    assert any(k.startswith("fusions.4.attn.l_key") for k in model)  # BCAM with KAN projections
+
+
+def test_optimizer_groups_small_encoder_lr_and_frozen_text(bundle):
+    groups = bundle["optimizer"].param_groups
+    assert [g["initial_lr"] for g in groups] == [3e-05, 3e-04]  # encoder first, at the small learning rate
+    parser = ConfigParser()
+    parser.read_config(cfg("train.json"))
+    parser.update(dict(bundle["overrides"], require_pretrained_encoder=False, pretrained_encoder=None))
+    net = parser.get_parsed_content("network_def")
+    opt = parser.get_parsed_content("optimizer")
+    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
+    assert ids(opt.param_groups[0]["params"]) == ids(net.encoder.parameters())
+    assert not ids(net.text_encoder.parameters()) & ids(p for g in opt.param_groups for p in g["params"])
+    assert ids(opt.param_groups[1]["params"]) == ids(p for n, p in net.named_parameters() if p.requires_grad and not n.startswith("encoder."))
+
+
+def test_missing_pretrained_encoder_warns_or_fails_when_required(bundle, tmp_path):
+    parser = ConfigParser()
+    parser.read_config(cfg("train.json"))
+    parser.update(dict(bundle["overrides"], pretrained_encoder=str(tmp_path / "none.pt")))
+    with pytest.warns(UserWarning, match="randomly initialised image encoder"):
+        parser.get_parsed_content("network")
+    parser.update({"require_pretrained_encoder": True})
+    parser.parse(True)
+    with pytest.raises(RuntimeError) as err:
+        parser.get_parsed_content("network")
+    assert "run configs/pretrain.json" in repr(err.value) + repr(err.value.__cause__)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_evaluate_writes_metrics_and_consistency(bundle, shuffle):
+    wf = ConfigWorkflow(
+        workflow_type="eval", config_file=cfg("train.json", "evaluate.json"), meta_file=META, logging_file=LOGGING,
+        **dict(bundle["overrides"], shuffle_text=shuffle),
+    )  # fmt: skip
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    out = bundle["root"] / "bundle" / "eval" / ("test_shuffled_text" if shuffle else "test")
+    summary = json.loads((out / "summary.json").read_text())
+    metrics = {"val_mean_dice", "val_mean_iou", "val_hd95", "val_count_accuracy", "val_laterality_accuracy"}
+    assert metrics <= set(summary) and summary["num_images"] == 4 and summary["shuffle_text"] == shuffle
+    assert 0.0 <= summary["val_mean_dice"] <= 1.0 and 0.0 <= summary["val_count_accuracy"] <= 1.0
+    assert (out / "val_count_accuracy_raw.csv").is_file()
+    with open(out / "val_mean_dice_raw.csv") as f:
+        rows = list(csv.reader(f))
+    assert len(rows) == 1 + 4 and rows[1][0].endswith(".png")
+
+
+def test_inference_writes_masks_in_input_geometry(bundle, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    img = (np.random.default_rng(0).random((50, 70)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(src / "case1.png")
+    (src / "case1.txt").write_text("Unilateral pulmonary infection, one infected area, upper left lung.")
+    overrides = dict(bundle["overrides"], output_dir=str(tmp_path / "out"), input_dir=str(src))
+    wf = ConfigWorkflow(workflow_type="infer", config_file=cfg("inference.json"), meta_file=META, logging_file=LOGGING,
+                        **overrides)  # fmt: skip
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    wf.finalize()
+    out = tmp_path / "out"
+    mask = np.asarray(Image.open(out / "case1_seg.png"))
+    assert mask.shape == (50, 70) and set(np.unique(mask)) <= {0, 255}
+    assert np.asarray(Image.open(out / "case1_overlay.png")).shape[-1] == 3
+
+
+def test_verify_net_in_out():
+    verify_net_in_out(net_id="network_def", meta_file=META, config_file=cfg("inference.json"), n=1, any=16, **TINY_NET)
+
+
+def test_multi_gpu_config_runs_ddp_on_cpu(bundle, tmp_path):
+    overrides = dict(bundle["overrides"], bundle_root=str(tmp_path / "ddp"), max_epochs=1)
+    overrides["pretrained_encoder"] = str(bundle["root"] / "bundle" / "models" / "encoder.pt")
+    overrides["require_pretrained_encoder"] = True
+    args = []
+    for k, v in overrides.items():
+        args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
+        "run", "--config_file", str(cfg("train.json", "multi_gpu_train.json")), "--meta_file", META,
+        "--logging_file", LOGGING, *args,
+    ]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "ddp" / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in ckpt)
+
+
+def test_pretrain_and_train_build_the_same_encoder():
+    shapes = []
+    for name in ("pretrain.json", "train.json", "inference.json"):
+        parser = ConfigParser()
+        parser.read_config(cfg(name))
+        shapes.append(parser.get("network_def"))
+    assert shapes[0] == shapes[1] == shapes[2]  # paper configuration everywhere; one demo.json overrides both stages
+    demo = json.load(open(os.path.join(CONFIGS, "demo.json")))
+    assert {"pretrain_epochs", "max_epochs", "network_def#features"} <= set(demo)
+
+
+def test_bundle_files_and_metadata_schema_fields():
+    bundle_dir = os.path.dirname(CONFIGS)
+    for f in ("configs/pretrain.json", "configs/train.json", "configs/demo.json", "configs/evaluate.json",
+              "configs/inference.json", "configs/multi_gpu_train.json", "configs/metadata.json",
+              "configs/logging.conf", "docs/README.md", "LICENSE"):  # fmt: skip
+        assert os.path.isfile(os.path.join(bundle_dir, f)), f
+    meta = json.load(open(META))
+    required = ("schema", "version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
+                "task", "description", "authors", "copyright", "network_data_format")  # fmt: skip
+    assert all(meta.get(k) for k in required)
+    assert meta["version"] in meta["changelog"]
+    fmt = meta["network_data_format"]
+    assert list(fmt["inputs"]) == ["image", "input_ids", "attention_mask"] and list(fmt["outputs"]) == ["pred"]
+    for group in ("inputs", "outputs"):
+        for name, t in fmt[group].items():
+            for k in ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range"):
+                assert k in t, (group, name, k)
