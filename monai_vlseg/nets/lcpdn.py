@@ -484,6 +484,10 @@ class LCPDN(nn.Module):
             raise ValueError(f"diffusion checkpoint '{path}' could not be read: {err}") from None
         if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
             state = state["model"]
+        if not isinstance(state, Mapping):
+            raise ValueError(f"diffusion checkpoint '{path}' holds no state dict.")
+        if not any(str(k).startswith("unet.") for k in state):  # a bare DiffusionModelUNet state dict
+            state = {f"unet.{k}": v for k, v in state.items()}
         try:
             missing, unexpected = self.diffusion.load_state_dict(state, strict=False)
         except RuntimeError as err:  # shape mismatches
