@@ -233,8 +233,9 @@ def measure(spec: dict[str, Any], repeats: int, batch: int, device: str, amp: bo
     }  # fmt: skip
 
 
-def plan(names: list[str], variant: str) -> list[dict[str, Any]]:
-    """Measurement specs: the selected bundles, then the baselines at each distinct bundle input size."""
+def plan(names: list[str], variant: str, default_size: tuple[int, tuple[int, ...]] = (1, (224, 224))) -> list[dict[str, Any]]:
+    """Measurement specs: the selected bundles, then the baselines at each distinct bundle input size
+    (``default_size`` when no bundle is selected)."""
     bundles = [n for n in names if n not in BASELINES]
     specs: list[dict[str, Any]] = []
     sizes: list[tuple[int, tuple[int, ...]]] = []
@@ -249,7 +250,7 @@ def plan(names: list[str], variant: str) -> list[dict[str, Any]]:
             spec["error"] = f"metadata: {type(e).__name__}: {e}"
         specs.append(spec)
     if not sizes:
-        sizes = [(1, (224, 224))]
+        sizes = [default_size]
     for base in (n for n in names if n in BASELINES):
         for ch, shape in sizes:
             specs.append({"kind": base, "name": base, "channels": ch, "shape": list(shape)})
@@ -403,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
                    "for networks not measured in this run; re-measured ones are replaced")  # fmt: skip
     p.add_argument("--accuracy", default=os.path.join(REPO, "docs", "demo_accuracy.json"),
                    help="demo-accuracy rows for --plot (scripts/demo_accuracy.py)")  # fmt: skip
+    p.add_argument("--baseline-input", default="1x224x224",
+                   help="CxHxW[xD] of the baselines when no bundle is selected")  # fmt: skip
     p.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.precision is None:
@@ -419,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python", "scripts/benchmark.py"] + [shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv)])
     rows = []
     precisions = ["fp32", "amp"] if a.precision == "both" else [a.precision]
-    specs = [{**sp, "precision": pr} for sp in plan(names, a.variant) for pr in precisions]
+    c, *shape = (int(v) for v in a.baseline_input.lower().split("x"))
+    specs = [{**sp, "precision": pr} for sp in plan(names, a.variant, (c, tuple(shape))) for pr in precisions]
     for spec in specs:
         t = time.perf_counter()
         row = run_spec(spec, a)
