@@ -416,6 +416,7 @@ class TIFCMamba(nn.Module):
                 keyword_mask: torch.Tensor | None = None):
         if image.shape[1] != self.in_channels:
             raise ValueError(f"expected {self.in_channels} image channels, got {image.shape[1]}.")
+        image = image.as_tensor() if hasattr(image, "as_tensor") else image  # MetaTensor -> plain tensor
         b = image.shape[0]
         e_t, tok, kw, kw_mask, attn = self._text(input_ids, attention_mask, keyword_ids, keyword_mask, b)
         feat = self.image_segmenter(image, kw, kw_mask)  # e^I: last decoder feature

@@ -1,0 +1,164 @@
+"""TIFCMamba network and text-supervised losses: shapes, where gradients flow (segmenters yes, frozen CLIP no),
+BiDF ablation switches, the soft text mask, the trivial priors and the losses against hand-written references."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from monai_vlseg.losses.text_supervised import CLIPContrastiveLoss, TextSupervisedLoss, info_nce
+from monai_vlseg.nets.tifcmamba import SMALL_CLIP, BiDF, CLIPTowers, TIFCMamba, TrivialPrior
+
+TINY_CLIP = copy.deepcopy(SMALL_CLIP)
+TINY_CLIP["projection_dim"] = 16
+TINY_CLIP["text_config"].update(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+TINY_CLIP["vision_config"].update(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  image_size=32, patch_size=8)
+TINY = dict(size="T", dims=(8, 16), depths=(1, 1), clip_config=TINY_CLIP, feature_dim=8, text_hidden=8, d_state=4,
+            drop_path=0.0)
+
+
+def tokens(b=2, n=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 3000, (b, n), generator=g)
+    ids[:, 0] = 101
+    lengths = [n - 1 - i for i in range(b)]
+    am = torch.zeros(b, n, dtype=torch.long)
+    for i, L in enumerate(lengths):
+        ids[i, L] = 102
+        ids[i, L + 1:] = 0
+        am[i, : L + 1] = 1
+    kw_ids, kw_am = ids.clone(), am.clone()
+    kw_ids[:, 4:] = 0
+    kw_ids[:, 3] = 102
+    kw_am[:, 4:] = 0
+    return ids, am, kw_ids, kw_am
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return TIFCMamba(**TINY)
+
+
+def test_eval_logits_and_image_only(net):
+    net.eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        out = net(x, *tokens())
+        assert out.shape == (2, 1, 32, 32) and torch.isfinite(out).all()
+        assert net(x).shape == (2, 1, 32, 32)  # no text: learned empty prompt (verify_net_in_out path)
+        other = net(x, *tokens(seed=5))
+    assert not torch.allclose(out, other)  # the mask depends on the text
+    with pytest.raises(ValueError, match="divisible"):
+        net(torch.rand(1, 3, 30, 30))
+    with pytest.raises(ValueError, match="channels"):
+        net(torch.rand(1, 1, 32, 32))
+
+
+def test_text_supervised_gradients_reach_segmenters_not_clip(net):
+    net.train()
+    net.zero_grad()
+    out = net(torch.rand(4, 3, 32, 32), *tokens(4))
+    assert set(out) >= {"pred", "mask_image", "mask_text", "fg_image", "bg_image", "fg_text", "fg_region"}
+    assert out["mask_text"].shape == (4, 12)
+    TextSupervisedLoss()(out).backward()
+    assert all(p.grad is None for p in net.clip.parameters())  # frozen towers
+    assert not any(p.requires_grad for p in net.clip.parameters())
+    for part in (net.image_segmenter, net.text_segmenter, net.image_proj):
+        grads = [p.grad for p in part.parameters() if p.requires_grad]
+        assert grads and all(g is not None for g in grads), part.__class__.__name__
+    assert net.text_segmenter.head.weight.grad.abs().sum() > 0  # Phi_T learns through T-hat
+    # the CLIP towers stay in eval mode inside a training parent
+    assert not net.clip.model.training and net.image_segmenter.training
+    names = {id(p) for p in net.segmenter_parameters()}
+    assert not any(id(p) in names for p in net.clip.parameters())
+    net.eval()
+
+
+def test_supervised_mode_returns_logits():
+    torch.manual_seed(0)
+    sup = TIFCMamba(**TINY, text_supervised=False).train()
+    out = sup(torch.rand(2, 3, 32, 32), *tokens())
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 1, 32, 32)
+
+
+@pytest.mark.parametrize("spatial, channel", [(True, True), (True, False), (False, True), (False, False)])
+def test_bidf_ablation_switches(spatial, channel):
+    torch.manual_seed(0)
+    m = BiDF(8, 6, spatial=spatial, channel=channel, d_state=4)
+    assert hasattr(m, "ss2d") == spatial and hasattr(m, "channel_scan") == channel
+    x = torch.rand(2, 8, 4, 4, requires_grad=True)
+    t, tm = torch.rand(2, 5, 6), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    y = m(x, t, tm)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.abs().sum() > 0
+    # padding tokens do not change F_fuse
+    t2 = t.clone()
+    t2[0, 3:] = 100.0
+    assert torch.allclose(m(x, t2, tm)[0], y[0], atol=1e-5)
+
+
+def test_clip_text_soft_mask_matches_hf_and_is_differentiable():
+    torch.manual_seed(0)
+    clip = CLIPTowers(None, TINY_CLIP, frozen=True)
+    ids, am, _, _ = tokens()
+    emb, _ = clip.encode_text(ids, am)
+    ref = clip.model.get_text_features(input_ids=ids, attention_mask=am)
+    ref = getattr(ref, "pooler_output", ref)
+    torch.testing.assert_close(emb, ref, atol=1e-5, rtol=1e-4)  # our path == HF's CLIP text tower
+    w = torch.full(ids.shape, 0.5, requires_grad=True)
+    e2, _ = clip.encode_text(ids, am, token_weights=w)
+    e2.sum().backward()
+    assert w.grad.abs().sum() > 0 and not torch.allclose(e2, emb)
+    img = torch.rand(2, 3, 40, 40)  # resized to the tower's size
+    g, p = clip.encode_image(img)
+    assert g.shape == (2, 16) and p.shape == (2, 16, 16)
+    assert clip(img, ids, am).shape == (2, 2)
+
+
+def test_losses_against_references():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 4)
+    ref = 0.5 * (F.cross_entropy(logits, torch.arange(4)) + F.cross_entropy(logits.t(), torch.arange(4)))
+    torch.testing.assert_close(CLIPContrastiveLoss()(logits, None), ref)
+    with pytest.raises(ValueError, match="square"):
+        CLIPContrastiveLoss()(torch.randn(2, 3))
+    q, k = torch.randn(3, 5), torch.randn(6, 5)
+    qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    manual = -sum(torch.log_softmax(qn[i] @ kn.t() / 0.1, 0)[i] for i in range(3)) / 3
+    torch.testing.assert_close(info_nce(q, k, 0.1), manual)
+    with pytest.raises(TypeError, match="text_supervised"):
+        TextSupervisedLoss()(torch.rand(2, 1, 8, 8))
+
+
+def test_text_supervised_objective_decreases():
+    """A few Adam steps on a fixed batch lower the text-only objective (no labels anywhere)."""
+    torch.manual_seed(0)
+    m = TIFCMamba(**TINY).train()
+    loss_fn = TextSupervisedLoss()
+    opt = torch.optim.Adam(m.segmenter_parameters(), lr=3e-3)
+    x, toks = torch.rand(4, 3, 32, 32), tokens(4)
+    losses = []
+    for _ in range(12):
+        torch.manual_seed(1)  # same random background fill every step
+        loss = loss_fn(m(x, *toks))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05 and math.isfinite(losses[-1])
+    assert set(loss_fn.last) == {"contrast", "mutual", "area", "binary", "keyword", "text_sparsity"}
+
+
+def test_trivial_priors():
+    x = torch.rand(2, 3, 20, 20)
+    whole = TrivialPrior("whole")(x)
+    assert (whole > 0).all() and whole.shape == (2, 1, 20, 20)
+    disc = TrivialPrior("disc", radius=0.25)(x) > 0
+    assert abs(disc[0, 0].float().mean().item() - math.pi * 0.25**2) < 0.02 and disc[0, 0, 10, 10]
+    with pytest.raises(ValueError):
+        TrivialPrior("square")
