@@ -207,25 +207,33 @@ def measure(spec: dict[str, Any], repeats: int, batch: int, device: str, amp: bo
     opt = torch.optim.AdamW(params, lr=1e-4) if params else None
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    steps = []
-    for i in range(max(2, repeats // 2) + 1):
-        sync()
-        t = time.perf_counter()
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            loss = _scalar(net(*bargs))
-        if opt is not None:
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        sync()
-        if i:
-            steps.append(time.perf_counter() - t)
-    step = statistics.median(steps)
+    steps: list[float] = []
+    train_error = None
+    try:
+        for i in range(max(2, repeats // 2) + 1):
+            sync()
+            t = time.perf_counter()
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                loss = _scalar(net(*bargs))
+            if opt is not None:
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            sync()
+            if i:
+                steps.append(time.perf_counter() - t)
+    except (MemoryError, RuntimeError) as e:  # out of memory (the --mem-limit-gb cap, or the GPU's): keep the rest
+        if "memory" not in str(e).lower() and not isinstance(e, MemoryError):
+            raise
+        train_error = f"training step out of memory at batch {batch} ({str(e).splitlines()[0][:120]})"
+    step = statistics.median(steps) if steps else float("nan")
     peak = (
         torch.cuda.max_memory_allocated() / 2**20
         if dev.type == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
+    if train_error:
+        note += f"; {train_error}"
     return {
         "trainable_M": trainable / 1e6, "total_M": total / 1e6, "gflops": gflops, "latency_ms": latency * 1e3,
         "train_img_per_s": batch / step, "peak_mem_MiB": peak, "batch": batch, "note": note, "build_s": build_s,
@@ -266,8 +274,11 @@ def run_spec(spec: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
     dims = len(spec["shape"]) if "shape" in spec else len(spec.get("size", [0, [0, 0]])[1])
     batch = a.batch_3d if dims == 3 else a.batch
     amp = spec.get("precision", "fp32") == "amp"
+    limit = getattr(a, "mem_limit_gb", None)
+    if limit is None and hasattr(os, "sysconf"):
+        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 / 2
     cmd = [sys.executable, __file__, "--_one", json.dumps(spec), "--repeats", str(a.repeats), "--batch", str(batch),
-           "--device", a.device] + (["--amp"] if amp else [])  # fmt: skip
+           "--device", a.device, "--mem-limit-gb", str(limit or 0)] + (["--amp"] if amp else [])  # fmt: skip
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout, cwd=REPO, check=False)
     except subprocess.TimeoutExpired:
@@ -289,6 +300,10 @@ def _label(r: dict[str, Any]) -> str:
     if r["kind"] == "bundle":
         return r["name"] + amp
     return f"{r['name']} ({len(s['shape'])}D {'x'.join(map(str, s['shape']))}){amp}"
+
+
+def _num(v: float) -> str:
+    return "—" if v != v else f"{v:.2f}"  # NaN: not measured
 
 
 def markdown(rows: list[dict[str, Any]], a: argparse.Namespace, command: str) -> str:
@@ -328,7 +343,7 @@ def markdown(rows: list[dict[str, Any]], a: argparse.Namespace, command: str) ->
             continue
         lines.append(
             f"| {_label(r)} | {inp} | {r['trainable_M']:.2f} | {r['total_M']:.2f} | {r['gflops']:.2f} | "
-            f"{r['latency_ms']:.0f} | {r['train_img_per_s']:.2f} (bs {r['batch']}) | {r['peak_mem_MiB']:.0f} | {paper} | "
+            f"{r['latency_ms']:.0f} | {_num(r['train_img_per_s'])} (bs {r['batch']}) | {r['peak_mem_MiB']:.0f} | {paper} | "
             f"{r.get('measured', '?')}, {r.get('load', '?')} | {r['note']} |"
         )
     return "\n".join(lines) + "\n"
@@ -404,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
                    "for networks not measured in this run; re-measured ones are replaced")  # fmt: skip
     p.add_argument("--accuracy", default=os.path.join(REPO, "docs", "demo_accuracy.json"),
                    help="demo-accuracy rows for --plot (scripts/demo_accuracy.py)")  # fmt: skip
+    p.add_argument("--mem-limit-gb", type=float, default=None,
+                   help="address-space cap of each CPU measuring process (default: half the machine's memory), so an "
+                   "oversized case fails alone instead of waking the OOM killer on a shared machine")
     p.add_argument("--baseline-input", default="1x224x224",
                    help="CxHxW[xD] of the baselines when no bundle is selected")  # fmt: skip
     p.add_argument("--_one", default=None, help=argparse.SUPPRESS)
@@ -411,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.precision is None:
         a.precision = "amp" if a.amp else ("both" if a.device.startswith("cuda") else "fp32")
     if a._one:
+        if a.mem_limit_gb and not a.device.startswith("cuda"):
+            lim = int(a.mem_limit_gb * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
         print(json.dumps(measure(json.loads(a._one), a.repeats, a.batch, a.device, a.precision == "amp")))
         return 0
     available = discover_bundles()
