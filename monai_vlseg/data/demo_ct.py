@@ -268,6 +268,7 @@ def generate_demo_ct_dataset(
     seed: int = 0,
     dicom: bool = True,
     overwrite: bool = False,
+    fov_z_mm: float = 150.0,
 ) -> str:
     """Write the synthetic CT demo set (NIfTI + DICOM series) and its two datalists; deterministic in the arguments.
 
@@ -278,6 +279,7 @@ def generate_demo_ct_dataset(
         seed: base seed; case ``i`` of split ``s`` uses ``default_rng([seed, s, i])``.
         dicom: also write every volume as a DICOM series and ``datalist_dicom.json``.
         overwrite: replace an existing demo set in ``root``; otherwise a non-empty ``root`` raises ``FileExistsError``.
+        fov_z_mm: cranio-caudal extent of every volume.
 
     Returns:
         absolute path of ``root/datalist.json`` (NIfTI images).
@@ -299,7 +301,7 @@ def generate_demo_ct_dataset(
     for si, (key, tag, name) in enumerate(_SPLITS):
         nifti[key], dcm[key] = [], []
         for i in range(int((n_train, n_val, n_test)[si])):
-            case = synthesize_ct_case([seed, si, i], size=size)
+            case = synthesize_ct_case([seed, si, i], size=size, fov_z_mm=fov_z_mm)
             stem = f"ct_{name}_{i:03d}"
             img = save_nifti(case.image, case.affine, os.path.join(root, f"images{tag}", stem + ".nii.gz"))
             lab = save_nifti(case.label, case.affine, os.path.join(root, f"labels{tag}", stem + ".nii.gz"))
@@ -314,7 +316,8 @@ def generate_demo_ct_dataset(
         "name": "monai_vlseg synthetic abdominal CT demo",
         "description": "synthetic HU volumes; labels 1 liver, 2 lesion; spleen/kidneys/aorta unlabelled distractors",
         "labels": {str(v): k for k, v in CT_LABELS.items()},
-        "generator": {"n_train": n_train, "n_val": n_val, "n_test": n_test, "size": size, "seed": seed},
+        "generator": {"n_train": n_train, "n_val": n_val, "n_test": n_test, "size": size, "seed": seed,
+                      "fov_z_mm": fov_z_mm},
     }
     if dicom:
         write_datalist({**header, "image_format": "dicom", **dcm}, os.path.join(root, "datalist_dicom.json"))

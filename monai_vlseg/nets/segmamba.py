@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 from monai.networks.layers import Conv, Norm
+from monai.utils import convert_to_tensor
 from torch.utils.checkpoint import checkpoint
 
 from monai_vlseg.nets.blocks.mamba import MambaLayer
@@ -241,6 +242,7 @@ class SegMamba(nn.Module):
             raise ValueError(f"SegMamba expects a (B, C, {'D, H, W' if self.spatial_dims == 3 else 'H, W'}) tensor, got {tuple(x.shape)}.")
         if any(s % 16 for s in x.shape[2:]):
             raise ValueError(f"SegMamba input spatial sizes must be multiples of 16, got {tuple(x.shape[2:])}.")
+        x = convert_to_tensor(x, track_meta=False)  # MetaTensor -> Tensor: the scan's work buffers are plain tensors
         s1, s2, s3, s4 = self.encoder(x)
         enc1, enc2, enc3, enc4 = self.encoder1(x), self.encoder2(s1), self.encoder3(s2), self.encoder4(s3)
         dec = self.decoder5(self.encoder5(s4), enc4)

@@ -1,0 +1,137 @@
+"""Training-step time and peak memory of SegMamba (paper configuration) against MONAI's SwinUNETR on 3D patches.
+
+One training step = forward + DiceCE loss + backward + SGD step on a (batch, 1, P, P, P) patch with 3 classes.
+Each (model, patch, checkpointing) case runs in its own subprocess, so its peak resident memory (``getrusage``
+maxrss; on CUDA also ``torch.cuda.max_memory_allocated``) is its own. Times are the median of ``--steps`` steps
+after ``--warmup`` warm-up steps.
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_3d.py --patch 96                 # CPU, both models
+    .venv/bin/python scripts/bench_3d.py --patch 96 128 --models segmamba --checkpoint both
+    .venv/bin/python scripts/bench_3d.py --device cuda --patch 128 --steps 5           # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+
+def build(model: str, checkpoint: bool) -> torch.nn.Module:
+    """The paper configuration of ``model`` (1 input channel, 3 classes)."""
+    if model == "segmamba":
+        from monai_vlseg.nets.segmamba import SegMamba
+
+        return SegMamba(1, 3, feature_size=(48, 96, 192, 384), hidden_size=768, use_checkpoint=checkpoint)
+    if model == "swinunetr":
+        from monai.networks.nets import SwinUNETR
+
+        return SwinUNETR(in_channels=1, out_channels=3, feature_size=48, use_checkpoint=checkpoint)
+    raise ValueError(f"unknown model '{model}' (segmamba, swinunetr)")
+
+
+def run_case(model: str, patch: int, batch: int, device: str, steps: int, warmup: int, checkpoint: bool) -> dict:
+    """Measure one case in this process."""
+    from monai.losses import DiceCELoss
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    net = build(model, checkpoint).to(dev).train()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    x = torch.randn(batch, 1, patch, patch, patch, device=dev)
+    y = torch.randint(0, 3, (batch, 1, patch, patch, patch), device=dev)
+    times = []
+    for i in range(warmup + steps):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    out = {
+        "model": model,
+        "patch": patch,
+        "batch": batch,
+        "device": str(dev),
+        "checkpoint": checkpoint,
+        "params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 3),
+        "step_s": round(statistics.median(times), 3),
+        "steps": steps,
+        "peak_rss_GiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "threads": torch.get_num_threads(),
+        "loss": round(float(loss), 4),
+    }
+    if dev.type == "cuda":
+        out["peak_cuda_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=["segmamba", "swinunetr"])
+    p.add_argument("--patch", type=int, nargs="+", default=[96])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--checkpoint", choices=["off", "on", "both"], default="off",
+                   help="activation checkpointing (SegMamba: per ToM layer; SwinUNETR: its use_checkpoint)")
+    p.add_argument("--timeout", type=int, default=3600, help="seconds per case")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
+    a = p.parse_args(argv)
+    if a.case:
+        model, patch, ckpt = a.case.split(":")
+        print(json.dumps(run_case(model, int(patch), a.batch, a.device, a.steps, a.warmup, ckpt == "1")))
+        return 0
+    ckpts = {"off": [False], "on": [True], "both": [False, True]}[a.checkpoint]
+    results = []
+    for patch in a.patch:
+        for model in a.models:
+            for ck in ckpts:
+                cmd = [sys.executable, os.path.abspath(__file__), "--case", f"{model}:{patch}:{int(ck)}",
+                       "--batch", str(a.batch), "--device", a.device, "--steps", str(a.steps), "--warmup", str(a.warmup)]  # fmt: skip
+                t0 = time.perf_counter()
+                try:
+                    res = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
+                    if res.returncode == 0:
+                        r = json.loads(res.stdout.strip().splitlines()[-1])
+                    else:
+                        err = (res.stderr.strip().splitlines() or ["killed (out of memory?)"])[-1]
+                        r = {"model": model, "patch": patch, "checkpoint": ck, "error": f"rc {res.returncode}: {err}"}
+                except subprocess.TimeoutExpired:
+                    r = {"model": model, "patch": patch, "checkpoint": ck, "error": f"timeout after {a.timeout} s"}
+                r["wall_s"] = round(time.perf_counter() - t0, 1)
+                results.append(r)
+                print(json.dumps(r), flush=True)
+    print(f"\n{'model':<10} {'patch':>5} {'ckpt':>5} {'params M':>9} {'s/step':>8} {'peak RSS GiB':>13}")
+    for r in results:
+        if "error" in r:
+            print(f"{r['model']:<10} {r['patch']:>5} {str(r['checkpoint']):>5}  {r['error']}")
+        else:
+            print(f"{r['model']:<10} {r['patch']:>5} {str(r['checkpoint']):>5} {r['params_M']:>9} {r['step_s']:>8} "
+                  f"{r['peak_rss_GiB']:>13}")  # fmt: skip
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
