@@ -192,3 +192,13 @@ def test_bundle_files_and_metadata_schema_fields():
         for name, t in fmt[group].items():
             for k in ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range"):
                 assert k in t, (group, name, k)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_with_text_inputs_matches_eager(bundle, tmp_path, fmt):
+    """monai_vlseg.export traces with image + token inputs and verifies the exported model against eager."""
+    from monai_vlseg.export import export_network
+
+    overrides = {"bundle_root": str(bundle["root"] / "bundle"), **TINY_NET}
+    path = export_network(cfg("inference.json"), str(tmp_path / f"model.{fmt}"), fmt, **overrides)
+    assert os.path.getsize(path) > 0

@@ -387,8 +387,7 @@ class C2Seg(nn.Module):
         feats, _ = self.text_encoder(input_ids, attention_mask)
         has_text = attention_mask.sum(1) > 0
         tokens = torch.where(has_text[:, None, None], feats.to(prompt.dtype), prompt)
-        mask = torch.where(has_text[:, None], attention_mask.bool(), full)
-        return tokens, mask
+        return tokens, attention_mask.bool() | ~has_text[:, None]  # the empty prompt's tokens are all valid
 
     def forward(
         self, image: torch.Tensor, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
