@@ -123,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'model':<10} {'patch':>5} {'ckpt':>5} {'params M':>9} {'s/step':>8} {'peak RSS GiB':>13}")
     for r in results:
         if "error" in r:
-            print(f"{r['model']:<10} {r['patch']:>5} {str(r['checkpoint']):>5}  {r['error']}")
+            print(f"{r['model']:<10} {r['patch']:>5} {r['checkpoint']!s:>5}  {r['error']}")
         else:
-            print(f"{r['model']:<10} {r['patch']:>5} {str(r['checkpoint']):>5} {r['params_M']:>9} {r['step_s']:>8} "
+            print(f"{r['model']:<10} {r['patch']:>5} {r['checkpoint']!s:>5} {r['params_M']:>9} {r['step_s']:>8} "
                   f"{r['peak_rss_GiB']:>13}")  # fmt: skip
     if a.json:
         with open(a.json, "w") as f:

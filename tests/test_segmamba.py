@@ -47,7 +47,7 @@ def _reference_tom(layer: ToMLayer, x: torch.Tensor) -> torch.Tensor:
     Mamba passes over the forward, flipped and slice-interleaved (chunk + stack) sequences, each gated by its own
     re-ordered z, undone, summed, then out_proj; the sequential reference scan."""
     m = layer.mamba
-    b, c = x.shape[:2]
+    b = x.shape[0]
     n = x.shape[2:].numel()
     ns = layer.num_slices or x.shape[2]
     tokens = layer.norm(x.flatten(2).transpose(1, 2))

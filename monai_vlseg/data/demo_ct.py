@@ -44,10 +44,10 @@ from monai_vlseg.data.demo import _file_lock  # private in demo.py; the one lock
 __all__ = [
     "CT_LABELS",
     "CTCase",
+    "ensure_demo_ct_datalist",
+    "generate_demo_ct_dataset",
     "synthesize_ct_case",
     "write_dicom_series",
-    "generate_demo_ct_dataset",
-    "ensure_demo_ct_datalist",
 ]
 
 #: label values of the demo set.
@@ -106,7 +106,7 @@ def synthesize_ct_case(seed: int | Sequence[int], size: int = 96, fov_z_mm: floa
     rng = np.random.default_rng(seed)
     dxy = float(rng.uniform(1.8, 2.2))
     dz = float(rng.choice([2.0, 2.5, 3.0]))
-    nz = int(round(fov_z_mm / dz))
+    nz = round(fov_z_mm / dz)
     spacing = (round(dxy, 3), round(dxy, 3), dz)
     origin = (-(size - 1) * spacing[0] / 2 + rng.uniform(-5, 5), -(size - 1) * spacing[1] / 2 + rng.uniform(-5, 5),
               -(nz - 1) * dz / 2 + rng.uniform(-10, 10))  # fmt: skip
@@ -206,7 +206,7 @@ def write_dicom_series(
         the written file paths, in instance order.
     """
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
     arr = np.asarray(image_hu)
     if arr.ndim != 3:

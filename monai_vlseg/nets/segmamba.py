@@ -17,16 +17,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn as nn
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 from monai.networks.layers import Conv, Norm
 from monai.utils import convert_to_tensor
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from monai_vlseg.nets.blocks.mamba import MambaLayer
 from monai_vlseg.ops.cross_scan import CROSS_3D
 
-__all__ = ["GSC", "ToMLayer", "MlpChannel", "SegMambaEncoder", "SegMamba", "SEGMAMBA_NUM_SLICES"]
+__all__ = ["GSC", "SEGMAMBA_NUM_SLICES", "MlpChannel", "SegMamba", "SegMambaEncoder", "ToMLayer"]
 
 #: inter-slice scan lengths of the four stages in the official code (64 = depth of the 64^3 stage-1 map of a 128^3 patch).
 SEGMAMBA_NUM_SLICES: tuple[int, ...] = (64, 32, 16, 8)
