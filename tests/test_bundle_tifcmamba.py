@@ -12,9 +12,9 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow, verify_net_in_out
 from PIL import Image
+from test_tifcmamba import TINY_CLIP
 
 from monai_vlseg.data.demo_polyp import generate_polyp_demo
-from test_tifcmamba import TINY_CLIP
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "bundles", "tifcmamba", "configs")
@@ -39,11 +39,15 @@ def bundle(tmp_path_factory):
     """A tiny polyp demo set whose TRAINING label paths are broken, and a bundle trained on it (CLIP stage 1 epoch,
     segmentation stage 2 epochs) while checking every batch and loss call."""
     tmp = tmp_path_factory.mktemp("tifc")
-    datalist = generate_polyp_demo(str(tmp / "data"), n_train=8, n_val=2, n_test=4, size=48, seed=1)
-    dl = json.load(open(datalist))
+    datalist = generate_polyp_demo(
+        str(tmp / "data"), n_train=8, n_val=2, n_test=4, size=48, seed=1
+    )
+    with open(datalist) as f:
+        dl = json.load(f)
     for item in dl["training"]:
         item["label"] = "does/not/exist.png"
-    json.dump(dl, open(datalist, "w"))
+    with open(datalist, "w") as f:
+        json.dump(dl, f)
     overrides = {
         "bundle_root": str(tmp / "bundle"), "datalist": datalist, "image_size": [32, 32], "batch_size": 4,
         "max_epochs": 2, "clip_pretrain_epochs": 1, **TINY_NET,
@@ -58,7 +62,9 @@ def bundle(tmp_path_factory):
     @trainer.on(Events.ITERATION_COMPLETED)
     def _check(engine):
         seen["batches"] += 1
-        batch = engine.state.batch  # decollated after the iteration: a list of per-item dicts
+        batch = (
+            engine.state.batch
+        )  # decollated after the iteration: a list of per-item dicts
         for item in batch if isinstance(batch, list) else [batch]:
             seen["keys"] |= set(item)
         outputs = engine.state.output
@@ -72,13 +78,26 @@ def bundle(tmp_path_factory):
 
 def test_training_reads_no_labels(bundle):
     seen = bundle["seen"]
-    assert seen["batches"] == 4  # 2 epochs x 2 batches, despite every training label path being broken
-    assert "label" not in seen["keys"] and {"image", "input_ids", "keyword_ids"} <= seen["keys"]
+    assert (
+        seen["batches"] == 4
+    )  # 2 epochs x 2 batches, despite every training label path being broken
+    assert (
+        "label" not in seen["keys"]
+        and {"image", "input_ids", "keyword_ids"} <= seen["keys"]
+    )
     root = bundle["root"] / "bundle"
-    ckpt = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert any(k.startswith("image_segmenter.fuse.0") for k in ckpt) and any(k.startswith("clip.") for k in ckpt)
-    clip = torch.load(root / "models" / "clip.pt", map_location="cpu", weights_only=True)
-    torch.testing.assert_close(clip["model.logit_scale"], ckpt["clip.model.logit_scale"])  # frozen after stage 1
+    ckpt = torch.load(
+        root / "models" / "model.pt", map_location="cpu", weights_only=True
+    )
+    assert any(k.startswith("image_segmenter.fuse.0") for k in ckpt) and any(
+        k.startswith("clip.") for k in ckpt
+    )
+    clip = torch.load(
+        root / "models" / "clip.pt", map_location="cpu", weights_only=True
+    )
+    torch.testing.assert_close(
+        clip["model.logit_scale"], ckpt["clip.model.logit_scale"]
+    )  # frozen after stage 1
 
 
 def test_evaluate_reads_masks_and_writes_metrics(bundle):
@@ -89,7 +108,13 @@ def test_evaluate_reads_masks_and_writes_metrics(bundle):
     wf.finalize()
     out = bundle["root"] / "bundle" / "eval" / "test"
     summary = json.loads((out / "summary.json").read_text())
-    assert {"val_mean_dice", "val_mean_iou", "val_hd95", "val_count_accuracy", "val_laterality_accuracy"} <= set(summary)
+    assert {
+        "val_mean_dice",
+        "val_mean_iou",
+        "val_hd95",
+        "val_count_accuracy",
+        "val_laterality_accuracy",
+    } <= set(summary)
     assert summary["num_images"] == 4 and 0.0 <= summary["val_mean_dice"] <= 1.0
     assert (out / "val_mean_dice_raw.csv").is_file()
 
@@ -105,12 +130,18 @@ def test_evaluate_trivial_prior(bundle):
     wf.run()
     wf.finalize()
     summary = json.loads((bundle["root"] / "prior" / "summary.json").read_text())
-    dl = json.load(open(bundle["datalist"]))
+    with open(bundle["datalist"]) as f:
+        dl = json.load(f)
     base = os.path.dirname(bundle["datalist"])
     dices = []
     for item in dl["test"]:
         m = np.asarray(Image.open(os.path.join(base, item["label"]))) > 0
-        m = np.asarray(Image.fromarray(m.astype(np.uint8)).resize((32, 32), Image.NEAREST)) > 0
+        m = (
+            np.asarray(
+                Image.fromarray(m.astype(np.uint8)).resize((32, 32), Image.NEAREST)
+            )
+            > 0
+        )
         dices.append(2 * m.sum() / (m.sum() + m.size))
     assert abs(summary["val_mean_dice"] - np.mean(dices)) < 0.02
 
@@ -118,7 +149,9 @@ def test_evaluate_trivial_prior(bundle):
 def test_inference_writes_masks_in_input_geometry(bundle, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
-    Image.fromarray((np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)).save(src / "frame.png")
+    Image.fromarray(
+        (np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)
+    ).save(src / "frame.png")
     overrides = dict(bundle["overrides"], output_dir=str(tmp_path / "out"), input_dir=str(src),
                      text="A small red round polyp in the upper left.")  # fmt: skip
     wf = ConfigWorkflow(workflow_type="infer", config_file=cfg("inference.json"), meta_file=META,
@@ -133,7 +166,14 @@ def test_inference_writes_masks_in_input_geometry(bundle, tmp_path):
 
 
 def test_verify_net_in_out():
-    verify_net_in_out(net_id="network_def", meta_file=META, config_file=cfg("inference.json"), n=1, any=32, **TINY_NET)
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=META,
+        config_file=cfg("inference.json"),
+        n=1,
+        any=32,
+        **TINY_NET,
+    )
 
 
 def test_paper_configuration_builds():
@@ -142,12 +182,16 @@ def test_paper_configuration_builds():
     p = ConfigParser()
     p.read_config(cfg("train.json"))
     net = p.get_parsed_content("network_def")
-    assert len(net.image_segmenter.encoder) == 4 and net.image_segmenter.encoder[0][0].norm.normalized_shape == (96,)
+    assert len(net.image_segmenter.encoder) == 4 and net.image_segmenter.encoder[0][
+        0
+    ].norm.normalized_shape == (96,)
     assert sum(p.numel() for p in net.segmenter_parameters()) > 4e7
 
 
 def test_multi_gpu_config_runs_ddp_on_cpu(bundle, tmp_path):
-    overrides = dict(bundle["overrides"], bundle_root=str(tmp_path / "ddp"), max_epochs=1)
+    overrides = dict(
+        bundle["overrides"], bundle_root=str(tmp_path / "ddp"), max_epochs=1
+    )
     args = []
     for k, v in overrides.items():
         args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
@@ -156,9 +200,18 @@ def test_multi_gpu_config_runs_ddp_on_cpu(bundle, tmp_path):
         "run", "--config_file", str(cfg("train.json", "multi_gpu_train.json")), "--meta_file", META,
         "--logging_file", LOGGING, *args,
     ]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    res = subprocess.run(
+        cmd,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    ckpt = torch.load(tmp_path / "ddp" / "models" / "model.pt", map_location="cpu", weights_only=True)
+    ckpt = torch.load(
+        tmp_path / "ddp" / "models" / "model.pt", map_location="cpu", weights_only=True
+    )
     assert not any(k.startswith("module.") for k in ckpt)
 
 
@@ -168,7 +221,8 @@ def test_bundle_files_and_metadata_schema_fields():
               "configs/multi_gpu_train.json", "configs/supervised.json", "configs/metadata.json",
               "configs/logging.conf", "docs/README.md", "LICENSE"):  # fmt: skip
         assert os.path.isfile(os.path.join(bundle_dir, f)), f
-    meta = json.load(open(META))
+    with open(META) as f:
+        meta = json.load(f)
     for k in ("schema", "version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
               "task", "description", "authors", "copyright", "network_data_format"):  # fmt: skip
         assert meta.get(k), k
@@ -176,8 +230,24 @@ def test_bundle_files_and_metadata_schema_fields():
     fmt = meta["network_data_format"]
     for group in ("inputs", "outputs"):
         for name, t in fmt[group].items():
-            for k in ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range"):
+            for k in (
+                "type",
+                "format",
+                "num_channels",
+                "spatial_shape",
+                "dtype",
+                "value_range",
+            ):
                 assert k in t, (group, name, k)
-    assert list(fmt["inputs"]) == ["image", "input_ids", "attention_mask", "keyword_ids", "keyword_mask"]
-    train = json.load(open(cfg("train.json")[0]))
-    assert train["training"] == "%run" and "label" not in json.dumps(train["train"])  # train.json never reads masks
+    assert list(fmt["inputs"]) == [
+        "image",
+        "input_ids",
+        "attention_mask",
+        "keyword_ids",
+        "keyword_mask",
+    ]
+    with open(cfg("train.json")[0]) as f:
+        train = json.load(f)
+    assert train["training"] == "%run" and "label" not in json.dumps(
+        train["train"]
+    )  # train.json never reads masks

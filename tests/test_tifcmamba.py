@@ -8,16 +8,42 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from monai_vlseg.losses.text_supervised import CLIPContrastiveLoss, TextSupervisedLoss, info_nce
-from monai_vlseg.nets.tifcmamba import SMALL_CLIP, BiDF, CLIPTowers, TIFCMamba, TrivialPrior
+from monai_vlseg.losses.text_supervised import (
+    CLIPContrastiveLoss,
+    TextSupervisedLoss,
+    info_nce,
+)
+from monai_vlseg.nets.tifcmamba import (
+    SMALL_CLIP,
+    BiDF,
+    CLIPTowers,
+    TIFCMamba,
+    TrivialPrior,
+)
 
 TINY_CLIP = copy.deepcopy(SMALL_CLIP)
 TINY_CLIP["projection_dim"] = 16
-TINY_CLIP["text_config"].update(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
-TINY_CLIP["vision_config"].update(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                  image_size=32, patch_size=8)
-TINY = dict(size="T", dims=(8, 16), depths=(1, 1), clip_config=TINY_CLIP, feature_dim=8, text_hidden=8, d_state=4,
-            drop_path=0.0)
+TINY_CLIP["text_config"].update(
+    hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+)
+TINY_CLIP["vision_config"].update(
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    image_size=32,
+    patch_size=8,
+)
+TINY = {
+    "size": "T",
+    "dims": (8, 16),
+    "depths": (1, 1),
+    "clip_config": TINY_CLIP,
+    "feature_dim": 8,
+    "text_hidden": 8,
+    "d_state": 4,
+    "drop_path": 0.0,
+}
 
 
 def tokens(b=2, n=12, seed=0):
@@ -28,7 +54,7 @@ def tokens(b=2, n=12, seed=0):
     am = torch.zeros(b, n, dtype=torch.long)
     for i, L in enumerate(lengths):
         ids[i, L] = 102
-        ids[i, L + 1:] = 0
+        ids[i, L + 1 :] = 0
         am[i, : L + 1] = 1
     kw_ids, kw_am = ids.clone(), am.clone()
     kw_ids[:, 4:] = 0
@@ -49,7 +75,12 @@ def test_eval_logits_and_image_only(net):
     with torch.no_grad():
         out = net(x, *tokens())
         assert out.shape == (2, 1, 32, 32) and torch.isfinite(out).all()
-        assert net(x).shape == (2, 1, 32, 32)  # no text: learned empty prompt (verify_net_in_out path)
+        assert net(x).shape == (
+            2,
+            1,
+            32,
+            32,
+        )  # no text: learned empty prompt (verify_net_in_out path)
         other = net(x, *tokens(seed=5))
     assert not torch.allclose(out, other)  # the mask depends on the text
     with pytest.raises(ValueError, match="divisible"):
@@ -62,7 +93,15 @@ def test_text_supervised_gradients_reach_segmenters_not_clip(net):
     net.train()
     net.zero_grad()
     out = net(torch.rand(4, 3, 32, 32), *tokens(4))
-    assert set(out) >= {"pred", "mask_image", "mask_text", "fg_image", "bg_image", "fg_text", "fg_region"}
+    assert set(out) >= {
+        "pred",
+        "mask_image",
+        "mask_text",
+        "fg_image",
+        "bg_image",
+        "fg_text",
+        "fg_region",
+    }
     assert out["mask_text"].shape == (4, 12)
     TextSupervisedLoss()(out).backward()
     assert all(p.grad is None for p in net.clip.parameters())  # frozen towers
@@ -70,7 +109,9 @@ def test_text_supervised_gradients_reach_segmenters_not_clip(net):
     for part in (net.image_segmenter, net.text_segmenter, net.image_proj):
         grads = [p.grad for p in part.parameters() if p.requires_grad]
         assert grads and all(g is not None for g in grads), part.__class__.__name__
-    assert net.text_segmenter.head.weight.grad.abs().sum() > 0  # Phi_T learns through T-hat
+    assert (
+        net.text_segmenter.head.weight.grad.abs().sum() > 0
+    )  # Phi_T learns through T-hat
     # the CLIP towers stay in eval mode inside a training parent
     assert not net.clip.model.training and net.image_segmenter.training
     names = {id(p) for p in net.segmenter_parameters()}
@@ -85,7 +126,9 @@ def test_supervised_mode_returns_logits():
     assert isinstance(out, torch.Tensor) and out.shape == (2, 1, 32, 32)
 
 
-@pytest.mark.parametrize("spatial, channel", [(True, True), (True, False), (False, True), (False, False)])
+@pytest.mark.parametrize(
+    "spatial, channel", [(True, True), (True, False), (False, True), (False, False)]
+)
 def test_bidf_ablation_switches(spatial, channel):
     torch.manual_seed(0)
     m = BiDF(8, 6, spatial=spatial, channel=channel, d_state=4)
@@ -109,7 +152,9 @@ def test_clip_text_soft_mask_matches_hf_and_is_differentiable():
     emb, _ = clip.encode_text(ids, am)
     ref = clip.model.get_text_features(input_ids=ids, attention_mask=am)
     ref = getattr(ref, "pooler_output", ref)
-    torch.testing.assert_close(emb, ref, atol=1e-5, rtol=1e-4)  # our path == HF's CLIP text tower
+    torch.testing.assert_close(
+        emb, ref, atol=1e-5, rtol=1e-4
+    )  # our path == HF's CLIP text tower
     w = torch.full(ids.shape, 0.5, requires_grad=True)
     e2, _ = clip.encode_text(ids, am, token_weights=w)
     e2.sum().backward()
@@ -123,7 +168,10 @@ def test_clip_text_soft_mask_matches_hf_and_is_differentiable():
 def test_losses_against_references():
     torch.manual_seed(0)
     logits = torch.randn(4, 4)
-    ref = 0.5 * (F.cross_entropy(logits, torch.arange(4)) + F.cross_entropy(logits.t(), torch.arange(4)))
+    ref = 0.5 * (
+        F.cross_entropy(logits, torch.arange(4))
+        + F.cross_entropy(logits.t(), torch.arange(4))
+    )
     torch.testing.assert_close(CLIPContrastiveLoss()(logits, None), ref)
     with pytest.raises(ValueError, match="square"):
         CLIPContrastiveLoss()(torch.randn(2, 3))
@@ -151,7 +199,14 @@ def test_text_supervised_objective_decreases():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.05 and math.isfinite(losses[-1])
-    assert set(loss_fn.last) == {"contrast", "mutual", "area", "binary", "keyword", "text_sparsity"}
+    assert set(loss_fn.last) == {
+        "contrast",
+        "mutual",
+        "area",
+        "binary",
+        "keyword",
+        "text_sparsity",
+    }
 
 
 def test_trivial_priors():
@@ -159,6 +214,9 @@ def test_trivial_priors():
     whole = TrivialPrior("whole")(x)
     assert (whole > 0).all() and whole.shape == (2, 1, 20, 20)
     disc = TrivialPrior("disc", radius=0.25)(x) > 0
-    assert abs(disc[0, 0].float().mean().item() - math.pi * 0.25**2) < 0.02 and disc[0, 0, 10, 10]
+    assert (
+        abs(disc[0, 0].float().mean().item() - math.pi * 0.25**2) < 0.02
+        and disc[0, 0, 10, 10]
+    )
     with pytest.raises(ValueError):
         TrivialPrior("square")

@@ -36,8 +36,16 @@ from scipy.ndimage import gaussian_filter
 from monai_vlseg.data.datalist import atomic_write_bytes, write_datalist
 from monai_vlseg.data.demo import _file_lock, _png_bytes
 
-__all__ = ["COLOURS", "SHAPES", "SIZES", "PolypCase", "synthesize_polyp_case", "generate_polyp_demo",
-           "ensure_polyp_demo_datalist", "main"]
+__all__ = [
+    "COLOURS",
+    "SHAPES",
+    "SIZES",
+    "PolypCase",
+    "ensure_polyp_demo_datalist",
+    "generate_polyp_demo",
+    "main",
+    "synthesize_polyp_case",
+]
 
 #: polyp colours (RGB in [0, 1]) named in the descriptions.
 COLOURS: dict[str, tuple[float, float, float]] = {
@@ -89,7 +97,15 @@ def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarr
     return n / (n.std() + 1e-8)
 
 
-def _blob(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, r: float, shape: str, rng: np.random.Generator):
+def _blob(
+    yy: np.ndarray,
+    xx: np.ndarray,
+    cy: float,
+    cx: float,
+    r: float,
+    shape: str,
+    rng: np.random.Generator,
+):
     """Signed distance-like field (< 0 inside) of a round / oval / lobulated blob, in units of r."""
     dy, dx = yy - cy, xx - cx
     theta = rng.uniform(0, np.pi)
@@ -112,19 +128,31 @@ def synthesize_polyp_case(seed: int | Sequence[int], size: int = 128) -> PolypCa
     # mucosa: base colour, texture, folds, vignette
     base = np.array([0.80, 0.46, 0.38]) + rng.uniform(-0.05, 0.05, 3)
     tex = 0.05 * _smooth_noise(rng, size, size / 16)
-    folds = 0.5 + 0.5 * np.sin(2 * np.pi * (rng.uniform(1.5, 3) * (yy + 0.3 * _smooth_noise(rng, size, size / 6) * 0.1)
-                                            + rng.uniform(0, 1)))
+    folds = 0.5 + 0.5 * np.sin(
+        2
+        * np.pi
+        * (
+            rng.uniform(1.5, 3) * (yy + 0.3 * _smooth_noise(rng, size, size / 6) * 0.1)
+            + rng.uniform(0, 1)
+        )
+    )
     shade = 1.0 + tex - 0.12 * folds**6
     vy, vx = rng.uniform(0.3, 0.7, 2)
     shade *= 1.0 - 0.35 * np.clip(np.hypot(yy - vy, xx - vx) - 0.25, 0, None)
     img = shade[..., None] * base[None, None]
     # dark lumen (distractor, never described)
     ly, lx = rng.uniform(0.15, 0.85, 2)
-    lumen = np.exp(-(((yy - ly) ** 2 + (xx - lx) ** 2) / (2 * rng.uniform(0.05, 0.09) ** 2)))
+    lumen = np.exp(
+        -(((yy - ly) ** 2 + (xx - lx) ** 2) / (2 * rng.uniform(0.05, 0.09) ** 2))
+    )
     img *= (1.0 - 0.75 * lumen)[..., None]
 
     row, col = rng.choice(list(_ROWS)), rng.choice(list(_COLS))
-    colour, shape, sz = rng.choice(list(COLOURS)), rng.choice(SHAPES), rng.choice(list(SIZES))
+    colour, shape, sz = (
+        rng.choice(list(COLOURS)),
+        rng.choice(SHAPES),
+        rng.choice(list(SIZES)),
+    )
     cy = _ROWS[row] + rng.uniform(-0.06, 0.06)
     cx = _COLS[col] + rng.uniform(-0.06, 0.06)
     r = SIZES[sz] * rng.uniform(0.9, 1.1)
@@ -139,17 +167,29 @@ def synthesize_polyp_case(seed: int | Sequence[int], size: int = 128) -> PolypCa
         dsd = _blob(yy, xx, dy, dx, rng.uniform(0.06, 0.11), rng.choice(SHAPES), rng)
         dalpha = np.clip(0.5 - dsd * 6, 0, 1) * (~inside)
         dcol = np.array([0.62, 0.52, 0.18]) + rng.uniform(-0.06, 0.06, 3)
-        img = img * (1 - dalpha[..., None]) + dalpha[..., None] * dcol * (0.9 + 0.1 * tex[..., None])
+        img = img * (1 - dalpha[..., None]) + dalpha[..., None] * dcol * (
+            0.9 + 0.1 * tex[..., None]
+        )
     # polyp: soft edge, dome shading, texture
     alpha = np.clip(0.5 - sd * 6, 0, 1)
-    dome = 1.0 + 0.18 * np.clip(-sd, 0, 1) - 0.15 * ((yy - cy) + (xx - cx)) / r * np.clip(-sd, 0, 1)
+    dome = (
+        1.0
+        + 0.18 * np.clip(-sd, 0, 1)
+        - 0.15 * ((yy - cy) + (xx - cx)) / r * np.clip(-sd, 0, 1)
+    )
     pcol = np.array(COLOURS[colour]) + rng.uniform(-0.04, 0.04, 3)
     polyp = (dome[..., None] + 0.5 * tex[..., None]) * pcol
     img = img * (1 - alpha[..., None]) + alpha[..., None] * polyp
     # specular bubbles anywhere (distractors) and highlights
     for _ in range(int(rng.integers(2, 6))):
-        by, bx, br = rng.uniform(0.05, 0.95), rng.uniform(0.05, 0.95), rng.uniform(0.012, 0.035)
-        ring = np.exp(-((np.hypot(yy - by, xx - bx) - br) ** 2) / (2 * (0.004 + br * 0.15) ** 2))
+        by, bx, br = (
+            rng.uniform(0.05, 0.95),
+            rng.uniform(0.05, 0.95),
+            rng.uniform(0.012, 0.035),
+        )
+        ring = np.exp(
+            -((np.hypot(yy - by, xx - bx) - br) ** 2) / (2 * (0.004 + br * 0.15) ** 2)
+        )
         img = img + 0.5 * ring[..., None]
     img = img + 0.02 * rng.standard_normal(img.shape)
     image = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
@@ -157,32 +197,65 @@ def synthesize_polyp_case(seed: int | Sequence[int], size: int = 128) -> PolypCa
     loc = location_phrase(row, col)
     template = _TEMPLATES[int(rng.integers(len(_TEMPLATES)))]
     a_shape = ("an " if shape[0] in "aeiou" else "a ") + str(shape)
-    text = template.format(size=sz, Size=sz.capitalize(), colour=colour, shape=shape, a_shape=a_shape, loc=loc)
+    text = template.format(
+        size=sz,
+        Size=sz.capitalize(),
+        colour=colour,
+        shape=shape,
+        a_shape=a_shape,
+        loc=loc,
+    )
     return PolypCase(image, mask, text, str(colour), str(shape), str(sz), loc)
 
 
 def generate_polyp_demo(
-    root: str | os.PathLike, n_train: int = 320, n_val: int = 40, n_test: int = 40, size: int = 128, seed: int = 0
+    root: str | os.PathLike,
+    n_train: int = 320,
+    n_val: int = 40,
+    n_test: int = 40,
+    size: int = 128,
+    seed: int = 0,
 ) -> str:
     """Write the demo set under ``root`` (which must be empty or absent) and return ``root/datalist.json``."""
     root = os.path.abspath(os.fspath(root))
     if os.path.isdir(root) and os.listdir(root):
-        raise FileExistsError(f"{root} is not empty: choose an empty folder for the polyp demo set.")
+        raise FileExistsError(
+            f"{root} is not empty: choose an empty folder for the polyp demo set."
+        )
     datalist: dict[str, Any] = {
         "name": "monai_vlseg synthetic polyp demo (text-supervised)",
         "description": "RGB endoscopy-like frames; text names colour, shape, size and location of one polyp; "
         "lumen, bubbles and debris are undescribed distractors; masks for evaluation only",
-        "generator": {"n_train": n_train, "n_val": n_val, "n_test": n_test, "size": size, "seed": seed},
+        "generator": {
+            "n_train": n_train,
+            "n_val": n_val,
+            "n_test": n_test,
+            "size": size,
+            "seed": seed,
+        },
     }
     for si, (split, n) in enumerate(zip(_SPLITS, (n_train, n_val, n_test))):
         items = []
         for i in range(n):
             case = synthesize_polyp_case([seed, si, i], size=size)
             name = f"polyp_{split}_{i:04d}.png"
-            img_path = atomic_write_bytes(os.path.join(root, split, "img", name), _png_bytes(case.image))
-            lab_path = atomic_write_bytes(os.path.join(root, split, "label", name), _png_bytes(case.mask))
-            items.append({"image": img_path, "label": lab_path, "text": case.text, "colour": case.colour,
-                          "shape": case.shape, "size": case.size, "location": case.location})
+            img_path = atomic_write_bytes(
+                os.path.join(root, split, "img", name), _png_bytes(case.image)
+            )
+            lab_path = atomic_write_bytes(
+                os.path.join(root, split, "label", name), _png_bytes(case.mask)
+            )
+            items.append(
+                {
+                    "image": img_path,
+                    "label": lab_path,
+                    "text": case.text,
+                    "colour": case.colour,
+                    "shape": case.shape,
+                    "size": case.size,
+                    "location": case.location,
+                }
+            )
         datalist[_KEYS[split]] = items
     return write_datalist(datalist, os.path.join(root, "datalist.json"), relative=True)
 
@@ -205,7 +278,9 @@ def ensure_polyp_demo_datalist(dataset_dir: str | os.PathLike, **kwargs: Any) ->
             if os.path.isdir(dataset_dir) and not os.listdir(dataset_dir):
                 os.rmdir(dataset_dir)
             if os.path.exists(dataset_dir):
-                raise FileExistsError(f"{dataset_dir} exists without datalist.json: remove it or choose another folder.")
+                raise FileExistsError(
+                    f"{dataset_dir} exists without datalist.json: remove it or choose another folder."
+                )
             os.rename(tmp, dataset_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -214,7 +289,10 @@ def ensure_polyp_demo_datalist(dataset_dir: str | os.PathLike, **kwargs: Any) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m monai_vlseg.data.demo_polyp OUT_DIR``."""
-    p = argparse.ArgumentParser(prog="python -m monai_vlseg.data.demo_polyp", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m monai_vlseg.data.demo_polyp",
+        description=__doc__.split("\n\n")[0],
+    )
     p.add_argument("out_dir")
     p.add_argument("--n-train", type=int, default=320)
     p.add_argument("--n-val", type=int, default=40)

@@ -14,13 +14,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["info_nce", "CLIPContrastiveLoss", "TextSupervisedLoss"]
+__all__ = ["CLIPContrastiveLoss", "TextSupervisedLoss", "info_nce"]
 
 
-def info_nce(query: torch.Tensor, keys: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+def info_nce(
+    query: torch.Tensor, keys: torch.Tensor, temperature: float = 0.07
+) -> torch.Tensor:
     """Mean cross-entropy of ``cos(query_i, keys_j) / t`` with the positive ``keys_i`` (keys may have extra rows,
     all negatives). query (B, E), keys (K >= B, E)."""
     logits = F.normalize(query, dim=-1) @ F.normalize(keys, dim=-1).t() / temperature
@@ -30,11 +32,17 @@ def info_nce(query: torch.Tensor, keys: torch.Tensor, temperature: float = 0.07)
 class CLIPContrastiveLoss(nn.Module):
     """Symmetric CLIP loss on (B, B) logits (row i: image i against every text); the target is ignored (no labels)."""
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if logits.ndim != 2 or logits.shape[0] != logits.shape[1]:
-            raise ValueError(f"expected square (B, B) image-text logits, got {tuple(logits.shape)}")
+            raise ValueError(
+                f"expected square (B, B) image-text logits, got {tuple(logits.shape)}"
+            )
         labels = torch.arange(logits.shape[0], device=logits.device)
-        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+        return 0.5 * (
+            F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)
+        )
 
 
 class TextSupervisedLoss(nn.Module):
@@ -59,31 +67,65 @@ class TextSupervisedLoss(nn.Module):
         lambda_contrast, lambda_mutual, lambda_area, lambda_binary, lambda_keyword, lambda_text_sparsity: weights.
     """
 
-    def __init__(self, temperature: float = 0.07, lambda_contrast: float = 1.0, lambda_mutual: float = 1.0,
-                 lambda_area: float = 0.5, lambda_binary: float = 0.1, lambda_keyword: float = 0.5,
-                 lambda_text_sparsity: float = 0.05) -> None:
+    def __init__(
+        self,
+        temperature: float = 0.07,
+        lambda_contrast: float = 1.0,
+        lambda_mutual: float = 1.0,
+        lambda_area: float = 0.5,
+        lambda_binary: float = 0.1,
+        lambda_keyword: float = 0.5,
+        lambda_text_sparsity: float = 0.05,
+    ) -> None:
         super().__init__()
         self.t = temperature
-        self.w = {"contrast": lambda_contrast, "mutual": lambda_mutual, "area": lambda_area, "binary": lambda_binary,
-                  "keyword": lambda_keyword, "text_sparsity": lambda_text_sparsity}
+        self.w = {
+            "contrast": lambda_contrast,
+            "mutual": lambda_mutual,
+            "area": lambda_area,
+            "binary": lambda_binary,
+            "keyword": lambda_keyword,
+            "text_sparsity": lambda_text_sparsity,
+        }
         self.last: dict[str, float] = {}
 
     def terms(self, out: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The unweighted terms."""
-        fg_i, bg_i, fg_t, e_t = out["fg_image"], out["bg_image"], out["fg_text"], out["text"]
-        con = 0.5 * (info_nce(fg_i, fg_t, self.t) + info_nce(fg_t, torch.cat([fg_i, bg_i]), self.t))
-        mut = 0.5 * (info_nce(out["fg_region"], e_t, self.t)
-                     + info_nce(e_t, torch.cat([out["fg_region"], out["bg_region"]]), self.t))
+        fg_i, bg_i, fg_t, e_t = (
+            out["fg_image"],
+            out["bg_image"],
+            out["fg_text"],
+            out["text"],
+        )
+        con = 0.5 * (
+            info_nce(fg_i, fg_t, self.t)
+            + info_nce(fg_t, torch.cat([fg_i, bg_i]), self.t)
+        )
+        mut = 0.5 * (
+            info_nce(out["fg_region"], e_t, self.t)
+            + info_nce(e_t, torch.cat([out["fg_region"], out["bg_region"]]), self.t)
+        )
         m_i, m_t = out["mask_image"], out["mask_text"]
         tm = out["token_mask"]
         n_tok = tm.sum().clamp(min=1.0)
-        kw = (F.binary_cross_entropy(m_t.clamp(1e-6, 1 - 1e-6), out["keyword_tokens"], reduction="none") * tm).sum()
+        kw = (
+            F.binary_cross_entropy(
+                m_t.clamp(1e-6, 1 - 1e-6), out["keyword_tokens"], reduction="none"
+            )
+            * tm
+        ).sum()
         return {
-            "contrast": con, "mutual": mut, "area": m_i.mean(), "binary": (m_i * (1 - m_i)).mean(),
-            "keyword": kw / n_tok, "text_sparsity": (m_t * tm).sum() / n_tok,
+            "contrast": con,
+            "mutual": mut,
+            "area": m_i.mean(),
+            "binary": (m_i * (1 - m_i)).mean(),
+            "keyword": kw / n_tok,
+            "text_sparsity": (m_t * tm).sum() / n_tok,
         }
 
-    def forward(self, out: Mapping[str, torch.Tensor], target: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, out: Mapping[str, torch.Tensor], target: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if not isinstance(out, Mapping):
             raise TypeError(
                 "TextSupervisedLoss needs the dict that TIFCMamba returns in text-supervised training "

@@ -25,8 +25,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from transformers import CLIPConfig, CLIPModel
 
 from monai_vlseg.nets.blocks.attention import MultiHeadAttention
@@ -34,7 +34,13 @@ from monai_vlseg.nets.blocks.mamba import SS2D, MambaLayer, VSSBlock
 from monai_vlseg.utils import load_pretrained
 
 __all__ = [
-    "TIFC_CONFIGS", "SMALL_CLIP", "CLIPTowers", "BiDF", "TIFCImageSegmenter", "TIFCTextSegmenter", "TIFCMamba",
+    "SMALL_CLIP",
+    "TIFC_CONFIGS",
+    "BiDF",
+    "CLIPTowers",
+    "TIFCImageSegmenter",
+    "TIFCMamba",
+    "TIFCTextSegmenter",
     "TrivialPrior",
 ]
 
@@ -47,11 +53,25 @@ TIFC_CONFIGS: dict[str, dict[str, Any]] = {
 #: offline default CLIP: a small random config (trained in the bundle's CLIP stage). vocab = the default tokenizer's.
 SMALL_CLIP: dict[str, Any] = {
     "projection_dim": 128,
-    "text_config": {"vocab_size": 30522, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 3,
-                    "num_attention_heads": 4, "max_position_embeddings": 64, "bos_token_id": 101,
-                    "eos_token_id": 102, "pad_token_id": 0},
-    "vision_config": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 3, "num_attention_heads": 4,
-                      "image_size": 64, "patch_size": 8},
+    "text_config": {
+        "vocab_size": 30522,
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 64,
+        "bos_token_id": 101,
+        "eos_token_id": 102,
+        "pad_token_id": 0,
+    },
+    "vision_config": {
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "image_size": 64,
+        "patch_size": 8,
+    },
 }
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -77,17 +97,28 @@ class CLIPTowers(nn.Module):
         attn_implementation: HF attention backend ("eager" works with the soft text masks everywhere).
     """
 
-    def __init__(self, model_name_or_path: str | None = None, config: Mapping[str, Any] | None = None,
-                 frozen: bool = True, attn_implementation: str = "eager") -> None:
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        frozen: bool = True,
+        attn_implementation: str = "eager",
+    ) -> None:
         super().__init__()
         if model_name_or_path in (None, "", "random"):
             cfg = CLIPConfig(**dict(config or SMALL_CLIP))
             cfg._attn_implementation = attn_implementation
             self.model = CLIPModel(cfg)
         else:
-            self.model = load_pretrained(CLIPModel, model_name_or_path, attn_implementation=attn_implementation)
-        self.register_buffer("mean", torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_CLIP_STD).view(1, 3, 1, 1), persistent=False)
+            self.model = load_pretrained(
+                CLIPModel, model_name_or_path, attn_implementation=attn_implementation
+            )
+        self.register_buffer(
+            "mean", torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(_CLIP_STD).view(1, 3, 1, 1), persistent=False
+        )
         self.set_frozen(frozen)
 
     @property
@@ -125,7 +156,9 @@ class CLIPTowers(nn.Module):
             image = image.expand(-1, 3, -1, -1)
         s = self.image_size
         if tuple(image.shape[-2:]) != (s, s):
-            image = F.interpolate(image, size=(s, s), mode="bilinear", align_corners=False)
+            image = F.interpolate(
+                image, size=(s, s), mode="bilinear", align_corners=False
+            )
         return (image - self.mean) / self.std
 
     def encode_image(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,8 +169,12 @@ class CLIPTowers(nn.Module):
         proj = self.model.visual_projection(hidden)
         return proj[:, 0], proj[:, 1:]
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                    token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_text(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_weights: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids -> (text embedding (B, E) at the EOS token, token hidden states (B, L, H)).
 
         ``token_weights`` (B, L) in [0, 1] soft-masks the token embeddings (T-hat, Eq. of the text mask): a token
@@ -156,10 +193,14 @@ class CLIPTowers(nn.Module):
         n = input_ids.shape[1]
         causal = torch.ones(n, n, dtype=torch.bool, device=hidden.device).tril()
         allowed = causal[None] & attention_mask.bool()[:, None, :]
-        allowed = allowed | torch.eye(n, dtype=torch.bool, device=hidden.device)[None]  # no all-masked rows
+        allowed = (
+            allowed | torch.eye(n, dtype=torch.bool, device=hidden.device)[None]
+        )  # no all-masked rows
         mask4d = torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device)
         mask4d = mask4d.masked_fill(~allowed, torch.finfo(hidden.dtype).min)[:, None]
-        hidden = tm.encoder(inputs_embeds=hidden, attention_mask=mask4d).last_hidden_state
+        hidden = tm.encoder(
+            inputs_embeds=hidden, attention_mask=mask4d
+        ).last_hidden_state
         hidden = tm.final_layer_norm(hidden)
         eos = (input_ids == self.eos_token_id) & attention_mask.bool()
         # the EOS token; a truncated text without EOS uses its last real token
@@ -168,7 +209,12 @@ class CLIPTowers(nn.Module):
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), pos]
         return self.model.text_projection(pooled), hidden
 
-    def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+    def forward(
+        self,
+        image: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ):
         """CLIP stage: (B, B) image-to-text logits ``scale * cos(E_I(x_i), E_T(t_j))``."""
         img = F.normalize(self.encode_image(image)[0], dim=-1)
         txt = F.normalize(self.encode_text(input_ids, attention_mask)[0], dim=-1)
@@ -195,12 +241,23 @@ class BiDF(nn.Module):
         channel_pool: side of the pooled map describing a channel token.
     """
 
-    def __init__(self, dim: int, text_dim: int, spatial: bool = True, channel: bool = True, num_heads: int = 4,
-                 d_state: int = 16, ss2d_expand: int = 1, channel_pool: int = 4) -> None:
+    def __init__(
+        self,
+        dim: int,
+        text_dim: int,
+        spatial: bool = True,
+        channel: bool = True,
+        num_heads: int = 4,
+        d_state: int = 16,
+        ss2d_expand: int = 1,
+        channel_pool: int = 4,
+    ) -> None:
         super().__init__()
         self.spatial, self.channel, self.channel_pool = spatial, channel, channel_pool
         heads = math.gcd(num_heads, dim)
-        self.text_proj = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.text_proj = nn.Sequential(
+            nn.Linear(text_dim, dim), nn.GELU(), nn.Linear(dim, dim)
+        )
         self.img_norm = nn.LayerNorm(dim)
         self.cross = MultiHeadAttention(dim, heads)
         c3 = 3 * dim
@@ -210,19 +267,34 @@ class BiDF(nn.Module):
         if channel:
             p2 = channel_pool * channel_pool
             self.channel_norm = nn.LayerNorm(p2)
-            self.channel_scan = MambaLayer(p2, d_state=d_state, directions=("forward", "backward"))
+            self.channel_scan = MambaLayer(
+                p2, d_state=d_state, directions=("forward", "backward")
+            )
             self.channel_gate = nn.Linear(p2, 1)
-        self.out = nn.Sequential(nn.Conv2d(c3, dim, 1), nn.GroupNorm(1, dim), nn.GELU(), nn.Conv2d(dim, dim, 1))
+        self.out = nn.Sequential(
+            nn.Conv2d(c3, dim, 1),
+            nn.GroupNorm(1, dim),
+            nn.GELU(),
+            nn.Conv2d(dim, dim, 1),
+        )
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x: (B, C, H, W); text: (B, L, text_dim); text_mask: (B, L) -> F_fuse (B, C, H, W)."""
         b, c, h, w = x.shape
         t = self.text_proj(text)  # (B, L, C)
         tokens = self.img_norm(x.flatten(2).transpose(1, 2))  # (B, HW, C)
-        if text_mask is not None:  # masked keys: keep padding out of the attention by zeroing its values
+        if (
+            text_mask is not None
+        ):  # masked keys: keep padding out of the attention by zeroing its values
             t = t * text_mask.to(t.dtype).unsqueeze(-1)
-        it = self.cross(tokens, t, t).transpose(1, 2).reshape(b, c, h, w)  # each patch sees the text
-        tg = _masked_mean(t, text_mask)[:, :, None, None].expand(-1, -1, h, w)  # text expanded over the grid
+        it = (
+            self.cross(tokens, t, t).transpose(1, 2).reshape(b, c, h, w)
+        )  # each patch sees the text
+        tg = _masked_mean(t, text_mask)[:, :, None, None].expand(
+            -1, -1, h, w
+        )  # text expanded over the grid
         f = torch.cat([x, it, tg], dim=1)  # (B, 3C, H, W): image, image-text, text
         if self.spatial:  # spatial fusion: 2D selective scan
             fl = f.permute(0, 2, 3, 1)
@@ -230,7 +302,9 @@ class BiDF(nn.Module):
         if self.channel:  # channel fusion: 1D selective scan over the 3C channel tokens
             p = F.adaptive_avg_pool2d(f, self.channel_pool).flatten(2)  # (B, 3C, p*p)
             s = self.channel_scan(self.channel_norm(p))
-            f = f * torch.sigmoid(self.channel_gate(s))[..., None]  # (B, 3C, 1, 1) gates
+            f = (
+                f * torch.sigmoid(self.channel_gate(s))[..., None]
+            )  # (B, 3C, 1, 1) gates
         return x + self.out(f)
 
 
@@ -252,13 +326,25 @@ class TIFCImageSegmenter(nn.Module):
         fusion_spatial, fusion_channel: BiDF ablation switches.
     """
 
-    def __init__(self, in_channels: int = 3, dims: Sequence[int] = (96, 192, 384, 768),
-                 depths: Sequence[int] = (2, 2, 2, 2), text_dim: int = 512, out_dim: int = 32, patch_size: int = 4,
-                 d_state: int = 16, drop_path: float = 0.1, fusion_spatial: bool = True,
-                 fusion_channel: bool = True, num_heads: int = 4) -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        dims: Sequence[int] = (96, 192, 384, 768),
+        depths: Sequence[int] = (2, 2, 2, 2),
+        text_dim: int = 512,
+        out_dim: int = 32,
+        patch_size: int = 4,
+        d_state: int = 16,
+        drop_path: float = 0.1,
+        fusion_spatial: bool = True,
+        fusion_channel: bool = True,
+        num_heads: int = 4,
+    ) -> None:
         super().__init__()
         if len(dims) != len(depths):
-            raise ValueError(f"dims {tuple(dims)} and depths {tuple(depths)} must have the same length.")
+            raise ValueError(
+                f"dims {tuple(dims)} and depths {tuple(depths)} must have the same length."
+            )
         self.patch_size, self.num_stages = patch_size, len(dims)
         self.stem = nn.Conv2d(in_channels, dims[0], patch_size, patch_size)
         self.stem_norm = nn.LayerNorm(dims[0])
@@ -267,17 +353,36 @@ class TIFCImageSegmenter(nn.Module):
         self.down = nn.ModuleList()
         k = 0
         for i, (d, n) in enumerate(zip(dims, depths)):
-            self.encoder.append(nn.Sequential(*[VSSBlock(d, dpr[k + j], d_state) for j in range(n)]))
+            self.encoder.append(
+                nn.Sequential(*[VSSBlock(d, dpr[k + j], d_state) for j in range(n)])
+            )
             k += n
             if i < len(dims) - 1:
                 self.down.append(nn.Conv2d(d, dims[i + 1], 2, 2))
-        self.fuse = nn.ModuleList([BiDF(d, text_dim, fusion_spatial, fusion_channel, num_heads, d_state)
-                                   for d in dims])
-        self.up = nn.ModuleList([nn.ConvTranspose2d(dims[i + 1], dims[i], 2, 2) for i in range(len(dims) - 1)])
-        self.decoder = nn.ModuleList([nn.Sequential(*[VSSBlock(dims[i], 0.0, d_state) for _ in range(depths[i])])
-                                      for i in range(len(dims) - 1)])
+        self.fuse = nn.ModuleList(
+            [
+                BiDF(d, text_dim, fusion_spatial, fusion_channel, num_heads, d_state)
+                for d in dims
+            ]
+        )
+        self.up = nn.ModuleList(
+            [
+                nn.ConvTranspose2d(dims[i + 1], dims[i], 2, 2)
+                for i in range(len(dims) - 1)
+            ]
+        )
+        self.decoder = nn.ModuleList(
+            [
+                nn.Sequential(
+                    *[VSSBlock(dims[i], 0.0, d_state) for _ in range(depths[i])]
+                )
+                for i in range(len(dims) - 1)
+            ]
+        )
         self.head = nn.Sequential(
-            nn.ConvTranspose2d(dims[0], out_dim, patch_size, patch_size), nn.GroupNorm(1, out_dim), nn.GELU(),
+            nn.ConvTranspose2d(dims[0], out_dim, patch_size, patch_size),
+            nn.GroupNorm(1, out_dim),
+            nn.GELU(),
             nn.Conv2d(out_dim, out_dim, 3, padding=1),
         )
 
@@ -285,12 +390,19 @@ class TIFCImageSegmenter(nn.Module):
     def _blocks(blocks: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return blocks(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """image (B, C, H, W) with H, W divisible by patch_size * 2**(stages-1); keyword tokens (B, L, text_dim)
         -> last decoder feature e^I (B, out_dim, H, W)."""
         f = self.patch_size * 2 ** (self.num_stages - 1)
         if image.shape[-1] % f or image.shape[-2] % f:
-            raise ValueError(f"image size {tuple(image.shape[-2:])} must be divisible by {f}.")
+            raise ValueError(
+                f"image size {tuple(image.shape[-2:])} must be divisible by {f}."
+            )
         x = self.stem(image)
         x = self.stem_norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         skips = []
@@ -316,19 +428,32 @@ class TIFCTextSegmenter(nn.Module):
         text_dim: token width; hidden: inner width; d_state: SSM state size; num_layers: Mamba layers.
     """
 
-    def __init__(self, text_dim: int = 512, hidden: int = 64, d_state: int = 16, num_layers: int = 1) -> None:
+    def __init__(
+        self,
+        text_dim: int = 512,
+        hidden: int = 64,
+        d_state: int = 16,
+        num_layers: int = 1,
+    ) -> None:
         super().__init__()
         self.proj = nn.Linear(2 * text_dim + 1, hidden)
         self.layers = nn.ModuleList(
-            [MambaLayer(hidden, d_state=d_state, directions=("forward", "backward")) for _ in range(num_layers)]
+            [
+                MambaLayer(hidden, d_state=d_state, directions=("forward", "backward"))
+                for _ in range(num_layers)
+            ]
         )
         self.norms = nn.ModuleList([nn.LayerNorm(hidden) for _ in range(num_layers)])
         self.head = nn.Linear(hidden, 1)
 
-    def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor, keyword: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, token_mask: torch.Tensor, keyword: torch.Tensor
+    ) -> torch.Tensor:
         """tokens (B, L, D), token_mask (B, L), keyword (B, D) -> M_T logits (B, L) (padding: -1e4)."""
         sim = F.cosine_similarity(tokens, keyword[:, None], dim=-1).unsqueeze(-1)
-        x = self.proj(torch.cat([tokens, keyword[:, None].expand_as(tokens), sim], dim=-1))
+        x = self.proj(
+            torch.cat([tokens, keyword[:, None].expand_as(tokens), sim], dim=-1)
+        )
         for norm, layer in zip(self.norms, self.layers):
             x = x + layer(norm(x))
         logits = self.head(x).squeeze(-1)
@@ -361,23 +486,52 @@ class TIFCMamba(nn.Module):
         fill: background fill of I-hat: ``"uniform"`` (random pixels) or ``"shuffle"`` (pixels of another image).
     """
 
-    def __init__(self, in_channels: int = 3, size: str = "B", dims: Sequence[int] | None = None,
-                 depths: Sequence[int] | None = None, clip_model: str | None = None,
-                 clip_config: Mapping[str, Any] | None = None, text_supervised: bool = True, feature_dim: int = 32,
-                 fusion_spatial: bool = True, fusion_channel: bool = True, text_hidden: int = 64,
-                 drop_path: float = 0.1, d_state: int = 16, patch_size: int = 4, fill: str = "uniform") -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        size: str = "B",
+        dims: Sequence[int] | None = None,
+        depths: Sequence[int] | None = None,
+        clip_model: str | None = None,
+        clip_config: Mapping[str, Any] | None = None,
+        text_supervised: bool = True,
+        feature_dim: int = 32,
+        fusion_spatial: bool = True,
+        fusion_channel: bool = True,
+        text_hidden: int = 64,
+        drop_path: float = 0.1,
+        d_state: int = 16,
+        patch_size: int = 4,
+        fill: str = "uniform",
+    ) -> None:
         super().__init__()
         if size not in TIFC_CONFIGS:
-            raise ValueError(f"size must be one of {sorted(TIFC_CONFIGS)}, got {size!r}")
+            raise ValueError(
+                f"size must be one of {sorted(TIFC_CONFIGS)}, got {size!r}"
+            )
         if fill not in ("uniform", "shuffle"):
             raise ValueError(f"fill must be 'uniform' or 'shuffle', got {fill!r}")
         dims = tuple(dims or TIFC_CONFIGS[size]["dims"])
         depths = tuple(depths or TIFC_CONFIGS[size]["depths"])
-        self.text_supervised, self.fill, self.in_channels = text_supervised, fill, in_channels
+        self.text_supervised, self.fill, self.in_channels = (
+            text_supervised,
+            fill,
+            in_channels,
+        )
         self.clip = CLIPTowers(clip_model, clip_config, frozen=True)
         th, e = self.clip.text_hidden, self.clip.embed_dim
-        self.image_segmenter = TIFCImageSegmenter(in_channels, dims, depths, th, feature_dim, patch_size, d_state,
-                                                  drop_path, fusion_spatial, fusion_channel)
+        self.image_segmenter = TIFCImageSegmenter(
+            in_channels,
+            dims,
+            depths,
+            th,
+            feature_dim,
+            patch_size,
+            d_state,
+            drop_path,
+            fusion_spatial,
+            fusion_channel,
+        )
         self.text_segmenter = TIFCTextSegmenter(th, text_hidden, d_state)
         self.image_proj = nn.Conv2d(feature_dim, e, 1)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
@@ -389,7 +543,11 @@ class TIFCMamba(nn.Module):
 
     def segmenter_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters of Phi_I, Phi_T and the mask head (the CLIP towers excluded)."""
-        return [p for n, p in self.named_parameters() if not n.startswith("clip.") and p.requires_grad]
+        return [
+            p
+            for n, p in self.named_parameters()
+            if not n.startswith("clip.") and p.requires_grad
+        ]
 
     def _text(self, input_ids, attention_mask, keyword_ids, keyword_mask, batch: int):
         if input_ids is None:
@@ -411,22 +569,37 @@ class TIFCMamba(nn.Module):
         kw = torch.where(kw_has[:, None, None], kw, self.empty_tokens.to(kw.dtype))
         return e_t, tok, kw, keyword_mask, attention_mask
 
-    def forward(self, image: torch.Tensor, input_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, keyword_ids: torch.Tensor | None = None,
-                keyword_mask: torch.Tensor | None = None):
+    def forward(
+        self,
+        image: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        keyword_ids: torch.Tensor | None = None,
+        keyword_mask: torch.Tensor | None = None,
+    ):
         if image.shape[1] != self.in_channels:
-            raise ValueError(f"expected {self.in_channels} image channels, got {image.shape[1]}.")
-        image = image.as_tensor() if hasattr(image, "as_tensor") else image  # MetaTensor -> plain tensor
+            raise ValueError(
+                f"expected {self.in_channels} image channels, got {image.shape[1]}."
+            )
+        image = (
+            image.as_tensor() if hasattr(image, "as_tensor") else image
+        )  # MetaTensor -> plain tensor
         b = image.shape[0]
-        e_t, tok, kw, kw_mask, attn = self._text(input_ids, attention_mask, keyword_ids, keyword_mask, b)
+        e_t, tok, kw, kw_mask, attn = self._text(
+            input_ids, attention_mask, keyword_ids, keyword_mask, b
+        )
         feat = self.image_segmenter(image, kw, kw_mask)  # e^I: last decoder feature
         e_i = F.normalize(self.image_proj(feat), dim=1)
         cos = torch.einsum("bchw,bc->bhw", e_i, F.normalize(e_t, dim=-1)).unsqueeze(1)
-        logits = self.logit_scale.exp() * cos + self.logit_bias  # M_I = sigmoid(e^I . e^T)
+        logits = (
+            self.logit_scale.exp() * cos + self.logit_bias
+        )  # M_I = sigmoid(e^I . e^T)
         if not (self.training and self.text_supervised):
             return logits
         if input_ids is None:
-            raise ValueError("text-supervised training needs the description tokens (input_ids).")
+            raise ValueError(
+                "text-supervised training needs the description tokens (input_ids)."
+            )
         m_i = torch.sigmoid(logits)
         # image under M_I, background filled randomly (I-hat), and the complement image
         if self.fill == "uniform":
@@ -438,26 +611,43 @@ class TIFCMamba(nn.Module):
         fg_image, _ = self.clip.encode_image(fg_img)
         bg_image, _ = self.clip.encode_image(bg_img)
         with torch.no_grad():
-            _, patches = self.clip.encode_image(image)  # (B, P, E) region features of the full image
-        g = int(round(patches.shape[1] ** 0.5))
+            _, patches = self.clip.encode_image(
+                image
+            )  # (B, P, E) region features of the full image
+        g = round(patches.shape[1] ** 0.5)
         m_p = F.adaptive_avg_pool2d(m_i, g).flatten(1)  # (B, P)
-        fg_region = (m_p.unsqueeze(-1) * patches).sum(1) / m_p.sum(1, keepdim=True).clamp(min=1e-6)
-        bg_region = ((1 - m_p).unsqueeze(-1) * patches).sum(1) / (1 - m_p).sum(1, keepdim=True).clamp(min=1e-6)
+        fg_region = (m_p.unsqueeze(-1) * patches).sum(1) / m_p.sum(
+            1, keepdim=True
+        ).clamp(min=1e-6)
+        bg_region = ((1 - m_p).unsqueeze(-1) * patches).sum(1) / (1 - m_p).sum(
+            1, keepdim=True
+        ).clamp(min=1e-6)
         # text segmenter: M_T over the description tokens given the keyword, then T-hat
         kw_pooled = _masked_mean(kw, kw_mask)
         mt_logits = self.text_segmenter(tok, attn, kw_pooled)
         m_t = torch.sigmoid(mt_logits)
-        special = (torch.arange(input_ids.shape[1], device=input_ids.device) == 0)[None] | (
-            input_ids == self.clip.eos_token_id)
+        special = (torch.arange(input_ids.shape[1], device=input_ids.device) == 0)[
+            None
+        ] | (input_ids == self.clip.eos_token_id)
         weights = torch.where(special, torch.ones_like(m_t), m_t) * attn
         fg_text, _ = self.clip.encode_text(input_ids, attn, token_weights=weights)
         kw_ids = input_ids if keyword_ids is None else keyword_ids
-        kw_tokens = (input_ids[:, :, None] == kw_ids[:, None, :]) & keyword_mask.bool()[:, None, :]
+        kw_tokens = (input_ids[:, :, None] == kw_ids[:, None, :]) & keyword_mask.bool()[
+            :, None, :
+        ]
         kw_tokens = kw_tokens.any(-1) & attn.bool() & ~special
         return {
-            "pred": logits, "mask_image": m_i, "mask_text": m_t, "text": e_t, "fg_image": fg_image,
-            "bg_image": bg_image, "fg_text": fg_text, "fg_region": fg_region, "bg_region": bg_region,
-            "keyword_tokens": kw_tokens.to(m_t.dtype), "token_mask": (attn.bool() & ~special).to(m_t.dtype),
+            "pred": logits,
+            "mask_image": m_i,
+            "mask_text": m_t,
+            "text": e_t,
+            "fg_image": fg_image,
+            "bg_image": bg_image,
+            "fg_text": fg_text,
+            "fg_region": fg_region,
+            "bg_region": bg_region,
+            "keyword_tokens": kw_tokens.to(m_t.dtype),
+            "token_mask": (attn.bool() & ~special).to(m_t.dtype),
         }
 
 
@@ -479,4 +669,6 @@ class TrivialPrior(nn.Module):
             yy = (torch.arange(h, device=image.device) + 0.5) / h - 0.5
             xx = (torch.arange(w, device=image.device) + 0.5) / w - 0.5
             inside = yy[:, None] ** 2 + xx[None] ** 2 <= self.radius**2
-        return torch.where(inside, 10.0, -10.0).to(image.dtype).expand(b, 1, h, w).clone()
+        return (
+            torch.where(inside, 10.0, -10.0).to(image.dtype).expand(b, 1, h, w).clone()
+        )

@@ -32,48 +32,155 @@ from monai.utils import ensure_tuple_rep
 
 from monai_vlseg.transforms.text import normalize_text
 
-__all__ = ["KEYWORD_VOCABULARIES", "KEYWORD_CATEGORIES", "SelectKeywords", "SelectKeywordsd"]
+__all__ = [
+    "KEYWORD_CATEGORIES",
+    "KEYWORD_VOCABULARIES",
+    "SelectKeywords",
+    "SelectKeywordsd",
+]
 
 #: categories in output order; attributes (size, colour, shape) precede the noun, location follows it.
 KEYWORD_CATEGORIES: tuple[str, ...] = ("size", "colour", "shape", "finding", "location")
 
 _LOCATION = (
-    "left", "right", "upper", "lower", "top", "bottom", "middle", "centre", "central", "side", "part", "half",
-    "quadrant", "corner", "edge", "periphery", "peripheral", "proximal", "distal",
+    "left",
+    "right",
+    "upper",
+    "lower",
+    "top",
+    "bottom",
+    "middle",
+    "centre",
+    "central",
+    "side",
+    "part",
+    "half",
+    "quadrant",
+    "corner",
+    "edge",
+    "periphery",
+    "peripheral",
+    "proximal",
+    "distal",
 )
 #: per-domain vocabularies: category -> words (multi-word entries allowed); "default" is the noun used when none is found.
 KEYWORD_VOCABULARIES: dict[str, dict[str, Any]] = {
     "polyp": {
         "size": ("small", "medium", "large", "tiny", "big", "diminutive", "giant"),
-        "colour": ("red", "pink", "pale", "white", "whitish", "reddish", "dark", "yellow", "brown", "purple"),
-        "shape": ("round", "oval", "lobulated", "flat", "sessile", "pedunculated", "elongated", "irregular",
-                  "polypoid", "smooth", "raised"),
+        "colour": (
+            "red",
+            "pink",
+            "pale",
+            "white",
+            "whitish",
+            "reddish",
+            "dark",
+            "yellow",
+            "brown",
+            "purple",
+        ),
+        "shape": (
+            "round",
+            "oval",
+            "lobulated",
+            "flat",
+            "sessile",
+            "pedunculated",
+            "elongated",
+            "irregular",
+            "polypoid",
+            "smooth",
+            "raised",
+        ),
         "finding": ("polyp", "polyps", "adenoma", "lesion", "mass", "tumour", "tumor"),
         "location": _LOCATION,
         "default": "polyp",
     },
     "skin": {
         "size": ("small", "medium", "large", "tiny", "big"),
-        "colour": ("brown", "dark", "black", "light", "tan", "red", "pink", "blue", "grey", "gray", "white",
-                   "variegated", "multicoloured"),
-        "shape": ("round", "oval", "irregular", "asymmetric", "symmetric", "elongated", "regular", "blurred",
-                  "sharp", "ill-defined", "well-defined"),
-        "finding": ("lesion", "mole", "nevus", "naevus", "melanoma", "keratosis", "spot", "patch"),
+        "colour": (
+            "brown",
+            "dark",
+            "black",
+            "light",
+            "tan",
+            "red",
+            "pink",
+            "blue",
+            "grey",
+            "gray",
+            "white",
+            "variegated",
+            "multicoloured",
+        ),
+        "shape": (
+            "round",
+            "oval",
+            "irregular",
+            "asymmetric",
+            "symmetric",
+            "elongated",
+            "regular",
+            "blurred",
+            "sharp",
+            "ill-defined",
+            "well-defined",
+        ),
+        "finding": (
+            "lesion",
+            "mole",
+            "nevus",
+            "naevus",
+            "melanoma",
+            "keratosis",
+            "spot",
+            "patch",
+        ),
         "location": _LOCATION,
         "default": "lesion",
     },
     "chest": {
-        "size": ("small", "large", "extensive", "focal", "diffuse", "patchy", "multiple", "single", "one", "two",
-                 "three", "four"),
+        "size": (
+            "small",
+            "large",
+            "extensive",
+            "focal",
+            "diffuse",
+            "patchy",
+            "multiple",
+            "single",
+            "one",
+            "two",
+            "three",
+            "four",
+        ),
         "colour": ("ground glass", "dense", "faint", "hazy"),
         "shape": ("nodular", "linear", "reticular", "bilateral", "unilateral"),
-        "finding": ("infection", "infected", "opacity", "opacities", "consolidation", "pneumonia", "lesion",
-                    "nodule", "effusion", "areas", "area"),
-        "location": _LOCATION + ("lung", "lungs", "lobe", "zone", "base", "apex", "hilar", "basal", "apical"),
+        "finding": (
+            "infection",
+            "infected",
+            "opacity",
+            "opacities",
+            "consolidation",
+            "pneumonia",
+            "lesion",
+            "nodule",
+            "effusion",
+            "areas",
+            "area",
+        ),
+        "location": _LOCATION
+        + ("lung", "lungs", "lobe", "zone", "base", "apex", "hilar", "basal", "apical"),
         "default": "infection",
     },
 }
-_SPELLING = {"center": "centre", "centered": "centre", "centred": "centre", "colored": "coloured", "gray": "grey"}
+_SPELLING = {
+    "center": "centre",
+    "centered": "centre",
+    "centred": "centre",
+    "colored": "coloured",
+    "gray": "grey",
+}
 _NEGATIONS = ("no", "not", "without", "absent", "free of", "negative for", "none")
 _WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*|[.;:]")
 
@@ -87,21 +194,36 @@ class SelectKeywords(Transform):
         empty: text returned for a missing/empty description (``None`` keeps it missing).
     """
 
-    def __init__(self, domain: str = "polyp", extra_vocabulary: Mapping[str, Sequence[str]] | None = None,
-                 empty: str | None = None) -> None:
+    def __init__(
+        self,
+        domain: str = "polyp",
+        extra_vocabulary: Mapping[str, Sequence[str]] | None = None,
+        empty: str | None = None,
+    ) -> None:
         if domain not in KEYWORD_VOCABULARIES:
-            raise ValueError(f"unknown keyword domain {domain!r}; choose one of {sorted(KEYWORD_VOCABULARIES)}")
+            raise ValueError(
+                f"unknown keyword domain {domain!r}; choose one of {sorted(KEYWORD_VOCABULARIES)}"
+            )
         vocab = {c: list(KEYWORD_VOCABULARIES[domain][c]) for c in KEYWORD_CATEGORIES}
         for cat, words in (extra_vocabulary or {}).items():
             if cat not in vocab:
-                raise ValueError(f"extra_vocabulary category {cat!r} is not one of {KEYWORD_CATEGORIES}")
+                raise ValueError(
+                    f"extra_vocabulary category {cat!r} is not one of {KEYWORD_CATEGORIES}"
+                )
             vocab[cat] += [str(w).lower() for w in words]
-        self.domain, self.default, self.empty = domain, KEYWORD_VOCABULARIES[domain]["default"], empty
+        self.domain, self.default, self.empty = (
+            domain,
+            KEYWORD_VOCABULARIES[domain]["default"],
+            empty,
+        )
         # phrase (tuple of words) -> category; longer phrases first so "ground glass" wins over "glass"
         self._phrases = sorted(
-            ((tuple(w.split()), cat) for cat in KEYWORD_CATEGORIES for w in vocab[cat]), key=lambda p: -len(p[0])
+            ((tuple(w.split()), cat) for cat in KEYWORD_CATEGORIES for w in vocab[cat]),
+            key=lambda p: -len(p[0]),
         )
-        self._negations = sorted((tuple(n.split()) for n in _NEGATIONS), key=len, reverse=True)
+        self._negations = sorted(
+            (tuple(n.split()) for n in _NEGATIONS), key=len, reverse=True
+        )
 
     def words(self, text: str) -> list[tuple[str, str]]:
         """``[(phrase, category)]`` kept by rules 1-3, in text order."""
@@ -113,11 +235,16 @@ class SelectKeywords(Transform):
             if toks[i] in ".;:":
                 negated, i = False, i + 1
                 continue
-            neg = next((n for n in self._negations if tuple(toks[i: i + len(n)]) == n), None)
+            neg = next(
+                (n for n in self._negations if tuple(toks[i : i + len(n)]) == n), None
+            )
             if neg is not None:
                 negated, i = True, i + len(neg)
                 continue
-            hit = next((p for p in self._phrases if tuple(toks[i: i + len(p[0])]) == p[0]), None)
+            hit = next(
+                (p for p in self._phrases if tuple(toks[i : i + len(p[0])]) == p[0]),
+                None,
+            )
             if hit is None or negated:
                 i += 1 if hit is None else len(hit[0])
                 continue
@@ -148,9 +275,15 @@ class SelectKeywordsd(MapTransform):
         domain, extra_vocabulary, empty: see :class:`SelectKeywords`.
     """
 
-    def __init__(self, keys: KeysCollection = "text", output_key: str | Sequence[str] = "keyword",
-                 domain: str = "polyp", extra_vocabulary: Mapping[str, Sequence[str]] | None = None,
-                 empty: str | None = None, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection = "text",
+        output_key: str | Sequence[str] = "keyword",
+        domain: str = "polyp",
+        extra_vocabulary: Mapping[str, Sequence[str]] | None = None,
+        empty: str | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.select = SelectKeywords(domain, extra_vocabulary, empty)
         self.output_keys = ensure_tuple_rep(output_key, len(self.keys))
