@@ -48,6 +48,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 EXAMPLE_TEXT = "Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung."
+EXAMPLE_KEYWORDS = "infection upper left lung lower right lung"
 BASELINES = ("unet", "swin_unetr")
 #: the papers' own figures for their paper configuration (from the method descriptions the bundles implement).
 PAPER_FIGURES = {
@@ -115,16 +116,26 @@ def build_bundle(bundle: str, variant: str = "paper") -> tuple[torch.nn.Module, 
     args: list[torch.Tensor] = []
     desc = [f"{channels}x{'x'.join(map(str, shape))}"]
     args.append(torch.rand(1, channels, *shape))  # the image comes first, as in every bundle's forward
-    tokens = [k for k in TOKEN_KEYS if k in inputs]
-    if tokens:
+    token_keys = [k for k, v in inputs.items() if k != "image" and str(v.get("type", "")) == "tokens"]
+    if token_keys:
         from monai_vlseg.transforms import TokenizeText
 
-        length = int(inputs[tokens[0]]["spatial_shape"][-1])
         text_model = parser.get_parsed_content("text_model") if "text_model" in parser else None
-        ids, mask = TokenizeText(tokenizer=text_model, max_length=length)(EXAMPLE_TEXT)
-        by_key = {"input_ids": ids[None], "attention_mask": mask[None]}
-        args += [by_key[k] for k in tokens]
-        desc.append(f"{length} tokens")
+        tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # ids key -> (ids, mask)
+        for key in token_keys:  # metadata order is the forward order, as in every bundle
+            if "mask" in key:
+                prefix = key[: -len("_mask")] if key.endswith("_mask") else "input"
+                ids_key = f"{prefix}_ids" if f"{prefix}_ids" in tokens else "input_ids"
+                if ids_key not in tokens:
+                    raise ValueError(f"{bundle}: metadata input '{key}' has no token-id input before it")
+                args.append(tokens[ids_key][1][None])
+                continue
+            length = int(inputs[key]["spatial_shape"][-1])
+            text = EXAMPLE_KEYWORDS if key.startswith("keyword") else EXAMPLE_TEXT
+            ids, mask = TokenizeText(tokenizer=text_model, max_length=length)(text)
+            tokens[key] = (ids, mask)
+            args.append(ids[None])
+            desc.append(f"{length} {key.replace('_ids', '').replace('input', 'text')} tokens")
     return net, tuple(args), " + ".join(desc)
 
 
