@@ -202,6 +202,7 @@ def test_text_supervised_objective_decreases():
     assert set(loss_fn.last) == {
         "contrast",
         "mutual",
+        "map",
         "area",
         "binary",
         "keyword",

@@ -48,7 +48,7 @@ class CLIPContrastiveLoss(nn.Module):
 class TextSupervisedLoss(nn.Module):
     """Text-supervised objective of TIFCMamba (no pixel labels; ``target`` must be None or is ignored).
 
-    ``L = l_con * L_con + l_mut * L_mut + l_area * mean(M_I) + l_bin * mean(M_I (1 - M_I)) + l_kw * L_kw
+    ``L = l_con * L_con + l_mut * L_mut + l_map * L_map + l_area * mean(M_I) + l_bin * mean(M_I (1 - M_I)) + l_kw * L_kw
     + l_tsp * mean(M_T)`` with
 
     - ``L_con``: contrastive alignment of CLIP(I-hat) and CLIP(T-hat) (the poster's final step), symmetric InfoNCE
@@ -58,13 +58,17 @@ class TextSupervisedLoss(nn.Module):
       inside M_I must match the description embedding e^T (against other images' regions and all background
       regions), and e^T must pick its own region; the pooled region is diluted by every background patch M_I
       covers, which rewards tight masks;
+    - ``L_map``: region-level mutual alignment in the other direction: the spatial distribution of M_I (pooled to
+      the CLIP patch grid, normalised to sum 1) is pulled by cross-entropy towards ``softmax(region_sim / t_map)``,
+      CLIP's own map of where the description is;
     - area and binarisation priors on M_I (the target is a part of the image; masks near 0/1);
     - ``L_kw``: Phi_T keeps the description tokens that the keyword selector chose (a text-only weak target) and
       ``mean(M_T)`` keeps T-hat sparse.
 
     Args:
         temperature: InfoNCE temperature.
-        lambda_contrast, lambda_mutual, lambda_area, lambda_binary, lambda_keyword, lambda_text_sparsity: weights.
+        map_temperature: temperature of CLIP's region-text map in ``L_map``.
+        lambda_contrast, lambda_mutual, lambda_map, lambda_area, lambda_binary, lambda_keyword, lambda_text_sparsity: weights.
     """
 
     def __init__(
@@ -72,16 +76,19 @@ class TextSupervisedLoss(nn.Module):
         temperature: float = 0.07,
         lambda_contrast: float = 1.0,
         lambda_mutual: float = 1.0,
+        lambda_map: float = 1.0,
+        map_temperature: float = 0.05,
         lambda_area: float = 0.5,
         lambda_binary: float = 0.1,
         lambda_keyword: float = 0.5,
         lambda_text_sparsity: float = 0.05,
     ) -> None:
         super().__init__()
-        self.t = temperature
+        self.t, self.t_map = temperature, map_temperature
         self.w = {
             "contrast": lambda_contrast,
             "mutual": lambda_mutual,
+            "map": lambda_map,
             "area": lambda_area,
             "binary": lambda_binary,
             "keyword": lambda_keyword,
@@ -106,6 +113,12 @@ class TextSupervisedLoss(nn.Module):
             + info_nce(e_t, torch.cat([out["fg_region"], out["bg_region"]]), self.t)
         )
         m_i, m_t = out["mask_image"], out["mask_text"]
+        sim = out["region_sim"]
+        g = round(sim.shape[1] ** 0.5)
+        m_p = F.adaptive_avg_pool2d(m_i, g).flatten(1)
+        p_mask = m_p / m_p.sum(1, keepdim=True).clamp(min=1e-6)
+        q_clip = torch.softmax(sim / self.t_map, dim=1)
+        l_map = -(q_clip * torch.log(p_mask + 1e-6)).sum(1).mean()
         tm = out["token_mask"]
         n_tok = tm.sum().clamp(min=1.0)
         kw = (
@@ -117,6 +130,7 @@ class TextSupervisedLoss(nn.Module):
         return {
             "contrast": con,
             "mutual": mut,
+            "map": l_map,
             "area": m_i.mean(),
             "binary": (m_i * (1 - m_i)).mean(),
             "keyword": kw / n_tok,

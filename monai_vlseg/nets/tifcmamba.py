@@ -470,6 +470,7 @@ class TIFCMamba(nn.Module):
     ``pred`` (logits), ``mask_image`` / ``mask_text`` (M_I, M_T in [0, 1]), ``text`` (e^T of the description),
     ``fg_image`` / ``bg_image`` (E_I of I-hat and of the complement image), ``fg_text`` (E_T of T-hat),
     ``fg_region`` / ``bg_region`` (mask-pooled CLIP patch embeddings of the full image: region-level alignment),
+    ``region_sim`` (B, P) cosine of each CLIP patch embedding with e^T (CLIP's region-text map, no gradient),
     ``keyword_tokens`` (B, L) 0/1 membership of each description token in the keyword, ``token_mask``.
     Without text (``input_ids`` None) a learned empty prompt replaces e^T and the keyword tokens.
 
@@ -616,6 +617,12 @@ class TIFCMamba(nn.Module):
             )  # (B, P, E) region features of the full image
         g = round(patches.shape[1] ** 0.5)
         m_p = F.adaptive_avg_pool2d(m_i, g).flatten(1)  # (B, P)
+        # CLIP's own region-text map (Image-Text Mutual Alignment target): cos(patch_j, e^T), no gradient
+        region_sim = torch.einsum(
+            "bpe,be->bp",
+            F.normalize(patches, dim=-1),
+            F.normalize(e_t.detach(), dim=-1),
+        )
         fg_region = (m_p.unsqueeze(-1) * patches).sum(1) / m_p.sum(
             1, keepdim=True
         ).clamp(min=1e-6)
@@ -646,6 +653,7 @@ class TIFCMamba(nn.Module):
             "fg_text": fg_text,
             "fg_region": fg_region,
             "bg_region": bg_region,
+            "region_sim": region_sim,
             "keyword_tokens": kw_tokens.to(m_t.dtype),
             "token_mask": (attn.bool() & ~special).to(m_t.dtype),
         }
