@@ -287,6 +287,20 @@ def test_autocast_bf16():
     assert_close_scaled(out32, expected.detach())
 
 
+def test_metatensor_inputs():
+    """A MONAI MetaTensor (what a transform pipeline hands a network) scans like a plain tensor, gradients included."""
+    from monai.data import MetaTensor
+
+    args = make_inputs(1, 4, 40, 3, "g2", "small", {"D": True})
+    plain = selective_scan(*args[:5], D=args[5])
+    u = MetaTensor(args[0].detach().clone(), meta={"filename_or_obj": "x.nii.gz"}).requires_grad_()
+    out = selective_scan(u, *args[1:5], D=args[5])
+    assert type(out) is torch.Tensor
+    torch.testing.assert_close(out, plain)
+    out.sum().backward()
+    assert u.grad is not None and torch.isfinite(u.grad).all()
+
+
 def test_input_validation():
     u, delta, A, B, C = (x.detach() for x in make_inputs(1, 4, 10, 3, "3d", "small", {})[:5])
     with pytest.raises(ValueError, match="real A"):

@@ -186,6 +186,11 @@ def selective_scan(
     Raises:
         ValueError: complex ``A`` or inconsistent shapes; RuntimeError: ``"cuda"`` forced but unavailable.
     """
+    # tensor subclasses (MONAI's MetaTensor from a transform pipeline) would carry metadata through every chunk op
+    u, delta, A, B, C, D, z, delta_bias = (
+        t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) and type(t) is not torch.Tensor else t
+        for t in (u, delta, A, B, C, D, z, delta_bias)
+    )
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     name = resolve_scan_backend(backend, u.device)
     if name == "cuda":
