@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import functools
 import io
 import json
@@ -38,26 +37,29 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from monai_vlseg.data.datalist import atomic_write_bytes, write_datalist
+from monai_vlseg.data.datalist import (
+    atomic_write_bytes,
+    ensure_generated,
+    write_datalist,
+)
 from monai_vlseg.data.lvit import build_lvit_datalist
 
 __all__ = [
     "ZONES",
     "DemoCase",
-    "synthesize_case",
     "describe_zones",
-    "generate_demo_dataset",
     "ensure_demo_datalist",
+    "generate_demo_dataset",
     "main",
+    "synthesize_case",
 ]
 
 #: the six lung zones, patient's view (patient's left lung = image right), in text order.
@@ -452,37 +454,6 @@ def generate_demo_dataset(
     return write_datalist(datalist, os.path.join(root, "datalist.json"), relative=True)
 
 
-@contextlib.contextmanager
-def _file_lock(path: str, timeout: float = 3600.0) -> Iterator[None]:
-    """Exclusive inter-process lock on ``path`` (``fcntl.flock``; ``O_EXCL`` lock file elsewhere)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        fcntl = None
-    if fcntl is not None:
-        with open(path, "a") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-        return
-    start = time.monotonic()  # pragma: no cover
-    while True:  # pragma: no cover
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            if time.monotonic() - start > timeout:
-                raise TimeoutError(f"lock {path} held for more than {timeout} s") from None
-            time.sleep(0.2)
-    try:  # pragma: no cover
-        yield
-    finally:  # pragma: no cover
-        os.close(fd)
-        os.remove(path)
-
-
 def ensure_demo_datalist(dataset_dir: str | os.PathLike, **kwargs: Any) -> str:
     """Return ``dataset_dir/datalist.json``, generating the demo set there first if that file is missing.
 
@@ -495,34 +466,7 @@ def ensure_demo_datalist(dataset_dir: str | os.PathLike, **kwargs: Any) -> str:
         dataset_dir: folder of the demo set (created; may exist and hold other files).
         kwargs: :func:`generate_demo_dataset` arguments (``n_train``, ``n_val``, ``n_test``, ``size``, ``seed``).
     """
-    dataset_dir = os.path.abspath(os.fspath(dataset_dir))
-    target = os.path.join(dataset_dir, "datalist.json")
-    if os.path.isfile(target):
-        return target
-    parent, name = os.path.split(dataset_dir)
-    os.makedirs(parent, exist_ok=True)
-    with _file_lock(os.path.join(parent, f".{name}.lock")):
-        if os.path.isfile(target):
-            return target
-        tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
-        try:
-            generate_demo_dataset(tmp, **kwargs)
-            try:
-                os.rename(tmp, dataset_dir)  # atomic when dataset_dir is absent or an empty folder
-            except OSError as e:
-                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.EACCES, errno.EPERM):
-                    raise
-                if os.path.isfile(target):  # another host won the race (lock not shared)
-                    return target
-                # dataset_dir holds other files: move the entries in, the datalist (marker) last
-                for entry in sorted(os.listdir(tmp), key=lambda f: f == "datalist.json"):
-                    dst = os.path.join(dataset_dir, entry)
-                    if os.path.isdir(dst) and entry != "datalist.json":
-                        shutil.rmtree(dst)
-                    os.replace(os.path.join(tmp, entry), dst)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return ensure_generated(dataset_dir, functools.partial(generate_demo_dataset, **kwargs))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

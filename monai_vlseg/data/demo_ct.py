@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
+import functools
 import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,8 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_vlseg.data.datalist import write_datalist
-from monai_vlseg.data.demo import _file_lock  # private in demo.py; the one lock implementation of the package
+from monai_vlseg.data.datalist import ensure_generated, write_datalist
 
 __all__ = [
     "CT_LABELS",
@@ -340,28 +338,8 @@ def ensure_demo_ct_datalist(dataset_dir: str | os.PathLike, image_format: str = 
     if image_format not in ("nifti", "dicom"):
         raise ValueError(f"image_format must be 'nifti' or 'dicom', got '{image_format}'.")
     dataset_dir = os.path.abspath(os.fspath(dataset_dir))
-    marker = os.path.join(dataset_dir, "datalist.json")
+    ensure_generated(dataset_dir, functools.partial(generate_demo_ct_dataset, **{"dicom": True, **kwargs}))
     wanted = os.path.join(dataset_dir, "datalist.json" if image_format == "nifti" else "datalist_dicom.json")
-    if not os.path.isfile(marker):
-        parent, name = os.path.split(dataset_dir)
-        os.makedirs(parent, exist_ok=True)
-        with _file_lock(os.path.join(parent, f".{name}.lock")):
-            if not os.path.isfile(marker):
-                tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
-                try:
-                    generate_demo_ct_dataset(tmp, **{"dicom": True, **kwargs})
-                    try:
-                        os.rename(tmp, dataset_dir)  # atomic when dataset_dir is absent or empty
-                    except OSError as e:
-                        if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.EACCES, errno.EPERM):
-                            raise
-                        for entry in sorted(os.listdir(tmp), key=lambda f: f == "datalist.json"):  # marker last
-                            dst = os.path.join(dataset_dir, entry)
-                            if os.path.isdir(dst):
-                                shutil.rmtree(dst)
-                            os.replace(os.path.join(tmp, entry), dst)
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
     if not os.path.isfile(wanted):
         raise FileNotFoundError(f"{wanted} is missing: the demo set in {dataset_dir} was written without DICOM series "
                                 "(regenerate it with dicom=True).")  # fmt: skip
