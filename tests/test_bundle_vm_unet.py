@@ -133,7 +133,7 @@ def test_rgb_images_without_text_train_evaluate_infer(tmp_path):
         "batch_size": 2,
         "max_epochs": 2,
         "min_epochs": 0,
-        "train#augmentation": [],
+        "augmentation": [],
         **TINY_NET,
     }
     run_workflow("train", ["train.json"], **overrides)
@@ -142,8 +142,7 @@ def test_rgb_images_without_text_train_evaluate_infer(tmp_path):
     assert summary["num_images"] == 2 and 0.0 <= summary["val_mean_dice"] <= 1.0
     assert "val_count_accuracy" not in summary  # no report text: the text-mask checks switch themselves off
     out = tmp_path / "out"
-    infer = {k: v for k, v in overrides.items() if not k.startswith("train#")}
-    run_workflow("infer", ["inference.json"], **dict(infer, output_dir=str(out)))
+    run_workflow("infer", ["inference.json"], **dict(overrides, output_dir=str(out)))
     masks = sorted(p for p in os.listdir(out) if p.endswith("_seg.png"))
     assert masks == ["isic_4_seg.png", "isic_5_seg.png"]
     assert np.asarray(Image.open(out / masks[0])).shape == (64, 64)
