@@ -22,10 +22,9 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import functools
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +32,12 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from monai_vlseg.data.datalist import atomic_write_bytes, write_datalist
-from monai_vlseg.data.demo import _file_lock, _png_bytes
+from monai_vlseg.data.datalist import (
+    atomic_write_bytes,
+    ensure_generated,
+    write_datalist,
+)
+from monai_vlseg.data.demo import _png_bytes
 
 __all__ = [
     "COLOURS",
@@ -262,29 +265,11 @@ def generate_polyp_demo(
 
 def ensure_polyp_demo_datalist(dataset_dir: str | os.PathLike, **kwargs: Any) -> str:
     """``dataset_dir/datalist.json``, generating the set first when it is missing (safe under torchrun: one
-    process generates under demo.py's file lock into a temporary sibling that is renamed into place)."""
-    dataset_dir = os.path.abspath(os.fspath(dataset_dir))
-    target = os.path.join(dataset_dir, "datalist.json")
-    if os.path.isfile(target):
-        return target
-    parent, name = os.path.split(dataset_dir)
-    os.makedirs(parent, exist_ok=True)
-    with _file_lock(os.path.join(parent, f".{name}.lock")):
-        if os.path.isfile(target):
-            return target
-        tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
-        try:
-            generate_polyp_demo(tmp, **kwargs)
-            if os.path.isdir(dataset_dir) and not os.listdir(dataset_dir):
-                os.rmdir(dataset_dir)
-            if os.path.exists(dataset_dir):
-                raise FileExistsError(
-                    f"{dataset_dir} exists without datalist.json: remove it or choose another folder."
-                )
-            os.rename(tmp, dataset_dir)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    process generates under a file lock into a temporary sibling that is renamed into place; see
+    :func:`monai_vlseg.data.datalist.ensure_generated`). ``kwargs`` are :func:`generate_polyp_demo` arguments."""
+    return ensure_generated(
+        dataset_dir, functools.partial(generate_polyp_demo, **kwargs)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
