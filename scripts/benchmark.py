@@ -310,7 +310,7 @@ def _label(r: dict[str, Any]) -> str:
     amp = " [AMP]" if s.get("precision") == "amp" else ""
     if r["kind"] == "bundle":
         return r["name"] + amp
-    return f"{r['name']} ({len(s['shape'])}D {'x'.join(map(str, s['shape']))}){amp}"
+    return f"{r['name']} ({len(s['shape'])}D {s['channels']}x{'x'.join(map(str, s['shape']))}){amp}"
 
 
 def _num(v: float) -> str:

@@ -106,7 +106,7 @@ def test_main_writes_table_json_plot_and_merges(bench, tmp_path):
                      "--plot", str(tmp_path / "b.png")])  # fmt: skip
     assert rc == 0
     text = out.read_text()
-    assert "| unet (2D 64x64) | 1x64x64 | 6.49 |" in text and "| ghost |" in text and "earlier runs kept" in text
+    assert "| unet (2D 1x64x64) | 1x64x64 | 6.49 |" in text and "| ghost |" in text and "earlier runs kept" in text
     rows = json.loads((tmp_path / "benchmarks.json").read_text())["rows"]
     assert [r["name"] for r in rows] == ["ghost", "unet"] and rows[1]["gflops"] > 0.3
     assert (tmp_path / "b.png").stat().st_size > 1000
