@@ -119,6 +119,11 @@ def test_text_supervised_gradients_reach_segmenters_not_clip(net):
     net.eval()
 
 
+def test_switches_must_be_booleans():
+    with pytest.raises(TypeError, match="fusion_spatial must be a boolean"):
+        TIFCMamba(**TINY, fusion_spatial="false")
+
+
 def test_supervised_mode_returns_logits():
     torch.manual_seed(0)
     sup = TIFCMamba(**TINY, text_supervised=False).train()

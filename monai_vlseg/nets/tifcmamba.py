@@ -510,6 +510,17 @@ class TIFCMamba(nn.Module):
             raise ValueError(
                 f"size must be one of {sorted(TIFC_CONFIGS)}, got {size!r}"
             )
+        for name, flag in (
+            ("fusion_spatial", fusion_spatial),
+            ("fusion_channel", fusion_channel),
+            ("text_supervised", text_supervised),
+        ):
+            if not isinstance(
+                flag, bool
+            ):  # a command-line "false" arrives as a (truthy) string
+                raise TypeError(
+                    f"{name} must be a boolean (on the command line: True/False), got {flag!r}"
+                )
         if fill not in ("uniform", "shuffle"):
             raise ValueError(f"fill must be 'uniform' or 'shuffle', got {fill!r}")
         dims = tuple(dims or TIFC_CONFIGS[size]["dims"])
