@@ -1,5 +1,32 @@
 """Networks of the monai-vlseg bundles."""
 
+from .c2seg import BCAM, C2Seg, C2SegEncoder, C2SegFusion, C2SegPretrainNet, C2SegTextEncoder, DualAttention, KGate
+from .lcpdn import CPRFL, LCPDN, LTFR, CLIPImageEncoder, PromptedDiffusionUNet
+from .segmamba import GSC, SegMamba, SegMambaEncoder, ToMLayer
 from .ua_vls import UAVLS, MoDAB, SSMix
+from .vm_unet import VMUNet, VSSLayer
 
-__all__ = ["MoDAB", "SSMix", "UAVLS"]
+__all__ = [
+    "BCAM",
+    "C2Seg",
+    "CLIPImageEncoder",
+    "CPRFL",
+    "C2SegEncoder",
+    "C2SegFusion",
+    "C2SegPretrainNet",
+    "C2SegTextEncoder",
+    "DualAttention",
+    "GSC",
+    "KGate",
+    "LCPDN",
+    "LTFR",
+    "MoDAB",
+    "PromptedDiffusionUNet",
+    "SSMix",
+    "SegMamba",
+    "SegMambaEncoder",
+    "ToMLayer",
+    "UAVLS",
+    "VMUNet",
+    "VSSLayer",
+]

@@ -1,15 +1,20 @@
 """Blocks shared by the monai-vlseg networks (written once, imported by every network)."""
 
 from .attention import MultiHeadAttention, sinusoidal_positions
+from .kan import KAN, KANLinear, OverlapPatchEmbed, TokenizedKANBlock
 from .mamba import SS2D, MambaLayer, SelectiveSSM, VSSBlock
 from .text_encoder import FrozenTextEncoder
 
 __all__ = [
+    "KAN",
     "FrozenTextEncoder",
+    "KANLinear",
     "MambaLayer",
     "MultiHeadAttention",
+    "OverlapPatchEmbed",
     "SS2D",
     "SelectiveSSM",
+    "TokenizedKANBlock",
     "VSSBlock",
     "sinusoidal_positions",
 ]
