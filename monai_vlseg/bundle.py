@@ -13,7 +13,7 @@ from monai.data import load_decathlon_datalist
 
 from monai_vlseg.io.dicom import dicom_files_in, is_dicom_file
 
-__all__ = ["find_bundle_root", "inference_datalist", "shuffle_texts", "save_metrics_summary", "IMAGE_EXTENSIONS"]
+__all__ = ["as_flag", "find_bundle_root", "inference_datalist", "shuffle_texts", "save_metrics_summary", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".dcm", ".mha", ".nrrd")
 
@@ -94,6 +94,21 @@ def inference_datalist(
                 "or set empty_text='empty' to use the learned empty prompt"
             )
     return items
+
+
+def as_flag(value: Any) -> bool:
+    """A command-line switch as a bool: ``--shuffle_text true`` reaches a config as the string "true", and a string
+    is truthy whatever it says, so configs read switches through this."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", "", "none"):
+        return False
+    raise ValueError(f"expected a true/false switch, got {value!r}.")
 
 
 def shuffle_texts(items: Sequence[Mapping[str, Any]], seed: int = 0) -> list[dict[str, Any]]:

@@ -227,3 +227,12 @@ def test_inference_datalist_finds_extensionless_dicom(tmp_path):
     assert names == ["IM0001", "a.png", "series"]
     texts = {os.path.basename(it["image"]): it["text"] for it in items}
     assert texts["IM0001"].startswith("Unilateral") and texts["a.png"] == "fallback"
+
+
+def test_command_line_switches_read_as_bools():
+    from monai_vlseg.bundle import as_flag
+
+    assert [as_flag(v) for v in (True, "true", "True", "1", 1, "yes")] == [True] * 6
+    assert [as_flag(v) for v in (False, "false", "False", "0", 0, "no", "")] == [False] * 7
+    with pytest.raises(ValueError, match="switch"):
+        as_flag("maybe")
