@@ -5,14 +5,14 @@ verify_net_in_out, 2-process DDP training on CPU (gloo), and the metadata fields
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
 from PIL import Image
+
+from bundle_testing import check_bundle_layout, run_ddp_training
 
 from monai_vlseg.data import generate_demo_dataset
 
@@ -150,18 +150,7 @@ def test_multi_gpu_config_runs_ddp_on_cpu(bundle, tmp_path):
     overrides = dict(bundle["overrides"], bundle_root=str(tmp_path / "ddp"), max_epochs=1)
     overrides["pretrained_encoder"] = str(bundle["root"] / "bundle" / "models" / "encoder.pt")
     overrides["require_pretrained_encoder"] = True
-    args = []
-    for k, v in overrides.items():
-        args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
-        "run", "--config_file", str(cfg("train.json", "multi_gpu_train.json")), "--meta_file", META,
-        "--logging_file", LOGGING, *args,
-    ]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    ckpt = torch.load(tmp_path / "ddp" / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert not any(k.startswith("module.") for k in ckpt)
+    run_ddp_training(cfg("train.json", "multi_gpu_train.json"), META, LOGGING, overrides, str(tmp_path))
 
 
 def test_pretrain_and_train_build_the_same_encoder():
@@ -176,22 +165,9 @@ def test_pretrain_and_train_build_the_same_encoder():
 
 
 def test_bundle_files_and_metadata_schema_fields():
-    bundle_dir = os.path.dirname(CONFIGS)
-    for f in ("configs/pretrain.json", "configs/train.json", "configs/demo.json", "configs/evaluate.json",
-              "configs/inference.json", "configs/multi_gpu_train.json", "configs/metadata.json",
-              "configs/logging.conf", "docs/README.md", "LICENSE"):  # fmt: skip
-        assert os.path.isfile(os.path.join(bundle_dir, f)), f
-    meta = json.load(open(META))
-    required = ("schema", "version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
-                "task", "description", "authors", "copyright", "network_data_format")  # fmt: skip
-    assert all(meta.get(k) for k in required)
-    assert meta["version"] in meta["changelog"]
+    meta = check_bundle_layout(os.path.dirname(CONFIGS), ("configs/pretrain.json",))
     fmt = meta["network_data_format"]
     assert list(fmt["inputs"]) == ["image", "input_ids", "attention_mask"] and list(fmt["outputs"]) == ["pred"]
-    for group in ("inputs", "outputs"):
-        for name, t in fmt[group].items():
-            for k in ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range"):
-                assert k in t, (group, name, k)
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])

@@ -4,14 +4,14 @@ the input geometry, verify_net_in_out, the low-data override, 2-process DDP on C
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
 from PIL import Image
+
+from bundle_testing import check_bundle_layout, run_ddp_training
 
 from monai_vlseg.data import generate_demo_dataset
 
@@ -122,36 +122,12 @@ def test_paper_configuration_in_train_json():
 
 def test_multi_gpu_config_runs_ddp_on_cpu(bundle, tmp_path):
     overrides = dict(bundle["overrides"], bundle_root=str(tmp_path / "ddp"), max_epochs=1)
-    args = []
-    for k, v in overrides.items():
-        args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
-        "run", "--config_file", str(cfg("train.json", "multi_gpu_train.json")), "--meta_file", META,
-        "--logging_file", LOGGING, *args,
-    ]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    ckpt = torch.load(tmp_path / "ddp" / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert not any(k.startswith("module.") for k in ckpt)
+    run_ddp_training(cfg("train.json", "multi_gpu_train.json"), META, LOGGING, overrides, str(tmp_path))
 
 
 def test_bundle_files_and_metadata_schema_fields():
-    bundle_dir = os.path.dirname(CONFIGS)
-    for f in ("configs/train.json", "configs/pretrain_diffusion.json", "configs/demo.json", "configs/low_data.json",
-              "configs/evaluate.json", "configs/inference.json", "configs/multi_gpu_train.json",
-              "configs/metadata.json", "configs/logging.conf", "docs/README.md", "LICENSE"):  # fmt: skip
-        assert os.path.isfile(os.path.join(bundle_dir, f)), f
-    meta = json.load(open(META))
-    required = ("schema", "version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
-                "task", "description", "authors", "copyright", "network_data_format")  # fmt: skip
-    assert all(meta.get(k) for k in required)
-    assert meta["version"] in meta["changelog"]
+    meta = check_bundle_layout(os.path.dirname(CONFIGS), ("configs/pretrain_diffusion.json", "configs/low_data.json"))
     fmt = meta["network_data_format"]
-    for group in ("inputs", "outputs"):
-        for name, t in fmt[group].items():
-            for k in ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range"):
-                assert k in t, (group, name, k)
     assert list(fmt["inputs"]) == ["image", "input_ids", "attention_mask"] and list(fmt["outputs"]) == ["pred"]
     parser = ConfigParser()
     parser.read_config(cfg("inference.json"))

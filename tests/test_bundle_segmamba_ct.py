@@ -5,14 +5,14 @@ metadata fields."""
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
+
+from bundle_testing import check_bundle_layout, run_ddp_training
 
 from monai_vlseg.data.demo_ct import generate_demo_ct_dataset
 
@@ -110,33 +110,12 @@ def test_verify_net_in_out(bundle):
 
 def test_multi_gpu_config_runs_ddp_on_cpu(bundle, tmp_path):
     overrides = dict(bundle["overrides"], bundle_root=str(tmp_path / "ddp"))
-    override_file = tmp_path / "overrides.json"  # a config file, not CLI flags: fire would read `null` as a string
-    override_file.write_text(json.dumps(overrides))
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
-        "run", "--config_file", str(cfg("train.json", "multi_gpu_train.json") + [str(override_file)]),
-        "--meta_file", META, "--logging_file", LOGGING,
-    ]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    ckpt = torch.load(tmp_path / "ddp" / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert not any(k.startswith("module.") for k in ckpt)
+    run_ddp_training(cfg("train.json", "multi_gpu_train.json"), META, LOGGING, overrides, str(tmp_path))
 
 
 def test_bundle_files_metadata_and_paper_defaults():
-    bundle_dir = os.path.dirname(CONFIGS)
-    for f in ("configs/train.json", "configs/evaluate.json", "configs/inference.json", "configs/multi_gpu_train.json",
-              "configs/metadata.json", "configs/logging.conf", "configs/demo.json", "docs/README.md", "LICENSE"):  # fmt: skip
-        assert os.path.isfile(os.path.join(bundle_dir, f)), f
-    meta = json.load(open(META))
-    required = ("schema", "version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
-                "task", "description", "authors", "copyright", "network_data_format")  # fmt: skip
-    assert all(meta.get(k) for k in required) and meta["version"] in meta["changelog"]
+    meta = check_bundle_layout(os.path.dirname(CONFIGS))
     fmt = meta["network_data_format"]
-    for group in ("inputs", "outputs"):
-        for name, t in fmt[group].items():
-            for k in ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range"):
-                assert k in t, (group, name, k)
     assert list(fmt["inputs"]) == ["image"] and list(fmt["outputs"]) == ["pred"]
     assert len(fmt["inputs"]["image"]["spatial_shape"]) == 3
     assert fmt["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "liver", "2": "lesion"}

@@ -5,14 +5,14 @@ TorchScript / ONNX export of the image-only network, and 2-process DDP training 
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow, verify_net_in_out
 from PIL import Image
+
+from bundle_testing import check_bundle_layout, run_ddp_training
 
 from monai_vlseg.data import generate_demo_dataset
 from monai_vlseg.export import export_network, load_bundle_network
@@ -182,37 +182,13 @@ def test_export_image_only_matches_eager(tmp_path, fmt):
 
 def test_multi_gpu_config_runs_ddp_on_cpu(bundle, tmp_path):
     overrides = dict(bundle["overrides"], bundle_root=str(tmp_path / "ddp"), max_epochs=1)
-    args = []
-    for k, v in overrides.items():
-        args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
-        "run", "--config_file", str(cfg("train.json", "multi_gpu_train.json")), "--meta_file", META,
-        "--logging_file", LOGGING, *args,
-    ]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    ckpt = torch.load(tmp_path / "ddp" / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert not any(k.startswith("module.") for k in ckpt)  # saved unwrapped, loads into network_def
+    run_ddp_training(cfg("train.json", "multi_gpu_train.json"), META, LOGGING, overrides, str(tmp_path))
 
 
 def test_bundle_files_and_metadata_schema_fields():
     """The model-zoo layout and the metadata fields that meta_schema_20240725 requires."""
-    bundle_dir = os.path.dirname(CONFIGS)
-    for f in ("configs/train.json", "configs/demo.json", "configs/evaluate.json", "configs/inference.json",
-              "configs/multi_gpu_train.json", "configs/metadata.json", "configs/logging.conf", "docs/README.md",
-              "LICENSE"):  # fmt: skip
-        assert os.path.isfile(os.path.join(bundle_dir, f)), f
-    meta = json.load(open(META))
-    required = ("schema", "version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
-                "task", "description", "authors", "copyright", "network_data_format")  # fmt: skip
-    assert all(meta.get(k) for k in required)
-    assert meta["version"] in meta["changelog"]
+    meta = check_bundle_layout(os.path.dirname(CONFIGS))
     fmt = meta["network_data_format"]
-    for group in ("inputs", "outputs"):
-        for name, t in fmt[group].items():
-            for k in ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range"):
-                assert k in t, (group, name, k)
     assert list(fmt["inputs"]) == ["image"] and list(fmt["outputs"]) == ["pred"]  # image only
     train = json.load(open(os.path.join(CONFIGS, "train.json")))
     assert fmt["inputs"]["image"]["num_channels"] == train["in_channels"]

@@ -1,0 +1,61 @@
+"""Checks every bundle's tests share: the model-zoo layout and metadata fields, and a 2-process DDP run on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+#: files of the model-zoo bundle layout that every bundle has.
+BUNDLE_FILES = (
+    "configs/train.json", "configs/demo.json", "configs/evaluate.json", "configs/inference.json",
+    "configs/multi_gpu_train.json", "configs/metadata.json", "configs/logging.conf", "docs/README.md", "LICENSE",
+)  # fmt: skip
+#: metadata fields that meta_schema_20240725 requires (the schema itself is a release asset that cannot be
+#: downloaded here).
+REQUIRED_METADATA = (
+    "schema", "version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version", "task",
+    "description", "authors", "copyright", "network_data_format",
+)  # fmt: skip
+
+
+def check_bundle_layout(bundle_dir: str, extra_files: Sequence[str] = ()) -> dict[str, Any]:
+    """Assert the bundle's files and metadata fields; return the metadata."""
+    for f in (*BUNDLE_FILES, *extra_files):
+        assert os.path.isfile(os.path.join(bundle_dir, f)), f
+    with open(os.path.join(bundle_dir, "configs", "metadata.json")) as f:
+        meta = json.load(f)
+    assert all(meta.get(k) for k in REQUIRED_METADATA), [k for k in REQUIRED_METADATA if not meta.get(k)]
+    assert meta["version"] in meta["changelog"]
+    fmt = meta["network_data_format"]
+    for group in ("inputs", "outputs"):
+        for name, t in fmt[group].items():
+            for k in ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range"):
+                assert k in t, (group, name, k)
+    assert list(fmt["inputs"])[0] == "image" and list(fmt["outputs"]) == ["pred"]
+    return meta
+
+
+def run_ddp_training(
+    config_files: Sequence[str], meta_file: str, logging_file: str, overrides: dict[str, Any], workdir: str
+) -> dict[str, torch.Tensor]:
+    """Train with ``torchrun --nproc_per_node=2`` (gloo on CPU) into ``overrides["bundle_root"]``; return the
+    checkpoint, asserting that it was saved unwrapped (loads into ``network_def``)."""
+    override_file = os.path.join(workdir, "ddp_overrides.json")  # a config file: fire would read `null` as a string
+    with open(override_file, "w") as f:
+        json.dump(overrides, f)
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
+        "run", "--config_file", str([*map(str, config_files), override_file]), "--meta_file", meta_file,
+        "--logging_file", logging_file,
+    ]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    ckpt = torch.load(os.path.join(overrides["bundle_root"], "models", "model.pt"), map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in ckpt)
+    return ckpt
