@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from monai_vlseg.nets.c2seg import BCAM, C2Seg, C2SegEncoder, C2SegPretrainNet, C2SegTextEncoder, KGate
+from monai_vlseg.nets.blocks import FrozenTextEncoder
+from monai_vlseg.nets.c2seg import BCAM, C2Seg, C2SegEncoder, C2SegPretrainNet, KGate
 from monai_vlseg.nets.c2seg import load_encoder_checkpoint
 from monai_vlseg.nets.blocks.kan import TokenizedKANBlock
 
@@ -94,13 +95,13 @@ def test_clip_text_tower_is_loaded_as_clip_text_model(tmp_path):
 
     cfg = {k: v for k, v in CLIP_TINY.items() if k != "model_type"}
     CLIPTextModel(CLIPTextConfig(**cfg)).save_pretrained(tmp_path / "clip")  # a local CLIP-text folder
-    enc = C2SegTextEncoder(str(tmp_path / "clip"))
+    enc = FrozenTextEncoder(str(tmp_path / "clip"))
     assert type(enc.model).__name__ == "CLIPTextModel" and enc.hidden_size == 16
     assert not any(p.requires_grad for p in enc.parameters())
     ids, mask = _text()
     feats, _ = enc(ids, mask)
     assert feats.shape == (2, 8, 16)
-    default = C2SegTextEncoder("default")  # anything else: the foundation's FrozenTextEncoder path
+    default = FrozenTextEncoder("default")  # anything else: the foundation's FrozenTextEncoder path
     assert type(default.model).__name__ == "BertModel"
 
 

