@@ -2,5 +2,14 @@
 
 from .cacl import CaCLLoss, InfoNCELoss, cacl_soft_targets, soft_info_nce
 from .seu import SEULoss
+from .text_supervised import CLIPContrastiveLoss, TextSupervisedLoss
 
-__all__ = ["CaCLLoss", "InfoNCELoss", "SEULoss", "cacl_soft_targets", "soft_info_nce"]
+__all__ = [
+    "CLIPContrastiveLoss",
+    "CaCLLoss",
+    "InfoNCELoss",
+    "SEULoss",
+    "TextSupervisedLoss",
+    "cacl_soft_targets",
+    "soft_info_nce",
+]

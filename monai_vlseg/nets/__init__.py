@@ -1,15 +1,32 @@
 """Networks of the monai-vlseg bundles."""
 
-from .c2seg import BCAM, C2Seg, C2SegEncoder, C2SegFusion, C2SegPretrainNet, DualAttention, KGate
+from .c2seg import (
+    BCAM,
+    C2Seg,
+    C2SegEncoder,
+    C2SegFusion,
+    C2SegPretrainNet,
+    DualAttention,
+    KGate,
+)
 from .lcpdn import CPRFL, LCPDN, LTFR, CLIPImageEncoder, PromptedDiffusionUNet
 from .segmamba import GSC, SegMamba, SegMambaEncoder, ToMLayer
+from .tifcmamba import (
+    BiDF,
+    CLIPTowers,
+    TIFCImageSegmenter,
+    TIFCMamba,
+    TIFCTextSegmenter,
+)
 from .ua_vls import UAVLS, MoDAB, SSMix
 from .vm_unet import VMUNet, VSSLayer
 
 __all__ = [
     "BCAM",
+    "BiDF",
     "C2Seg",
     "CLIPImageEncoder",
+    "CLIPTowers",
     "CPRFL",
     "C2SegEncoder",
     "C2SegFusion",
@@ -24,6 +41,9 @@ __all__ = [
     "SSMix",
     "SegMamba",
     "SegMambaEncoder",
+    "TIFCImageSegmenter",
+    "TIFCMamba",
+    "TIFCTextSegmenter",
     "ToMLayer",
     "UAVLS",
     "VMUNet",

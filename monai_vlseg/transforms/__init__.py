@@ -1,7 +1,20 @@
 """MONAI transforms of monai_vlseg: text (tokenise, drop, set) and image/mask handling."""
 
-from .image import BinarizeMask, BinarizeMaskd, EnsureChannels, EnsureChannelsd, SaveOverlayd
-from .text import RandTextDropoutd, SetTextd, TokenizeText, TokenizeTextd, normalize_text
+from .image import (
+    BinarizeMask,
+    BinarizeMaskd,
+    EnsureChannels,
+    EnsureChannelsd,
+    SaveOverlayd,
+)
+from .keywords import SelectKeywords, SelectKeywordsd
+from .text import (
+    RandTextDropoutd,
+    SetTextd,
+    TokenizeText,
+    TokenizeTextd,
+    normalize_text,
+)
 
 __all__ = [
     "BinarizeMask",
@@ -10,6 +23,8 @@ __all__ = [
     "EnsureChannelsd",
     "RandTextDropoutd",
     "SaveOverlayd",
+    "SelectKeywords",
+    "SelectKeywordsd",
     "SetTextd",
     "TokenizeText",
     "TokenizeTextd",
