@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from monai_vlseg.losses.text_supervised import (
     CLIPContrastiveLoss,
     TextSupervisedLoss,
+    colour_affinity_loss,
     info_nce,
+    rgb_to_lab,
 )
 from monai_vlseg.nets.tifcmamba import (
     SMALL_CLIP,
@@ -210,9 +212,83 @@ def test_text_supervised_objective_decreases():
         "map",
         "area",
         "binary",
+        "pairwise",
         "keyword",
         "text_sparsity",
     }
+
+
+def test_rgb_to_lab_reference_values():
+    """CIE L*a*b* (D65) of sRGB primaries from the standard tables, and scikit-image on random colours."""
+    rgb = torch.tensor([[1.0, 1, 1], [0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]]).t()[None, :, :, None]
+    ref = torch.tensor([[100.0, 0, 0], [0, 0, 0], [53.24, 80.09, 67.20], [87.73, -86.18, 83.18], [32.30, 79.19, -107.86]])
+    torch.testing.assert_close(rgb_to_lab(rgb)[0, :, :, 0].t(), ref, atol=0.05, rtol=0)
+    skcolor = pytest.importorskip("skimage.color")
+    x = torch.rand(1, 3, 4, 5, dtype=torch.float64)
+    ref = torch.from_numpy(skcolor.rgb2lab(x[0].permute(1, 2, 0).numpy())).permute(2, 0, 1)
+    torch.testing.assert_close(rgb_to_lab(x)[0], ref, atol=0.05, rtol=0)
+    grey = torch.full((1, 1, 2, 2), 0.5)
+    assert rgb_to_lab(grey).shape == (1, 1, 2, 2) and abs(rgb_to_lab(grey)[0, 0, 0, 0].item() - 53.39) < 0.05
+
+
+def test_colour_affinity_prefers_masks_that_follow_colour_edges():
+    """Left half red, right half green: the left-half mask costs ~0, a mask cutting the red half costs more, and the
+    gradient reaches the mask."""
+    img = torch.zeros(1, 3, 16, 16)
+    img[:, 0, :, :8] = 0.8
+    img[:, 1, :, 8:] = 0.8
+    follows = torch.zeros(1, 1, 16, 16)
+    follows[..., :8] = 1.0
+    cuts = torch.zeros(1, 1, 16, 16)
+    cuts[..., :8, :] = 1.0
+    assert colour_affinity_loss(follows.clamp(1e-4, 1 - 1e-4), img) < 1e-3
+    soft = cuts.clamp(0.05, 0.95).requires_grad_()
+    loss = colour_affinity_loss(soft, img)
+    assert loss > 0.1
+    loss.backward()
+    assert soft.grad.abs().sum() > 0
+
+
+def test_seed_map_loss_rewards_the_patch_clip_points_at():
+    """Seeds from CLIP's region-text map: a mask on the most similar patch costs less than one on a background patch,
+    and a mask covering the low-similarity patches costs more still."""
+    loss = TextSupervisedLoss(map_mode="seeds", seed_fg=1, seed_bg=0.5)
+    sim = torch.tensor([[0.9, 0.5, 0.1, -0.2]])  # 2 x 2 CLIP patch grid: top-left is the described object
+
+    def seed_loss(rows, cols):
+        m = torch.full((1, 1, 8, 8), 0.01)
+        m[..., rows, cols] = 0.99
+        return loss._seed_loss(m, sim).item()
+
+    on_seed, on_middle, on_bg = seed_loss(slice(0, 4), slice(0, 4)), seed_loss(slice(0, 4), slice(4, 8)), seed_loss(
+        slice(4, 8), slice(0, 8))
+    assert on_seed < 0.05 < on_middle < on_bg
+    with pytest.raises(ValueError, match="map_mode"):
+        TextSupervisedLoss(map_mode="peaks")
+
+
+def test_area_prior_is_a_hinge_on_the_range():
+    """The area term is 0 for a binary mask covering a fraction inside ``area_range``; above the range it is the log
+    excess; a uniformly faint mask pays ``-log`` of its value (the described object must be somewhere)."""
+    loss = TextSupervisedLoss(area_range=(0.05, 0.2))
+    g = torch.Generator().manual_seed(0)
+
+    def area_term(fraction, value=1.0):
+        m = torch.zeros(1, 1, 20, 20)
+        m.view(-1)[: round(fraction * 400)] = value
+        e = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+        out = {"mask_image": m, "image": torch.rand(1, 3, 20, 20, generator=g), "region_sim": e(1, 4),
+               "fg_image": e(1, 8), "bg_image": e(1, 8), "fg_text": e(1, 8), "text": e(1, 8), "fg_region": e(1, 8),
+               "bg_region": e(1, 8), "mask_text": torch.rand(1, 5, generator=g), "token_mask": torch.ones(1, 5),
+               "keyword_tokens": torch.ones(1, 5)}
+        return loss.terms(out)["area"].item()
+
+    assert area_term(0.1) == 0.0 and area_term(0.06) == 0.0
+    assert area_term(0.5) == pytest.approx(math.log(0.5 / 0.2), abs=1e-4)
+    assert area_term(1.0, value=0.1) == pytest.approx(-math.log(0.1), abs=1e-4)
+    assert area_term(0.025) > 5.0  # half of the top 5 % of pixels are 0
+    with pytest.raises(ValueError, match="area_range"):
+        TextSupervisedLoss(area_range=(0.3, 0.1))
 
 
 def test_trivial_priors():

@@ -467,7 +467,7 @@ class TIFCMamba(nn.Module):
     (B, 1, H, W) in eval mode (and in training when ``text_supervised`` is False, e.g. the fully supervised
     comparison). In text-supervised training it returns a dict for
     :class:`monai_vlseg.losses.text_supervised.TextSupervisedLoss`:
-    ``pred`` (logits), ``mask_image`` / ``mask_text`` (M_I, M_T in [0, 1]), ``text`` (e^T of the description),
+    ``pred`` (logits), ``image`` (the input, for the colour-affinity term), ``mask_image`` / ``mask_text`` (M_I, M_T in [0, 1]), ``text`` (e^T of the description),
     ``fg_image`` / ``bg_image`` (E_I of I-hat and of the complement image), ``fg_text`` (E_T of T-hat),
     ``fg_region`` / ``bg_region`` (mask-pooled CLIP patch embeddings of the full image: region-level alignment),
     ``region_sim`` (B, P) cosine of each CLIP patch embedding with e^T (CLIP's region-text map, no gradient),
@@ -656,6 +656,7 @@ class TIFCMamba(nn.Module):
         kw_tokens = kw_tokens.any(-1) & attn.bool() & ~special
         return {
             "pred": logits,
+            "image": image,
             "mask_image": m_i,
             "mask_text": m_t,
             "text": e_t,
