@@ -137,8 +137,7 @@ def read_curves(train_dir: str, log_path: str) -> dict[str, list[tuple[int, floa
                 for e in range(epochs)
                 if loss[e * per : (e + 1) * per]
             ]
-        elif loss:
-            curves["loss"] = loss
+        # no per-epoch tag to count epochs by (no validation, e.g. text-supervised training): the log has them
     if not curves["loss"] or not curves["val_dice"]:
         curves_log = _curves_from_log(log_path)
         for k in curves:
@@ -149,19 +148,20 @@ def read_curves(train_dir: str, log_path: str) -> dict[str, list[tuple[int, floa
 def _curves_from_log(log_path: str) -> dict[str, list[tuple[int, float]]]:
     """Parse MONAI StatsHandler lines: ``Epoch: 3/60, Iter: 2/12 -- train_loss: 0.51`` and
     ``Epoch[3] Metrics -- val_mean_dice: 0.42``."""
-    loss: dict[int, list[float]] = {}
+    losses: dict[str, dict[int, list[float]]] = {}  # tag -> epoch -> values (a stage-1 tag such as clip_loss too)
     dice: list[tuple[int, float]] = []
-    it_re = re.compile(r"Epoch: (\d+)/\d+, Iter: \d+/\d+ -- \w*loss\w*: ([-\d.eE+naif]+)")
+    it_re = re.compile(r"Epoch: (\d+)/\d+, Iter: \d+/\d+ -- (\w*loss\w*): ([-\d.eE+naif]+)")
     ep_re = re.compile(r"Epoch\[(\d+)\] Metrics -- .*?val_mean_dice: ([-\d.eE+naif]+)")
     try:
         with open(log_path, encoding="utf-8", errors="replace") as f:
             for line in f:
                 if m := it_re.search(line):
-                    loss.setdefault(int(m.group(1)), []).append(float(m.group(2)))
+                    losses.setdefault(m.group(2), {}).setdefault(int(m.group(1)), []).append(float(m.group(3)))
                 elif m := ep_re.search(line):
                     dice.append((int(m.group(1)), float(m.group(2))))
     except OSError:
         pass
+    loss = losses.get("train_loss") or next(iter(losses.values()), {})
     return {"loss": [(e, sum(v) / len(v)) for e, v in sorted(loss.items())], "val_dice": dice}
 
 

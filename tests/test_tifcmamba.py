@@ -276,7 +276,7 @@ def test_area_prior_is_a_hinge_on_the_range():
     def area_term(fraction, value=1.0):
         m = torch.zeros(1, 1, 20, 20)
         m.view(-1)[: round(fraction * 400)] = value
-        e = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+        e = lambda *s: torch.randn(*s, generator=g)
         out = {"mask_image": m, "image": torch.rand(1, 3, 20, 20, generator=g), "region_sim": e(1, 4),
                "fg_image": e(1, 8), "bg_image": e(1, 8), "fg_text": e(1, 8), "text": e(1, 8), "fg_region": e(1, 8),
                "bg_region": e(1, 8), "mask_text": torch.rand(1, 5, generator=g), "token_mask": torch.ones(1, 5),

@@ -1,0 +1,36 @@
+"""Command-line switches of the bundle configs: `--shuffle_text false` arrives as the string "false" (truthy)."""
+
+import json
+import os
+
+import pytest
+from monai.bundle import ConfigParser
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _evaluate_configs_with_shuffle():
+    found = []
+    for bundle in sorted(os.listdir(os.path.join(ROOT, "bundles"))):
+        path = os.path.join(ROOT, "bundles", bundle, "configs", "evaluate.json")
+        if os.path.isfile(path) and "shuffle_text" in json.load(open(path, encoding="utf-8")):
+            found.append(bundle)
+    return found
+
+
+BUNDLES = _evaluate_configs_with_shuffle()
+
+
+def test_text_guided_bundles_have_the_switch():
+    assert {"ua_vls", "c2seg", "lcpdn", "tifcmamba"} <= set(BUNDLES)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_evaluate_reads_shuffle_text_as_a_bool(bundle):
+    """Every evaluate.json reads the switch through `as_flag` (tifcmamba's did not and shuffled when told false)."""
+    for value, expected in (("false", False), ("true", True), (False, False), ("True", True)):
+        parser = ConfigParser()
+        parser.read_config([os.path.join(ROOT, "bundles", bundle, "configs", f) for f in ("train.json", "evaluate.json")])
+        parser["shuffle_text"] = value
+        assert parser.get_parsed_content("shuffle") is expected
+        assert "if @shuffle_text" not in json.dumps(parser.get()), f"{bundle}: a raw `if @shuffle_text` condition"
