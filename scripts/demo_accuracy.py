@@ -96,7 +96,7 @@ def _run(cmd: list[str], log_path: str, timeout: float | None) -> tuple[int, flo
         log.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
         log.flush()
         try:
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, timeout=timeout).returncode
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, timeout=timeout, check=False).returncode
         except subprocess.TimeoutExpired:
             log.write(f"\n[demo_accuracy] timed out after {timeout} s\n")
             rc = 124

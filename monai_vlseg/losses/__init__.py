@@ -2,7 +2,7 @@
 
 from .cacl import CaCLLoss, InfoNCELoss, cacl_soft_targets, soft_info_nce
 from .seu import SEULoss
-from .text_supervised import CLIPContrastiveLoss, TextSupervisedLoss
+from .text_supervised import CLIPContrastiveLoss, TextSupervisedLoss, colour_affinity_loss, rgb_to_lab
 
 __all__ = [
     "CLIPContrastiveLoss",
@@ -11,5 +11,7 @@ __all__ = [
     "SEULoss",
     "TextSupervisedLoss",
     "cacl_soft_targets",
+    "colour_affinity_loss",
+    "rgb_to_lab",
     "soft_info_nce",
 ]

@@ -98,13 +98,14 @@ class TextSupervisedLoss(nn.Module):
       inside M_I must match the description embedding e^T (against other images' regions and all background
       regions), and e^T must pick its own region; the pooled region is diluted by every background patch M_I
       covers, which rewards tight masks;
-    - ``L_map``: region-level mutual alignment in the other direction: the spatial distribution of M_I (pooled to
-      the CLIP patch grid, normalised to sum 1) is pulled by cross-entropy towards ``softmax(region_sim / t_map)``,
-      CLIP's own map of where the description is;
-    - ``L_area``: a size prior (multiple-instance form of the size constraints of Kervadec et al., MIDL 2019): the
-      described object is in every image and covers ``area_range`` (min, max) of it, so the ``min`` fraction of
-      pixels where M_I is highest must be foreground (``-log`` of them) and a log-scale hinge keeps ``mean(M_I)``
-      at most ``max``; plus a binarisation prior on M_I;
+    - ``L_map``: region-level alignment in the other direction, from CLIP's own patch-text map ``region_sim``:
+      ``map_mode="seeds"`` (default, :meth:`_seed_loss`) takes its most confident patches as foreground and
+      background seeds; ``"distribution"`` pulls the spatial distribution of M_I (pooled to the CLIP patch grid,
+      normalised to sum 1) by cross-entropy towards ``softmax(region_sim / t_map)``;
+    - ``L_area``: a size prior (multiple-instance form of the size constraints of Kervadec et al., Medical Image
+      Analysis 2019): the described object is in every image and covers ``area_range`` (min, max) of it, so the
+      ``min`` fraction of pixels where M_I is highest must be foreground (``-log`` of them) and a log-scale hinge
+      keeps ``mean(M_I)`` at most ``max``; plus a binarisation prior on M_I;
     - ``L_pair``: :func:`colour_affinity_loss` (BoxInst's pairwise term): neighbouring pixels of similar colour get
       the same label, so masks follow the object's edges;
     - ``L_kw``: Phi_T keeps the description tokens that the keyword selector chose (a text-only weak target) and
@@ -112,7 +113,10 @@ class TextSupervisedLoss(nn.Module):
 
     Args:
         temperature: InfoNCE temperature.
-        map_temperature: temperature of CLIP's region-text map in ``L_map``.
+        map_temperature: temperature of CLIP's region-text map in ``L_map`` (``map_mode="distribution"``).
+        map_mode: ``"seeds"`` or ``"distribution"`` (see ``L_map``).
+        seed_fg: number of foreground seed patches per image; seed_bg: quantile of ``region_sim`` below which a
+            patch is a background seed.
         area_range: (min, max) fraction of the image the described object covers.
         lambda_contrast, lambda_mutual, lambda_map, lambda_area, lambda_binary, lambda_pairwise, lambda_keyword,
         lambda_text_sparsity: weights.
