@@ -13,8 +13,10 @@ def _evaluate_configs_with_shuffle():
     found = []
     for bundle in sorted(os.listdir(os.path.join(ROOT, "bundles"))):
         path = os.path.join(ROOT, "bundles", bundle, "configs", "evaluate.json")
-        if os.path.isfile(path) and "shuffle_text" in json.load(open(path, encoding="utf-8")):
-            found.append(bundle)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                if "shuffle_text" in json.load(f):
+                    found.append(bundle)
     return found
 
 

@@ -146,7 +146,7 @@ class TextSupervisedLoss(nn.Module):
             raise ValueError(f"map_mode must be 'distribution' or 'seeds', got {map_mode!r}")
         self.t, self.t_map, self.map_mode, self.seed_fg, self.seed_bg = (
             temperature, map_temperature, map_mode, seed_fg, seed_bg)
-        self.area_min, self.log_area = area_range[0], (math.log(area_range[0]), math.log(area_range[1]))
+        self.area_min, self.log_area_max = area_range[0], math.log(area_range[1])
         self.w = {
             "contrast": lambda_contrast,
             "mutual": lambda_mutual,
@@ -212,7 +212,7 @@ class TextSupervisedLoss(nn.Module):
             "contrast": con,
             "mutual": mut,
             "map": l_map,
-            "area": area_lo + F.relu(log_a - self.log_area[1]).mean(),
+            "area": area_lo + F.relu(log_a - self.log_area_max).mean(),
             "binary": (m_i * (1 - m_i)).mean(),
             "pairwise": colour_affinity_loss(m_i, out["image"]),
             "keyword": kw / n_tok,
