@@ -1,6 +1,7 @@
 """The TIFCMamba bundle as model-zoo tests it, plus what makes it text-SUPERVISED: training reads image + text only
 (broken label paths train fine; no label reaches the network or the loss), evaluation reads the masks."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -117,6 +118,23 @@ def test_evaluate_reads_masks_and_writes_metrics(bundle):
     } <= set(summary)
     assert summary["num_images"] == 4 and 0.0 <= summary["val_mean_dice"] <= 1.0
     assert (out / "val_mean_dice_raw.csv").is_file()
+
+
+def test_text_mask_script_reports_phi_t(bundle, tmp_path):
+    """scripts/tifc_text_mask.py on the trained tiny bundle: Phi_T's M_T against the keyword selector's tokens."""
+    spec = importlib.util.spec_from_file_location("tifc_text_mask", os.path.join(ROOT, "scripts", "tifc_text_mask.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    overrides = tmp_path / "overrides.json"
+    overrides.write_text(json.dumps(bundle["overrides"]))
+    ckpt = bundle["root"] / "bundle" / "models" / "model.pt"
+    out = mod.main(["--config", *cfg("train.json"), str(overrides), "--ckpt", str(ckpt), "--json", str(tmp_path / "t.json")])
+    assert out["descriptions"] == 4 and out["content_tokens"] > 4 * 5
+    assert 0 < out["keyword_fraction"] < 1  # the keyword is a strict subset of each description
+    assert 0.0 <= out["auc"] <= 1.0 and 0.0 <= out["f1"] <= 1.0
+    assert json.loads((tmp_path / "t.json").read_text())["auc"] == out["auc"]
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        mod.main(["--config", *cfg("train.json"), str(overrides), "--ckpt", str(tmp_path / "missing.pt")])
 
 
 def test_evaluate_trivial_prior(bundle):

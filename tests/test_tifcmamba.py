@@ -170,6 +170,10 @@ def test_clip_text_soft_mask_matches_hf_and_is_differentiable():
     g, p = clip.encode_image(img)
     assert g.shape == (2, 16) and p.shape == (2, 16, 16)
     assert clip(img, ids, am).shape == (2, 2)
+    _, _, kw, kw_am = tokens()
+    both = clip(img, ids, am, kw, kw_am)  # CLIP stage with keyword pairs: description and keyword logits
+    assert both.shape == (2, 2, 2)
+    torch.testing.assert_close(both[0], clip(img, ids, am))
 
 
 def test_losses_against_references():
@@ -182,6 +186,11 @@ def test_losses_against_references():
     torch.testing.assert_close(CLIPContrastiveLoss()(logits, None), ref)
     with pytest.raises(ValueError, match="square"):
         CLIPContrastiveLoss()(torch.randn(2, 3))
+    other = torch.randn(4, 4)
+    torch.testing.assert_close(  # (N, B, B): the mean of the N pairings' CLIP losses
+        CLIPContrastiveLoss()(torch.stack([logits, other])),
+        0.5 * (CLIPContrastiveLoss()(logits) + CLIPContrastiveLoss()(other)),
+    )
     q, k = torch.randn(3, 5), torch.randn(6, 5)
     qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
     manual = -sum(torch.log_softmax(qn[i] @ kn.t() / 0.1, 0)[i] for i in range(3)) / 3
@@ -216,6 +225,37 @@ def test_text_supervised_objective_decreases():
         "keyword",
         "text_sparsity",
     }
+
+
+def keyword_batch(b, n=12, k=3, seed=0):
+    """Descriptions of random words and keywords of ``k`` of their words taken anywhere in the text."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 3000, (b, n), generator=g)
+    ids[:, 0], ids[:, -1] = 101, 102
+    kw = torch.zeros(b, k + 2, dtype=torch.long)
+    kw[:, 0], kw[:, -1] = 101, 102
+    for i in range(b):
+        kw[i, 1:-1] = ids[i, 1 + torch.randperm(n - 2, generator=g)[:k]]
+    return ids, torch.ones_like(ids), kw, torch.ones_like(kw)
+
+
+def test_text_segmenter_finds_the_keyword_words_in_unseen_descriptions():
+    """Phi_T trained on the keyword-membership target alone marks the keyword's words in new descriptions, wherever
+    they stand (the CLIP hidden state of a word depends on its context; the word-embedding match does not)."""
+    torch.manual_seed(0)
+    m = TIFCMamba(**TINY).train()
+    opt = torch.optim.Adam(m.text_segmenter.parameters(), lr=1e-2)
+    for step in range(60):
+        m_t, member = m.text_mask(*keyword_batch(16, seed=step))
+        loss = F.binary_cross_entropy(m_t[:, 1:-1], member[:, 1:-1].float())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        m_t, member = m.text_mask(*keyword_batch(64, seed=1000))
+    assert member.sum(1).ge(1).all() and not member[:, [0, -1]].any()  # specials are never keyword tokens
+    pred = m_t[:, 1:-1] > 0.5
+    assert (pred == member[:, 1:-1]).float().mean() > 0.97
 
 
 def test_rgb_to_lab_reference_values():

@@ -73,16 +73,18 @@ def colour_affinity_loss(
 
 
 class CLIPContrastiveLoss(nn.Module):
-    """Symmetric CLIP loss on (B, B) logits (row i: image i against every text); the target is ignored (no labels)."""
+    """Symmetric CLIP loss on (B, B) logits (row i: image i against every text), or the mean over (N, B, B) (N texts
+    per image, e.g. description and keyword); the target is ignored (no labels)."""
 
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if logits.ndim != 2 or logits.shape[0] != logits.shape[1]:
+        if logits.ndim not in (2, 3) or logits.shape[-2] != logits.shape[-1]:
             raise ValueError(
-                f"expected square (B, B) image-text logits, got {tuple(logits.shape)}"
+                f"expected square (B, B) or (N, B, B) image-text logits, got {tuple(logits.shape)}"
             )
-        return 0.5 * soft_info_nce(logits, torch.eye(len(logits), device=logits.device, dtype=logits.dtype))
+        eye = torch.eye(logits.shape[-1], device=logits.device, dtype=logits.dtype)
+        return torch.stack([0.5 * soft_info_nce(x, eye) for x in logits.reshape(-1, *logits.shape[-2:])]).mean()
 
 
 class TextSupervisedLoss(nn.Module):

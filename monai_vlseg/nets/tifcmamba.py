@@ -150,6 +150,15 @@ class CLIPTowers(nn.Module):
             self.model.eval()
         return self
 
+    def word_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Context-free token embeddings (B, L, H) of the text tower (no position, no attention)."""
+        return self.model.text_model.embeddings.token_embedding(input_ids)
+
+    def special_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) bool: the start token (position 0) and the EOS tokens."""
+        first = torch.arange(input_ids.shape[1], device=input_ids.device) == 0
+        return first[None] | (input_ids == self.eos_token_id)
+
     def _pixels(self, image: torch.Tensor) -> torch.Tensor:
         """[0, 1] image (B, C, H, W) -> CLIP input (3 channels, CLIP size, CLIP normalisation)."""
         if image.shape[1] == 1:
@@ -214,11 +223,16 @@ class CLIPTowers(nn.Module):
         image: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        keyword_ids: torch.Tensor | None = None,
+        keyword_mask: torch.Tensor | None = None,
     ):
-        """CLIP stage: (B, B) image-to-text logits ``scale * cos(E_I(x_i), E_T(t_j))``."""
+        """CLIP stage: (B, B) image-to-text logits ``scale * cos(E_I(x_i), E_T(t_j))``; with the keyword phrases
+        too, (2, B, B): the descriptions' and the keywords' logits (the keyword W_T is a text of the same image)."""
         img = F.normalize(self.encode_image(image)[0], dim=-1)
-        txt = F.normalize(self.encode_text(input_ids, attention_mask)[0], dim=-1)
-        return self.model.logit_scale.exp().clamp(max=100) * img @ txt.t()
+        scale = self.model.logit_scale.exp().clamp(max=100)
+        texts = [(input_ids, attention_mask)] + ([(keyword_ids, keyword_mask)] if keyword_ids is not None else [])
+        logits = [scale * img @ F.normalize(self.encode_text(i, m)[0], dim=-1).t() for i, m in texts]
+        return logits[0] if len(logits) == 1 else torch.stack(logits)
 
 
 class BiDF(nn.Module):
@@ -421,8 +435,11 @@ class TIFCImageSegmenter(nn.Module):
 class TIFCTextSegmenter(nn.Module):
     """Phi_T: word-level mask over the description tokens given the keyword.
 
-    Each token feature is concatenated with the pooled keyword feature and its cosine similarity to it, mixed by a
-    bidirectional Mamba layer, and classified per token; padding tokens get mask 0.
+    Each description token enters with its hidden state, the pooled keyword and three scores of how well it matches
+    the keyword: the cosine to the pooled keyword, and the best cosine to any keyword token of the contextual hidden
+    states and of the context-free word embeddings (a soft lexical match: the same or a synonymous word scores high
+    wherever it stands; CLIP's causal hidden states of one word differ between description and keyword). A
+    bidirectional Mamba layer mixes the tokens and a linear head classifies each; padding tokens get mask 0.
 
     Args:
         text_dim: token width; hidden: inner width; d_state: SSM state size; num_layers: Mamba layers.
@@ -436,7 +453,7 @@ class TIFCTextSegmenter(nn.Module):
         num_layers: int = 1,
     ) -> None:
         super().__init__()
-        self.proj = nn.Linear(2 * text_dim + 1, hidden)
+        self.proj = nn.Linear(2 * text_dim + 3, hidden)
         self.layers = nn.ModuleList(
             [
                 MambaLayer(hidden, d_state=d_state, directions=("forward", "backward"))
@@ -446,14 +463,34 @@ class TIFCTextSegmenter(nn.Module):
         self.norms = nn.ModuleList([nn.LayerNorm(hidden) for _ in range(num_layers)])
         self.head = nn.Linear(hidden, 1)
 
+    @staticmethod
+    def _best_match(a: torch.Tensor, b: torch.Tensor, b_mask: torch.Tensor) -> torch.Tensor:
+        """max_j cos(a_i, b_j) over the valid b_j: (B, L, D), (B, K, D), (B, K) -> (B, L, 1); -1 without any."""
+        cos = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(1, 2)
+        return cos.masked_fill(~b_mask.bool()[:, None], -1.0).amax(-1, keepdim=True)
+
     def forward(
-        self, tokens: torch.Tensor, token_mask: torch.Tensor, keyword: torch.Tensor
+        self,
+        tokens: torch.Tensor,
+        token_mask: torch.Tensor,
+        keyword: torch.Tensor,
+        keyword_mask: torch.Tensor,
+        words: torch.Tensor,
+        keyword_words: torch.Tensor,
     ) -> torch.Tensor:
-        """tokens (B, L, D), token_mask (B, L), keyword (B, D) -> M_T logits (B, L) (padding: -1e4)."""
-        sim = F.cosine_similarity(tokens, keyword[:, None], dim=-1).unsqueeze(-1)
-        x = self.proj(
-            torch.cat([tokens, keyword[:, None].expand_as(tokens), sim], dim=-1)
-        )
+        """Description hidden states ``tokens`` / word embeddings ``words`` (B, L, D) and ``token_mask`` (B, L);
+        the keyword's ``keyword`` / ``keyword_words`` (B, K, D) and ``keyword_mask`` (B, K) over its content tokens
+        -> M_T logits (B, L) (padding: -1e4)."""
+        pooled = _masked_mean(keyword, keyword_mask)
+        sim = F.cosine_similarity(tokens, pooled[:, None], dim=-1).unsqueeze(-1)
+        feats = [
+            tokens,
+            pooled[:, None].expand_as(tokens),
+            sim,
+            self._best_match(tokens, keyword, keyword_mask),
+            self._best_match(words, keyword_words, keyword_mask),
+        ]
+        x = self.proj(torch.cat(feats, dim=-1))
         for norm, layer in zip(self.norms, self.layers):
             x = x + layer(norm(x))
         logits = self.head(x).squeeze(-1)
@@ -581,6 +618,30 @@ class TIFCMamba(nn.Module):
         kw = torch.where(kw_has[:, None, None], kw, self.empty_tokens.to(kw.dtype))
         return e_t, tok, kw, keyword_mask, attention_mask
 
+    def _text_mask(self, input_ids, attn, tok, kw_ids, kw_mask, kw) -> tuple[torch.Tensor, torch.Tensor]:
+        """Phi_T logits (B, L) and the keyword-token membership (B, L) bool of each description token (its id is
+        one of the keyword's content tokens: the weak target of ``L_kw``)."""
+        kw_content = kw_mask.bool() & ~self.clip.special_tokens(kw_ids)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.clip.frozen):
+            words, kw_words = self.clip.word_embeddings(input_ids), self.clip.word_embeddings(kw_ids)
+        logits = self.text_segmenter(tok, attn, kw, kw_content, words, kw_words)
+        member = ((input_ids[:, :, None] == kw_ids[:, None, :]) & kw_content[:, None, :]).any(-1)
+        return logits, member
+
+    def text_mask(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        keyword_ids: torch.Tensor | None = None,
+        keyword_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """M_T in [0, 1] (B, L) of Phi_T (0 on padding) and the keyword-token membership (B, L) bool, e.g. to see
+        which words of a description the model keeps."""
+        _, tok, kw, kw_mask, attn = self._text(input_ids, attention_mask, keyword_ids, keyword_mask, len(input_ids))
+        kw_ids = input_ids if keyword_ids is None else keyword_ids
+        logits, member = self._text_mask(input_ids, attn, tok, kw_ids, kw_mask, kw)
+        return torch.sigmoid(logits), member & attn.bool() & ~self.clip.special_tokens(input_ids)
+
     def forward(
         self,
         image: torch.Tensor,
@@ -641,19 +702,12 @@ class TIFCMamba(nn.Module):
             1, keepdim=True
         ).clamp(min=1e-6)
         # text segmenter: M_T over the description tokens given the keyword, then T-hat
-        kw_pooled = _masked_mean(kw, kw_mask)
-        mt_logits = self.text_segmenter(tok, attn, kw_pooled)
+        kw_ids = input_ids if keyword_ids is None else keyword_ids
+        mt_logits, kw_tokens = self._text_mask(input_ids, attn, tok, kw_ids, kw_mask, kw)
         m_t = torch.sigmoid(mt_logits)
-        special = (torch.arange(input_ids.shape[1], device=input_ids.device) == 0)[
-            None
-        ] | (input_ids == self.clip.eos_token_id)
+        special = self.clip.special_tokens(input_ids)
         weights = torch.where(special, torch.ones_like(m_t), m_t) * attn
         fg_text, _ = self.clip.encode_text(input_ids, attn, token_weights=weights)
-        kw_ids = input_ids if keyword_ids is None else keyword_ids
-        kw_tokens = (input_ids[:, :, None] == kw_ids[:, None, :]) & keyword_mask.bool()[
-            :, None, :
-        ]
-        kw_tokens = kw_tokens.any(-1) & attn.bool() & ~special
         return {
             "pred": logits,
             "image": image,
@@ -666,7 +720,7 @@ class TIFCMamba(nn.Module):
             "fg_region": fg_region,
             "bg_region": bg_region,
             "region_sim": region_sim,
-            "keyword_tokens": kw_tokens.to(m_t.dtype),
+            "keyword_tokens": (kw_tokens & attn.bool() & ~special).to(m_t.dtype),
             "token_mask": (attn.bool() & ~special).to(m_t.dtype),
         }
 
