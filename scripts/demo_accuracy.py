@@ -179,6 +179,9 @@ def plot_curves(bundle: str, curves: dict[str, list[tuple[int, float]]], path: s
         if curves[key]:
             x, y = zip(*curves[key])
             ax.plot(x, y, marker="." if len(x) < 40 else None)
+        else:
+            ax.text(0.5, 0.5, "none logged\n(e.g. a bundle that trains without masks)", ha="center", va="center",
+                    transform=ax.transAxes, color="0.4")
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
