@@ -36,3 +36,13 @@ def test_evaluate_reads_shuffle_text_as_a_bool(bundle):
         parser["shuffle_text"] = value
         assert parser.get_parsed_content("shuffle") is expected
         assert "if @shuffle_text" not in json.dumps(parser.get()), f"{bundle}: a raw `if @shuffle_text` condition"
+
+
+@pytest.mark.parametrize("value, expected", [("false", False), ("False", False), (False, False), ("true", True), (True, True)])
+def test_tifcmamba_clip_keyword_pairs_reads_a_bool(value, expected):
+    """`--clip_keyword_pairs false` must leave the keyword tokens out of the CLIP stage's batches."""
+    parser = ConfigParser()
+    parser.read_config(os.path.join(ROOT, "bundles", "tifcmamba", "configs", "train.json"))
+    parser["clip_keyword_pairs"] = value
+    keys = parser.get_parsed_content("clip#prepare_batch").extra_keys
+    assert ("keyword_ids" in keys) is expected and {"input_ids", "attention_mask"} <= set(keys)
