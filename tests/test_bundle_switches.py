@@ -46,3 +46,14 @@ def test_tifcmamba_clip_keyword_pairs_reads_a_bool(value, expected):
     parser["clip_keyword_pairs"] = value
     keys = parser.get_parsed_content("clip#prepare_batch").extra_keys
     assert ("keyword_ids" in keys) is expected and {"input_ids", "attention_mask"} <= set(keys)
+
+
+@pytest.mark.parametrize("config", ["train.json", "inference.json"])
+@pytest.mark.parametrize("spatial, channel", [("false", "true"), ("true", "false"), ("False", "false")])
+def test_tifcmamba_fusion_switches_read_as_bools(config, spatial, channel):
+    """The fusion ablation switches (`--fusion_spatial false`) reach TIFCMamba as bools, not as truthy strings."""
+    parser = ConfigParser()
+    parser.read_config(os.path.join(ROOT, "bundles", "tifcmamba", "configs", config))
+    parser["fusion_spatial"], parser["fusion_channel"] = spatial, channel
+    for key, value in (("fusion_spatial", spatial), ("fusion_channel", channel)):
+        assert parser.get_parsed_content(f"network_def#{key}") is (value.lower() == "true")
