@@ -618,15 +618,16 @@ class TIFCMamba(nn.Module):
         kw = torch.where(kw_has[:, None, None], kw, self.empty_tokens.to(kw.dtype))
         return e_t, tok, kw, keyword_mask, attention_mask
 
-    def _text_mask(self, input_ids, attn, tok, kw_ids, kw_mask, kw) -> tuple[torch.Tensor, torch.Tensor]:
-        """Phi_T logits (B, L) and the keyword-token membership (B, L) bool of each description token (its id is
-        one of the keyword's content tokens: the weak target of ``L_kw``)."""
+    def _text_mask(self, input_ids, attn, tok, keyword_ids, kw_mask, kw) -> tuple[torch.Tensor, torch.Tensor]:
+        """Phi_T logits (B, L) and the keyword-token membership (B, L) bool of each description content token (its
+        id is one of the keyword's content tokens: the weak target of ``L_kw``); no keyword: the description's own."""
+        kw_ids = input_ids if keyword_ids is None else keyword_ids
         kw_content = kw_mask.bool() & ~self.clip.special_tokens(kw_ids)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.clip.frozen):
             words, kw_words = self.clip.word_embeddings(input_ids), self.clip.word_embeddings(kw_ids)
         logits = self.text_segmenter(tok, attn, kw, kw_content, words, kw_words)
         member = ((input_ids[:, :, None] == kw_ids[:, None, :]) & kw_content[:, None, :]).any(-1)
-        return logits, member
+        return logits, member & attn.bool() & ~self.clip.special_tokens(input_ids)
 
     def text_mask(
         self,
@@ -638,9 +639,8 @@ class TIFCMamba(nn.Module):
         """M_T in [0, 1] (B, L) of Phi_T (0 on padding) and the keyword-token membership (B, L) bool, e.g. to see
         which words of a description the model keeps."""
         _, tok, kw, kw_mask, attn = self._text(input_ids, attention_mask, keyword_ids, keyword_mask, len(input_ids))
-        kw_ids = input_ids if keyword_ids is None else keyword_ids
-        logits, member = self._text_mask(input_ids, attn, tok, kw_ids, kw_mask, kw)
-        return torch.sigmoid(logits), member & attn.bool() & ~self.clip.special_tokens(input_ids)
+        logits, member = self._text_mask(input_ids, attn, tok, keyword_ids, kw_mask, kw)
+        return torch.sigmoid(logits), member
 
     def forward(
         self,
@@ -702,8 +702,7 @@ class TIFCMamba(nn.Module):
             1, keepdim=True
         ).clamp(min=1e-6)
         # text segmenter: M_T over the description tokens given the keyword, then T-hat
-        kw_ids = input_ids if keyword_ids is None else keyword_ids
-        mt_logits, kw_tokens = self._text_mask(input_ids, attn, tok, kw_ids, kw_mask, kw)
+        mt_logits, kw_tokens = self._text_mask(input_ids, attn, tok, keyword_ids, kw_mask, kw)
         m_t = torch.sigmoid(mt_logits)
         special = self.clip.special_tokens(input_ids)
         weights = torch.where(special, torch.ones_like(m_t), m_t) * attn
@@ -720,7 +719,7 @@ class TIFCMamba(nn.Module):
             "fg_region": fg_region,
             "bg_region": bg_region,
             "region_sim": region_sim,
-            "keyword_tokens": (kw_tokens & attn.bool() & ~special).to(m_t.dtype),
+            "keyword_tokens": kw_tokens.to(m_t.dtype),
             "token_mask": (attn.bool() & ~special).to(m_t.dtype),
         }
 
