@@ -111,6 +111,18 @@ def as_flag(value: Any) -> bool:
     raise ValueError(f"expected a true/false switch, got {value!r}.")
 
 
+def ddp_finalize() -> None:
+    """End a torchrun run (the ``finalize`` of every ``multi_gpu_train.json``): wait for all ranks, then destroy the
+    process group. Without the barrier a rank with less to do at the end (rank > 0 saves no checkpoint and writes no
+    logs) tears its gloo/NCCL group down and exits while rank 0 is still working, the teardown race behind an
+    intermittent ``terminate called without an active exception`` abort of that rank on CPU."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def shuffle_texts(items: Sequence[Mapping[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
     """The same items with their texts permuted across images (a derangement where possible): the control that
     shows whether a text-guided model uses the text."""
