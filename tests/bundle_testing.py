@@ -11,6 +11,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from monai.bundle import ConfigWorkflow
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: files of the model-zoo bundle layout that every bundle has.
 BUNDLE_FILES = (
@@ -26,6 +29,35 @@ REQUIRED_METADATA = (
 
 #: what a C++ thread torn down at interpreter exit prints (std::terminate with no exception in flight).
 _TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+class BundleConfigs:
+    """One bundle's config files (``cfg("train.json", "evaluate.json")`` -> their paths) and its workflows, run as
+    ``python -m monai.bundle run`` runs them."""
+
+    def __init__(self, name: str) -> None:
+        self.dir = os.path.join(REPO_ROOT, "bundles", name, "configs")
+        self.meta = os.path.join(self.dir, "metadata.json")
+        self.logging = os.path.join(self.dir, "logging.conf")
+
+    def __call__(self, *names: str) -> list[str]:
+        return [os.path.join(self.dir, n) for n in names]
+
+    def workflow(self, kind: str, *names: str, **overrides: Any) -> ConfigWorkflow:
+        return ConfigWorkflow(
+            workflow_type=kind, config_file=self(*names), meta_file=self.meta, logging_file=self.logging, **overrides
+        )
+
+    def run(self, kind: str, *names: str, check: bool | None = None, **overrides: Any) -> ConfigWorkflow:
+        """Initialise, check the model-zoo workflow properties (by default not for "eval": those are inference.json's,
+        not those of train.json + evaluate.json), run and finalise; return the workflow."""
+        wf = self.workflow(kind, *names, **overrides)
+        wf.initialize()
+        if kind != "eval" if check is None else check:
+            assert wf.check_properties() == []
+        wf.run()
+        wf.finalize()
+        return wf
 
 
 def check_bundle_layout(bundle_dir: str, extra_files: Sequence[str] = ()) -> dict[str, Any]:

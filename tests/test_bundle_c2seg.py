@@ -9,26 +9,20 @@ import os
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
+from monai.bundle import ConfigParser, verify_net_in_out
 from PIL import Image
 
-from bundle_testing import check_bundle_layout, run_ddp_training
+from bundle_testing import BundleConfigs, check_bundle_layout, run_ddp_training
 
 from monai_vlseg.data import generate_demo_dataset
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(ROOT, "bundles", "c2seg", "configs")
-META = os.path.join(CONFIGS, "metadata.json")
-LOGGING = os.path.join(CONFIGS, "logging.conf")
+cfg = BundleConfigs("c2seg")
+CONFIGS, META, LOGGING = cfg.dir, cfg.meta, cfg.logging
 TINY_NET = {
     "network_def#features": [4, 8, 8, 16, 16],
     "network_def#kan_layers": 1,
     "network_def#text_config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
 }
-
-
-def cfg(*names):
-    return [os.path.join(CONFIGS, n) for n in names]
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +41,8 @@ def bundle(tmp_path_factory):
         "pretrain_epochs": 2,
         **TINY_NET,
     }
-    pre = ConfigWorkflow(workflow_type="train", config_file=cfg("pretrain.json"), meta_file=META, logging_file=LOGGING,
-                         **overrides)  # fmt: skip
-    pre.initialize()
-    pre.run()
-    pre.finalize()
-    wf = ConfigWorkflow(workflow_type="train", config_file=cfg("train.json"), meta_file=META, logging_file=LOGGING, **overrides)
+    cfg.run("train", "pretrain.json", check=False, **overrides)
+    wf = cfg.workflow("train", "train.json", **overrides)
     wf.initialize()
     assert wf.check_properties() == []
     optimizer = wf.parser.get_parsed_content("optimizer")
@@ -105,13 +95,7 @@ def test_missing_pretrained_encoder_warns_or_fails_when_required(bundle, tmp_pat
 
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_evaluate_writes_metrics_and_consistency(bundle, shuffle):
-    wf = ConfigWorkflow(
-        workflow_type="eval", config_file=cfg("train.json", "evaluate.json"), meta_file=META, logging_file=LOGGING,
-        **dict(bundle["overrides"], shuffle_text=shuffle),
-    )  # fmt: skip
-    wf.initialize()
-    wf.run()
-    wf.finalize()
+    cfg.run("eval", "train.json", "evaluate.json", **dict(bundle["overrides"], shuffle_text=shuffle))
     out = bundle["root"] / "bundle" / "eval" / ("test_shuffled_text" if shuffle else "test")
     summary = json.loads((out / "summary.json").read_text())
     metrics = {"val_mean_dice", "val_mean_iou", "val_hd95", "val_count_accuracy", "val_laterality_accuracy"}
@@ -130,12 +114,7 @@ def test_inference_writes_masks_in_input_geometry(bundle, tmp_path):
     Image.fromarray(img).save(src / "case1.png")
     (src / "case1.txt").write_text("Unilateral pulmonary infection, one infected area, upper left lung.")
     overrides = dict(bundle["overrides"], output_dir=str(tmp_path / "out"), input_dir=str(src))
-    wf = ConfigWorkflow(workflow_type="infer", config_file=cfg("inference.json"), meta_file=META, logging_file=LOGGING,
-                        **overrides)  # fmt: skip
-    wf.initialize()
-    assert wf.check_properties() == []
-    wf.run()
-    wf.finalize()
+    cfg.run("infer", "inference.json", **overrides)
     out = tmp_path / "out"
     mask = np.asarray(Image.open(out / "case1_seg.png"))
     assert mask.shape == (50, 70) and set(np.unique(mask)) <= {0, 255}

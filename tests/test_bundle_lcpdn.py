@@ -8,17 +8,15 @@ import os
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
+from monai.bundle import ConfigParser, verify_net_in_out
 from PIL import Image
 
-from bundle_testing import check_bundle_layout, run_ddp_training
+from bundle_testing import BundleConfigs, check_bundle_layout, run_ddp_training
 
 from monai_vlseg.data import generate_demo_dataset
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(ROOT, "bundles", "lcpdn", "configs")
-META = os.path.join(CONFIGS, "metadata.json")
-LOGGING = os.path.join(CONFIGS, "logging.conf")
+cfg = BundleConfigs("lcpdn")
+CONFIGS, META, LOGGING = cfg.dir, cfg.meta, cfg.logging
 TINY_NET = {
     "network_def#unet_config": {"channels": [8, 16, 16], "attention_levels": [False, False, True], "num_res_blocks": 1,
                                 "num_head_channels": 8, "norm_num_groups": 8, "resblock_updown": False},
@@ -33,19 +31,6 @@ TINY_NET = {
 }  # fmt: skip
 
 
-def cfg(*names):
-    return [os.path.join(CONFIGS, n) for n in names]
-
-
-def run_workflow(kind, files, **overrides):
-    wf = ConfigWorkflow(workflow_type=kind, config_file=cfg(*files), meta_file=META, logging_file=LOGGING, **overrides)
-    wf.initialize()
-    if kind != "eval":  # eval over train.json has no top-level "dataset" (as in the UA-VLS bundle)
-        assert wf.check_properties() == []
-    wf.run()
-    wf.finalize()
-    return wf
-
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
@@ -54,12 +39,11 @@ def bundle(tmp_path_factory):
     datalist = generate_demo_dataset(str(tmp / "data"), n_train=6, n_val=3, n_test=3, size=96, seed=1)
     overrides = {"bundle_root": str(tmp / "bundle"), "datalist": datalist, "image_size": [32, 32], "batch_size": 2,
                  "max_epochs": 2, "text_len": 12, **TINY_NET}  # fmt: skip
-    run_workflow("train", ["train.json", "pretrain_diffusion.json"], pretrain_epochs=1, pretrain_batch_size=3, **overrides)
+    cfg.run("train", "train.json", "pretrain_diffusion.json", pretrain_epochs=1, pretrain_batch_size=3, **overrides)
     stage1 = torch.load(tmp / "bundle" / "models" / "diffusion.pt", map_location="cpu", weights_only=True)
     with pytest.warns(UserWarning, match="no diffusion checkpoint"):  # without stage 1 the UNet would be random
-        ConfigWorkflow(workflow_type="train", config_file=cfg("train.json"), meta_file=META, logging_file=LOGGING,
-                       **dict(overrides, bundle_root=str(tmp / "nothing"))).initialize()  # fmt: skip
-    wf = run_workflow("train", ["train.json"], **overrides)
+        cfg.workflow("train", "train.json", **dict(overrides, bundle_root=str(tmp / "nothing"))).initialize()
+    wf = cfg.run("train", "train.json", **overrides)
     return {"root": tmp, "datalist": datalist, "overrides": overrides, "stage1": stage1, "train_wf": wf}
 
 
@@ -77,7 +61,7 @@ def test_stage1_checkpoint_is_loaded_by_stage2_and_unet_stays_frozen(bundle):
 
 def test_evaluate_right_and_shuffled_text(bundle):
     for shuffle in (False, True):
-        run_workflow("eval", ["train.json", "evaluate.json"], shuffle_text=shuffle, **bundle["overrides"])
+        cfg.run("eval", "train.json", "evaluate.json", shuffle_text=shuffle, **bundle["overrides"])
         out = bundle["root"] / "bundle" / "eval" / ("test_shuffled_text" if shuffle else "test")
         summary = json.loads((out / "summary.json").read_text())
         assert {"val_mean_dice", "val_mean_iou", "val_hd95", "val_count_accuracy", "val_laterality_accuracy"} <= set(
@@ -92,7 +76,7 @@ def test_inference_writes_masks_in_input_geometry(bundle, tmp_path):
     src.mkdir()
     img = (np.random.default_rng(0).random((50, 70)) * 255).astype(np.uint8)
     Image.fromarray(img).save(src / "case.png")
-    run_workflow("infer", ["inference.json"], **dict(bundle["overrides"], output_dir=str(tmp_path / "out"),
+    cfg.run("infer", "inference.json", **dict(bundle["overrides"], output_dir=str(tmp_path / "out"),
                  input_dir=str(src), text="Unilateral pulmonary infection, one infected area, upper left lung."))  # fmt: skip
     mask = np.asarray(Image.open(tmp_path / "out" / "case_seg.png"))
     assert mask.shape == (50, 70) and set(np.unique(mask)) <= {0, 255}

@@ -10,26 +10,20 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
+from monai.bundle import ConfigParser, verify_net_in_out
 
-from bundle_testing import check_bundle_layout, run_ddp_training
+from bundle_testing import BundleConfigs, check_bundle_layout, run_ddp_training
 
 from monai_vlseg.data.demo_ct import generate_demo_ct_dataset
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(ROOT, "bundles", "segmamba_ct", "configs")
-META = os.path.join(CONFIGS, "metadata.json")
-LOGGING = os.path.join(CONFIGS, "logging.conf")
+cfg = BundleConfigs("segmamba_ct")
+CONFIGS, META, LOGGING = cfg.dir, cfg.meta, cfg.logging
 TINY_NET = {
     "network_def#feature_size": [8, 16, 16, 32],
     "network_def#hidden_size": 32,
     "network_def#depths": [1, 1, 1, 1],
     "network_def#num_slices": None,
 }
-
-
-def cfg(*names):
-    return [os.path.join(CONFIGS, n) for n in names]
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +42,7 @@ def bundle(tmp_path_factory):
         "val_interval": 1,
         **TINY_NET,
     }
-    wf = ConfigWorkflow(workflow_type="train", config_file=cfg("train.json"), meta_file=META, logging_file=LOGGING, **overrides)
-    wf.initialize()
-    assert wf.check_properties() == []
-    wf.run()
-    wf.finalize()
+    cfg.run("train", "train.json", **overrides)
     return {"root": tmp, "datalist": datalist, "overrides": overrides}
 
 
@@ -64,13 +54,7 @@ def test_train_writes_checkpoint_and_logs(bundle):
 
 
 def test_evaluate_writes_metrics(bundle):
-    wf = ConfigWorkflow(
-        workflow_type="eval", config_file=cfg("train.json", "evaluate.json"), meta_file=META, logging_file=LOGGING,
-        **bundle["overrides"],
-    )  # fmt: skip
-    wf.initialize()
-    wf.run()
-    wf.finalize()
+    cfg.run("eval", "train.json", "evaluate.json", **bundle["overrides"])
     out = bundle["root"] / "bundle" / "eval" / "test"
     summary = json.loads((out / "summary.json").read_text())
     assert {"val_mean_dice", "val_dice_liver", "val_dice_lesion", "val_mean_iou", "val_hd95"} <= set(summary)
@@ -86,13 +70,7 @@ def test_inference_writes_label_maps_in_input_geometry(bundle, tmp_path, image_f
     if image_format == "dicom":
         datalist = os.path.join(os.path.dirname(datalist), "datalist_dicom.json")
     overrides = dict(bundle["overrides"], datalist=datalist, output_dir=str(tmp_path / "out"))
-    wf = ConfigWorkflow(
-        workflow_type="infer", config_file=cfg("inference.json"), meta_file=META, logging_file=LOGGING, **overrides
-    )
-    wf.initialize()
-    assert wf.check_properties() == []
-    wf.run()
-    wf.finalize()
+    cfg.run("infer", "inference.json", **overrides)
     out = tmp_path / "out"
     segs = sorted(p for p in os.listdir(out) if p.endswith("_seg.nii.gz"))
     overlays = sorted(p for p in os.listdir(out) if p.endswith("_overlay.png"))

@@ -4,23 +4,20 @@
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow, verify_net_in_out
+from monai.bundle import verify_net_in_out
 from PIL import Image
+from bundle_testing import REPO_ROOT, BundleConfigs, check_bundle_layout, run_ddp_training
 from test_tifcmamba import TINY_CLIP
 
 from monai_vlseg.data.demo_polyp import generate_polyp_demo
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(ROOT, "bundles", "tifcmamba", "configs")
-META = os.path.join(CONFIGS, "metadata.json")
-LOGGING = os.path.join(CONFIGS, "logging.conf")
+cfg = BundleConfigs("tifcmamba")
+CONFIGS, META, LOGGING = cfg.dir, cfg.meta, cfg.logging
 TINY_NET = {
     "network_def#dims": [8, 16],
     "network_def#depths": [1, 1],
@@ -29,10 +26,6 @@ TINY_NET = {
     "network_def#d_state": 4,
     "clip_config": TINY_CLIP,
 }
-
-
-def cfg(*names):
-    return [os.path.join(CONFIGS, n) for n in names]
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +46,7 @@ def bundle(tmp_path_factory):
         "bundle_root": str(tmp / "bundle"), "datalist": datalist, "image_size": [32, 32], "batch_size": 4,
         "max_epochs": 2, "clip_pretrain_epochs": 1, **TINY_NET,
     }  # fmt: skip
-    wf = ConfigWorkflow(workflow_type="train", config_file=cfg("train.json"), meta_file=META, logging_file=LOGGING,
-                        **overrides)  # fmt: skip
+    wf = cfg.workflow("train", "train.json", **overrides)
     wf.initialize()
     assert wf.check_properties() == []
     trainer = wf.parser.get_parsed_content("train#trainer")
@@ -102,11 +94,7 @@ def test_training_reads_no_labels(bundle):
 
 
 def test_evaluate_reads_masks_and_writes_metrics(bundle):
-    wf = ConfigWorkflow(workflow_type="eval", config_file=cfg("train.json", "evaluate.json"), meta_file=META,
-                        logging_file=LOGGING, **bundle["overrides"])  # fmt: skip
-    wf.initialize()
-    wf.run()
-    wf.finalize()
+    cfg.run("eval", "train.json", "evaluate.json", **bundle["overrides"])
     out = bundle["root"] / "bundle" / "eval" / "test"
     summary = json.loads((out / "summary.json").read_text())
     assert {
@@ -122,7 +110,7 @@ def test_evaluate_reads_masks_and_writes_metrics(bundle):
 
 def test_text_mask_script_reports_phi_t(bundle, tmp_path):
     """scripts/tifc_text_mask.py on the trained tiny bundle: Phi_T's M_T against the keyword selector's tokens."""
-    spec = importlib.util.spec_from_file_location("tifc_text_mask", os.path.join(ROOT, "scripts", "tifc_text_mask.py"))
+    spec = importlib.util.spec_from_file_location("tifc_text_mask", os.path.join(REPO_ROOT, "scripts", "tifc_text_mask.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     overrides = tmp_path / "overrides.json"
@@ -139,14 +127,9 @@ def test_text_mask_script_reports_phi_t(bundle, tmp_path):
 
 def test_evaluate_trivial_prior(bundle):
     """The whole-image prior scores Dice = 2|M| / (|M| + |image|) on each image."""
-    wf = ConfigWorkflow(
-        workflow_type="eval", config_file=cfg("train.json", "evaluate.json"), meta_file=META, logging_file=LOGGING,
-        **dict(bundle["overrides"], network_def={"_target_": "monai_vlseg.nets.tifcmamba.TrivialPrior", "kind": "whole"},
-               output_dir=str(bundle["root"] / "prior"), **{"validate#handlers#0#_disabled_": True}),
-    )  # fmt: skip
-    wf.initialize()
-    wf.run()
-    wf.finalize()
+    prior = {"_target_": "monai_vlseg.nets.tifcmamba.TrivialPrior", "kind": "whole"}
+    overrides = dict(bundle["overrides"], network_def=prior, output_dir=str(bundle["root"] / "prior"))
+    cfg.run("eval", "train.json", "evaluate.json", **overrides, **{"validate#handlers#0#_disabled_": True})
     summary = json.loads((bundle["root"] / "prior" / "summary.json").read_text())
     with open(bundle["datalist"]) as f:
         dl = json.load(f)
@@ -172,12 +155,7 @@ def test_inference_writes_masks_in_input_geometry(bundle, tmp_path):
     ).save(src / "frame.png")
     overrides = dict(bundle["overrides"], output_dir=str(tmp_path / "out"), input_dir=str(src),
                      text="A small red round polyp in the upper left.")  # fmt: skip
-    wf = ConfigWorkflow(workflow_type="infer", config_file=cfg("inference.json"), meta_file=META,
-                        logging_file=LOGGING, **overrides)  # fmt: skip
-    wf.initialize()
-    assert wf.check_properties() == []
-    wf.run()
-    wf.finalize()
+    cfg.run("infer", "inference.json", **overrides)
     arr = np.asarray(Image.open(tmp_path / "out" / "frame_seg.png"))
     assert arr.shape == (40, 56) and set(np.unique(arr)) <= {0, 255}
     assert (tmp_path / "out" / "frame_overlay.png").is_file()
@@ -207,56 +185,13 @@ def test_paper_configuration_builds():
 
 
 def test_multi_gpu_config_runs_ddp_on_cpu(bundle, tmp_path):
-    overrides = dict(
-        bundle["overrides"], bundle_root=str(tmp_path / "ddp"), max_epochs=1
-    )
-    args = []
-    for k, v in overrides.items():
-        args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
-        "run", "--config_file", str(cfg("train.json", "multi_gpu_train.json")), "--meta_file", META,
-        "--logging_file", LOGGING, *args,
-    ]  # fmt: skip
-    res = subprocess.run(
-        cmd,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    ckpt = torch.load(
-        tmp_path / "ddp" / "models" / "model.pt", map_location="cpu", weights_only=True
-    )
-    assert not any(k.startswith("module.") for k in ckpt)
+    overrides = dict(bundle["overrides"], bundle_root=str(tmp_path / "ddp"), max_epochs=1)
+    run_ddp_training(cfg("train.json", "multi_gpu_train.json"), META, LOGGING, overrides, str(tmp_path))
 
 
 def test_bundle_files_and_metadata_schema_fields():
-    bundle_dir = os.path.dirname(CONFIGS)
-    for f in ("configs/train.json", "configs/demo.json", "configs/evaluate.json", "configs/inference.json",
-              "configs/multi_gpu_train.json", "configs/supervised.json", "configs/metadata.json",
-              "configs/logging.conf", "docs/README.md", "LICENSE"):  # fmt: skip
-        assert os.path.isfile(os.path.join(bundle_dir, f)), f
-    with open(META) as f:
-        meta = json.load(f)
-    for k in ("schema", "version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
-              "task", "description", "authors", "copyright", "network_data_format"):  # fmt: skip
-        assert meta.get(k), k
-    assert meta["version"] in meta["changelog"]
+    meta = check_bundle_layout(os.path.dirname(CONFIGS), extra_files=["configs/supervised.json"])
     fmt = meta["network_data_format"]
-    for group in ("inputs", "outputs"):
-        for name, t in fmt[group].items():
-            for k in (
-                "type",
-                "format",
-                "num_channels",
-                "spatial_shape",
-                "dtype",
-                "value_range",
-            ):
-                assert k in t, (group, name, k)
     assert list(fmt["inputs"]) == [
         "image",
         "input_ids",

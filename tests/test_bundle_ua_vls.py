@@ -8,18 +8,16 @@ import os
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, verify_net_in_out
+from monai.bundle import verify_net_in_out
 from PIL import Image
 
-from bundle_testing import check_bundle_layout, run_ddp_training
+from bundle_testing import BundleConfigs, check_bundle_layout, run_ddp_training
 
 from monai_vlseg.data import generate_demo_dataset
 from monai_vlseg.export import export_network, load_bundle_network
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(ROOT, "bundles", "ua_vls", "configs")
-META = os.path.join(CONFIGS, "metadata.json")
-LOGGING = os.path.join(CONFIGS, "logging.conf")
+cfg = BundleConfigs("ua_vls")
+CONFIGS, META, LOGGING = cfg.dir, cfg.meta, cfg.logging
 TINY_NET = {
     "network_def#vision_config": {"hidden_sizes": [8, 16, 32, 64], "depths": [1, 1, 1, 1]},
     "network_def#text_config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
@@ -40,10 +38,6 @@ def save_tiny_checkpoint(path, seed=0):
     return path
 
 
-def cfg(*names):
-    return [os.path.join(CONFIGS, n) for n in names]
-
-
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     """A tiny demo data set and a bundle root trained for 2 epochs."""
@@ -58,11 +52,7 @@ def bundle(tmp_path_factory):
         "min_epochs": 0,
         **TINY_NET,
     }
-    wf = ConfigWorkflow(workflow_type="train", config_file=cfg("train.json"), meta_file=META, logging_file=LOGGING, **overrides)
-    wf.initialize()
-    assert wf.check_properties() == []
-    wf.run()
-    wf.finalize()
+    cfg.run("train", "train.json", **overrides)
     return {"root": tmp, "datalist": datalist, "overrides": overrides}
 
 
@@ -75,13 +65,7 @@ def test_train_writes_checkpoint_and_logs(bundle):
 
 
 def test_evaluate_writes_metrics(bundle):
-    wf = ConfigWorkflow(
-        workflow_type="eval", config_file=cfg("train.json", "evaluate.json"), meta_file=META, logging_file=LOGGING,
-        **bundle["overrides"],
-    )  # fmt: skip
-    wf.initialize()
-    wf.run()
-    wf.finalize()
+    cfg.run("eval", "train.json", "evaluate.json", **bundle["overrides"])
     out = bundle["root"] / "bundle" / "eval" / "test"
     summary = json.loads((out / "summary.json").read_text())
     metrics = {"val_mean_dice", "val_mean_iou", "val_hd95", "val_count_accuracy", "val_laterality_accuracy"}
@@ -104,13 +88,7 @@ def test_inference_writes_masks_in_input_geometry(bundle, tmp_path, mode):
         Image.fromarray(img).save(src / "case2.png")
         (src / "case2.txt").write_text("Unilateral pulmonary infection, one infected area, upper left lung.")
         overrides.update(input_dir=str(src), text="Bilateral pulmonary infection, two infected areas.")
-    wf = ConfigWorkflow(
-        workflow_type="infer", config_file=cfg("inference.json"), meta_file=META, logging_file=LOGGING, **overrides
-    )
-    wf.initialize()
-    assert wf.check_properties() == []
-    wf.run()
-    wf.finalize()
+    cfg.run("infer", "inference.json", **overrides)
     out = tmp_path / "out"
     masks = sorted(p for p in os.listdir(out) if p.endswith("_seg.png"))
     overlays = sorted(p for p in os.listdir(out) if p.endswith("_overlay.png"))
@@ -130,10 +108,8 @@ def test_inference_missing_text_is_an_error(bundle, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(src / "notext.png")
-    wf = ConfigWorkflow(
-        workflow_type="infer", config_file=cfg("inference.json"), meta_file=META, logging_file=LOGGING,
-        **dict(bundle["overrides"], output_dir=str(tmp_path / "out"), input_dir=str(src)),
-    )  # fmt: skip
+    overrides = dict(bundle["overrides"], output_dir=str(tmp_path / "out"), input_dir=str(src))
+    wf = cfg.workflow("infer", "inference.json", **overrides)
     with pytest.raises(RuntimeError) as err:  # MONAI's config parser wraps the cause
         wf.initialize()
         wf.run()

@@ -9,19 +9,17 @@ import os
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, verify_net_in_out
+from monai.bundle import verify_net_in_out
 from PIL import Image
 
-from bundle_testing import check_bundle_layout, run_ddp_training
+from bundle_testing import BundleConfigs, check_bundle_layout, run_ddp_training
 
 from monai_vlseg.data import generate_demo_dataset
 from monai_vlseg.export import export_network, load_bundle_network
 from monai_vlseg.nets.vm_unet import VMUNet
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(ROOT, "bundles", "vm_unet", "configs")
-META = os.path.join(CONFIGS, "metadata.json")
-LOGGING = os.path.join(CONFIGS, "logging.conf")
+cfg = BundleConfigs("vm_unet")
+CONFIGS, META, LOGGING = cfg.dir, cfg.meta, cfg.logging
 TINY_NET = {
     "network_def#dims": [8, 16, 32, 64],
     "network_def#depths": [1, 1, 1, 1],
@@ -29,18 +27,6 @@ TINY_NET = {
     "network_def#d_state": 4,
 }
 
-
-def cfg(*names):
-    return [os.path.join(CONFIGS, n) for n in names]
-
-
-def run_workflow(kind, files, **overrides):
-    wf = ConfigWorkflow(workflow_type=kind, config_file=cfg(*files), meta_file=META, logging_file=LOGGING, **overrides)
-    wf.initialize()
-    if kind != "eval":  # model-zoo's "eval" properties are those of inference.json, not of train + evaluate
-        assert wf.check_properties() == []
-    wf.run()
-    wf.finalize()
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +43,7 @@ def bundle(tmp_path_factory):
         "min_epochs": 0,
         **TINY_NET,
     }
-    run_workflow("train", ["train.json"], **overrides)
+    cfg.run("train", "train.json", **overrides)
     return {"root": tmp, "datalist": datalist, "overrides": overrides}
 
 
@@ -70,7 +56,7 @@ def test_train_writes_checkpoint_and_logs(bundle):
 
 
 def test_evaluate_writes_metrics_with_text_consistency(bundle):
-    run_workflow("eval", ["train.json", "evaluate.json"], **bundle["overrides"])
+    cfg.run("eval", "train.json", "evaluate.json", **bundle["overrides"])
     out = bundle["root"] / "bundle" / "eval" / "test"
     summary = json.loads((out / "summary.json").read_text())
     metrics = {"val_mean_dice", "val_mean_iou", "val_hd95", "val_count_accuracy", "val_laterality_accuracy"}
@@ -89,7 +75,7 @@ def test_inference_writes_masks_in_input_geometry(bundle, tmp_path):
     Image.fromarray((rng.random((40, 60)) * 255).astype(np.uint8)).save(src / "grey.jpg")
     for mode, extra, expected in (("datalist", {}, 4), ("folder", {"input_dir": str(src)}, 2)):
         out = tmp_path / f"out_{mode}"
-        run_workflow("infer", ["inference.json"], **dict(bundle["overrides"], output_dir=str(out), **extra))
+        cfg.run("infer", "inference.json", **dict(bundle["overrides"], output_dir=str(out), **extra))
         masks = sorted(p for p in os.listdir(out) if p.endswith("_seg.png"))
         overlays = sorted(p for p in os.listdir(out) if p.endswith("_overlay.png"))
         assert len(masks) == expected and len(overlays) == expected, mode
@@ -136,13 +122,13 @@ def test_rgb_images_without_text_train_evaluate_infer(tmp_path):
         "augmentation": [],
         **TINY_NET,
     }
-    run_workflow("train", ["train.json"], **overrides)
-    run_workflow("eval", ["train.json", "evaluate.json"], **overrides)
+    cfg.run("train", "train.json", **overrides)
+    cfg.run("eval", "train.json", "evaluate.json", **overrides)
     summary = json.loads((tmp_path / "bundle" / "eval" / "test" / "summary.json").read_text())
     assert summary["num_images"] == 2 and 0.0 <= summary["val_mean_dice"] <= 1.0
     assert "val_count_accuracy" not in summary  # no report text: the text-mask checks switch themselves off
     out = tmp_path / "out"
-    run_workflow("infer", ["inference.json"], **dict(overrides, output_dir=str(out)))
+    cfg.run("infer", "inference.json", **dict(overrides, output_dir=str(out)))
     masks = sorted(p for p in os.listdir(out) if p.endswith("_seg.png"))
     assert masks == ["isic_4_seg.png", "isic_5_seg.png"]
     assert np.asarray(Image.open(out / masks[0])).shape == (64, 64)
