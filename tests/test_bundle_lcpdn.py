@@ -31,7 +31,6 @@ TINY_NET = {
 }  # fmt: skip
 
 
-
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     """Tiny demo set; stage 1 for 1 epoch, then stage 2 for 2 epochs."""

@@ -28,7 +28,6 @@ TINY_NET = {
 }
 
 
-
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     """A tiny demo data set (grey chest-X-ray-like PNGs with report text) and a bundle root trained for 2 epochs."""
