@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from monai_vlseg.ops.cross_scan import CROSS_2D, CROSS_3D, cross_merge, cross_scan
+from monai_vlseg.ops.cross_scan import CROSS_2D, CROSS_3D, cross_merge, cross_scan, scan_permutations
 
 
 def test_cross_scan_2d_orders():
@@ -48,3 +48,23 @@ def test_bad_direction_and_slices():
         cross_scan(torch.zeros(1, 1, 3, 2, 2), CROSS_3D, nslices=5)
     with pytest.raises(ValueError, match="2D spatial shape"):
         cross_scan(torch.zeros(1, 1, 2, 2, 2), ("col",))
+
+
+@pytest.mark.parametrize(
+    "shape,directions,nslices",
+    [((5, 7), CROSS_2D, None), ((7, 5), ("col_rev", "row"), None), ((4, 3, 6), CROSS_3D, None),
+     ((4, 3, 6), CROSS_3D, 3), ((4, 3, 6), ("inter_slice", "backward"), 8)],
+)  # fmt: skip
+def test_strided_orders_equal_the_permutation_gather(shape, directions, nslices):
+    """cross_scan / cross_merge (strided views and flips) against the definition: gather by scan_permutations, and
+    scatter-add back."""
+    x = torch.randn(2, 3, *shape)
+    perm, _ = scan_permutations(shape, directions, nslices)
+    flat = x.flatten(2)
+    ref = torch.stack([flat[..., p] for p in perm], 1)
+    torch.testing.assert_close(cross_scan(x, directions, nslices), ref, rtol=0, atol=0)
+    ys = torch.randn_like(ref)
+    merged = torch.zeros_like(flat)
+    for k, p in enumerate(perm):
+        merged[..., p] += ys[:, k]
+    torch.testing.assert_close(cross_merge(ys, shape, directions, nslices), merged)
