@@ -56,15 +56,26 @@ def test_bad_direction_and_slices():
      ((4, 3, 6), CROSS_3D, 3), ((4, 3, 6), ("inter_slice", "backward"), 8)],
 )  # fmt: skip
 def test_strided_orders_equal_the_permutation_gather(shape, directions, nslices):
-    """cross_scan / cross_merge (strided views and flips) against the definition: gather by scan_permutations, and
-    scatter-add back."""
-    x = torch.randn(2, 3, *shape)
-    perm, _ = scan_permutations(shape, directions, nslices)
+    """cross_scan / cross_merge (strided views and flips, hand-written adjoints) against the definition: gather by
+    scan_permutations and scatter-add back over k = 0, 1, ... -- the same floating-point sums, so exactly equal --
+    and the gradients of both against autograd through the gather."""
+    x = torch.randn(2, 3, *shape, requires_grad=True)
+    perm, merge_index = scan_permutations(shape, directions, nslices)
     flat = x.flatten(2)
     ref = torch.stack([flat[..., p] for p in perm], 1)
-    torch.testing.assert_close(cross_scan(x, directions, nslices), ref, rtol=0, atol=0)
-    ys = torch.randn_like(ref)
+    out = cross_scan(x, directions, nslices)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    up = torch.randn_like(ref)
+    (g,) = torch.autograd.grad((out * up).sum(), x)
+    (g_ref,) = torch.autograd.grad((ref * up).sum(), x)
+    torch.testing.assert_close(g, g_ref)
+    ys = torch.randn_like(ref, requires_grad=True)
     merged = torch.zeros_like(flat)
     for k, p in enumerate(perm):
         merged[..., p] += ys[:, k]
-    torch.testing.assert_close(cross_merge(ys, shape, directions, nslices), merged)
+    out = cross_merge(ys, shape, directions, nslices)
+    torch.testing.assert_close(out, merged, rtol=0, atol=0)
+    up = torch.randn_like(merged)
+    (g,) = torch.autograd.grad((out * up).sum(), ys)
+    (g_ref,) = torch.autograd.grad((merged * up).sum(), ys)
+    torch.testing.assert_close(g, g_ref)

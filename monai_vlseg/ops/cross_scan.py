@@ -94,6 +94,58 @@ def _columns(x: torch.Tensor, grid: tuple[int, int] | None) -> torch.Tensor:
     return x.view(b, c, *grid).transpose(2, 3).reshape(b, c, n)
 
 
+def _scan(flat: torch.Tensor, spatial_shape: tuple[int, ...], directions: tuple[str, ...], nslices: int | None):
+    """(B, C, L) row-major -> (B, K, C, L): every order as a strided copy (a transpose of a 2D view and/or a flip),
+    several times faster than a gather along the last dimension on CPU (scripts/bench_cross_scan.py)."""
+    read: dict[tuple[int, int] | None, torch.Tensor] = {}
+    seqs = []
+    for d in directions:
+        grid, reverse = _layout(spatial_shape, d, nslices)
+        if grid not in read:
+            read[grid] = _columns(flat, grid)
+        seqs.append(read[grid].flip(-1) if reverse else read[grid])
+    return torch.stack(seqs, 1)
+
+
+def _merge(ys: torch.Tensor, spatial_shape: tuple[int, ...], directions: tuple[str, ...], nslices: int | None):
+    """(B, K, C, L) -> (B, C, L) row-major sum over the orders, added in order k = 0, 1, ...: the floating-point sums
+    of a gather + sum over K (and of index_add, the backward of a gather), so results do not depend on the method."""
+    b, k, c, n = ys.shape
+    out = None
+    for i, d in enumerate(directions):
+        grid, reverse = _layout(spatial_shape, d, nslices)
+        y = ys[:, i].flip(-1) if reverse else ys[:, i]
+        y = y if grid is None else y.reshape(b, c, grid[1], grid[0]).transpose(2, 3).reshape(b, c, n)
+        out = y if out is None else out + y
+    return out
+
+
+class _CrossScanFn(torch.autograd.Function):
+    """Scan forward, merge backward (the merge is the adjoint of the scan)."""
+
+    @staticmethod
+    def forward(ctx, flat, spatial_shape, directions, nslices):
+        ctx.args = (spatial_shape, directions, nslices)
+        return _scan(flat, spatial_shape, directions, nslices)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _merge(grad, *ctx.args), None, None, None
+
+
+class _CrossMergeFn(torch.autograd.Function):
+    """Merge forward, scan backward."""
+
+    @staticmethod
+    def forward(ctx, ys, spatial_shape, directions, nslices):
+        ctx.args = (spatial_shape, directions, nslices)
+        return _merge(ys, spatial_shape, directions, nslices)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _scan(grad.contiguous(), *ctx.args), None, None, None
+
+
 def cross_scan(x: torch.Tensor, directions: Sequence[str] = CROSS_2D, nslices: int | None = None) -> torch.Tensor:
     """Read a feature map along several orders.
 
@@ -106,20 +158,14 @@ def cross_scan(x: torch.Tensor, directions: Sequence[str] = CROSS_2D, nslices: i
         (B, K, C, L) sequences, K = len(directions), L = prod(spatial).
     """
     b, c = x.shape[:2]
-    spatial_shape = tuple(int(s) for s in x.shape[2:])
     flat = x.reshape(b, c, -1)
-    if tuple(directions) in (("row",), ("forward",)):
+    directions = tuple(directions)
+    if directions in (("row",), ("forward",)):
         return flat.unsqueeze(1)
-    # every order is a transpose of a 2D view and/or a flip: strided copies, several times faster than a gather
-    # along the last dimension on CPU (scripts/bench_cross_scan.py)
-    read: dict[tuple[int, int] | None, torch.Tensor] = {}
-    seqs = []
-    for d in directions:
-        grid, reverse = _layout(spatial_shape, d, nslices)
-        if grid not in read:
-            read[grid] = _columns(flat, grid)
-        seqs.append(read[grid].flip(-1) if reverse else read[grid])
-    return torch.stack(seqs, 1)
+    spatial_shape = tuple(int(s) for s in x.shape[2:])
+    if torch.jit.is_tracing() or torch.jit.is_scripting():  # export records the plain ops
+        return _scan(flat, spatial_shape, directions, nslices)
+    return _CrossScanFn.apply(flat, spatial_shape, directions, nslices)
 
 
 def cross_merge(
@@ -134,18 +180,10 @@ def cross_merge(
     Returns:
         (B, C, L) row-major sum.
     """
-    b, k, c, n = ys.shape
-    if tuple(directions) in (("row",), ("forward",)):
+    directions = tuple(directions)
+    if directions in (("row",), ("forward",)):
         return ys[:, 0]
     spatial_shape = tuple(int(s) for s in spatial_shape)
-    # orders that share a grid are summed in their column order first, then put back with one transpose
-    per_grid: dict[tuple[int, int] | None, torch.Tensor] = {}
-    for i, d in enumerate(directions):
-        grid, reverse = _layout(spatial_shape, d, nslices)
-        y = ys[:, i].flip(-1) if reverse else ys[:, i]
-        per_grid[grid] = per_grid[grid] + y if grid in per_grid else y
-    out = None
-    for grid, y in per_grid.items():
-        y = y if grid is None else y.view(b, c, grid[1], grid[0]).transpose(2, 3).reshape(b, c, n)
-        out = y if out is None else out + y
-    return out
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return _merge(ys, spatial_shape, directions, nslices)
+    return _CrossMergeFn.apply(ys, spatial_shape, directions, nslices)
