@@ -120,30 +120,17 @@ def _merge(ys: torch.Tensor, spatial_shape: tuple[int, ...], directions: tuple[s
     return out
 
 
-class _CrossScanFn(torch.autograd.Function):
-    """Scan forward, merge backward (the merge is the adjoint of the scan)."""
+class _AdjointPair(torch.autograd.Function):
+    """``op`` forward, ``adjoint`` backward: the scan and the merge are each other's adjoints (transposes)."""
 
     @staticmethod
-    def forward(ctx, flat, spatial_shape, directions, nslices):
-        ctx.args = (spatial_shape, directions, nslices)
-        return _scan(flat, spatial_shape, directions, nslices)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _merge(grad, *ctx.args), None, None, None
-
-
-class _CrossMergeFn(torch.autograd.Function):
-    """Merge forward, scan backward."""
-
-    @staticmethod
-    def forward(ctx, ys, spatial_shape, directions, nslices):
-        ctx.args = (spatial_shape, directions, nslices)
-        return _merge(ys, spatial_shape, directions, nslices)
+    def forward(ctx, x, op, adjoint, spatial_shape, directions, nslices):
+        ctx.adjoint, ctx.args = adjoint, (spatial_shape, directions, nslices)
+        return op(x, *ctx.args)
 
     @staticmethod
     def backward(ctx, grad):
-        return _scan(grad.contiguous(), *ctx.args), None, None, None
+        return ctx.adjoint(grad.contiguous(), *ctx.args), None, None, None, None, None
 
 
 def cross_scan(x: torch.Tensor, directions: Sequence[str] = CROSS_2D, nslices: int | None = None) -> torch.Tensor:
@@ -165,7 +152,7 @@ def cross_scan(x: torch.Tensor, directions: Sequence[str] = CROSS_2D, nslices: i
     spatial_shape = tuple(int(s) for s in x.shape[2:])
     if torch.jit.is_tracing() or torch.jit.is_scripting():  # export records the plain ops
         return _scan(flat, spatial_shape, directions, nslices)
-    return _CrossScanFn.apply(flat, spatial_shape, directions, nslices)
+    return _AdjointPair.apply(flat, _scan, _merge, spatial_shape, directions, nslices)
 
 
 def cross_merge(
@@ -186,4 +173,4 @@ def cross_merge(
     spatial_shape = tuple(int(s) for s in spatial_shape)
     if torch.jit.is_tracing() or torch.jit.is_scripting():
         return _merge(ys, spatial_shape, directions, nslices)
-    return _CrossMergeFn.apply(ys, spatial_shape, directions, nslices)
+    return _AdjointPair.apply(ys, _merge, _scan, spatial_shape, directions, nslices)
