@@ -23,38 +23,55 @@ CROSS_2D: tuple[str, ...] = ("row", "col", "row_rev", "col_rev")
 CROSS_3D: tuple[str, ...] = ("forward", "backward", "inter_slice")
 
 
-def _order(spatial_shape: tuple[int, ...], direction: str, nslices: int | None) -> torch.Tensor:
+Layout = tuple[tuple[int, int] | None, bool]
+
+
+@lru_cache(maxsize=64)
+def _layouts(
+    spatial_shape: tuple[int, ...], directions: tuple[str, ...], nslices: int | None
+) -> tuple[Layout, ...]:
+    """``(grid, reverse)`` of every order: the row-major tokens viewed as a ``grid`` (r, s) matrix are read column by
+    column (``None``: in row-major order), then reversed if ``reverse``."""
     n = 1
     for s in spatial_shape:
         n *= s
-    idx = torch.arange(n)
-    if direction in ("row", "forward"):
-        return idx
-    if direction in ("row_rev", "backward"):
-        return idx.flip(0)
-    if direction in ("col", "col_rev"):
-        if len(spatial_shape) != 2:
-            raise ValueError(f"direction '{direction}' needs a 2D spatial shape, got {spatial_shape}.")
-        h, w = spatial_shape
-        col = idx.view(h, w).t().reshape(-1)
-        return col if direction == "col" else col.flip(0)
-    if direction == "inter_slice":
-        # SegMamba: split the flattened volume into `nslices` contiguous blocks and interleave them, so consecutive
-        # tokens are the same in-block position in consecutive blocks (with nslices = depth: through the slices).
-        ns = spatial_shape[0] if nslices is None else nslices
-        if n % ns:
-            raise ValueError(f"inter_slice scan: {n} tokens are not divisible into {ns} slices.")
-        return idx.view(ns, n // ns).t().reshape(-1)
-    raise ValueError(f"unknown scan direction '{direction}'; known: {CROSS_2D + CROSS_3D}.")
+    out = []
+    for d in directions:
+        if d in ("row", "forward", "row_rev", "backward"):
+            out.append((None, d in ("row_rev", "backward")))
+        elif d in ("col", "col_rev"):
+            if len(spatial_shape) != 2:
+                raise ValueError(f"direction '{d}' needs a 2D spatial shape, got {spatial_shape}.")
+            out.append(((spatial_shape[0], spatial_shape[1]), d == "col_rev"))
+        elif d == "inter_slice":
+            # SegMamba: split the flattened volume into `nslices` contiguous blocks and interleave them, so consecutive
+            # tokens are the same in-block position in consecutive blocks (with nslices = depth: through the slices).
+            ns = spatial_shape[0] if nslices is None else nslices
+            if n % ns:
+                raise ValueError(f"inter_slice scan: {n} tokens are not divisible into {ns} slices.")
+            out.append(((ns, n // ns), False))
+        else:
+            raise ValueError(f"unknown scan direction '{d}'; known: {CROSS_2D + CROSS_3D}.")
+    return tuple(out)
+
+
+def _columns(x: torch.Tensor, grid: tuple[int, int] | None) -> torch.Tensor:
+    """(B, C, L) -> the same tokens read column by column of their (r, s) grid (one strided copy)."""
+    if grid is None:
+        return x
+    b, c, n = x.shape
+    return x.reshape(b, c, *grid).transpose(2, 3).reshape(b, c, n)
 
 
 @lru_cache(maxsize=64)
 def _permutations(spatial_shape: tuple[int, ...], directions: tuple[str, ...], nslices: int | None):
-    perm = torch.stack([_order(spatial_shape, d, nslices) for d in directions])  # (K, L): token read at step l
+    n = 1
+    for s in spatial_shape:
+        n *= s
+    perm = _scan(torch.arange(n).view(1, 1, n), _layouts(spatial_shape, directions, nslices))[0, :, 0]  # (K, L)
     inv = torch.argsort(perm, dim=1)  # (K, L): step at which token l was read
-    n = perm.shape[1]
     offsets = torch.arange(len(directions)).unsqueeze(1) * n
-    return perm, inv + offsets  # inverse indices into the (K*L) concatenation
+    return perm, inv + offsets  # perm[k, l]: token read at step l; inverse indices into the (K*L) concatenation
 
 
 def scan_permutations(
@@ -65,57 +82,25 @@ def scan_permutations(
     return _permutations(tuple(int(s) for s in spatial_shape), tuple(directions), nslices)
 
 
-def _layout(spatial_shape: tuple[int, ...], direction: str, nslices: int | None) -> tuple[tuple[int, int] | None, bool]:
-    """``(grid, reverse)`` of one order, as strided views instead of a gather: the row-major tokens viewed as a
-    ``grid`` (r, s) matrix are read column by column (``None``: in row-major order), then reversed if ``reverse``.
-    Same orders as :func:`scan_permutations` (checked in the tests)."""
-    n = 1
-    for s in spatial_shape:
-        n *= s
-    if direction in ("row", "forward", "row_rev", "backward"):
-        return None, direction in ("row_rev", "backward")
-    if direction in ("col", "col_rev"):
-        if len(spatial_shape) != 2:
-            raise ValueError(f"direction '{direction}' needs a 2D spatial shape, got {spatial_shape}.")
-        return (spatial_shape[0], spatial_shape[1]), direction == "col_rev"
-    if direction == "inter_slice":
-        ns = spatial_shape[0] if nslices is None else nslices
-        if n % ns:
-            raise ValueError(f"inter_slice scan: {n} tokens are not divisible into {ns} slices.")
-        return (ns, n // ns), False
-    raise ValueError(f"unknown scan direction '{direction}'; known: {CROSS_2D + CROSS_3D}.")
-
-
-def _columns(x: torch.Tensor, grid: tuple[int, int] | None) -> torch.Tensor:
-    """(B, C, L) -> the same tokens read column by column of their (r, s) grid (one strided copy)."""
-    if grid is None:
-        return x
-    b, c, n = x.shape
-    return x.view(b, c, *grid).transpose(2, 3).reshape(b, c, n)
-
-
-def _scan(flat: torch.Tensor, spatial_shape: tuple[int, ...], directions: tuple[str, ...], nslices: int | None):
+def _scan(flat: torch.Tensor, layouts: tuple[Layout, ...]) -> torch.Tensor:
     """(B, C, L) row-major -> (B, K, C, L): every order as a strided copy (a transpose of a 2D view and/or a flip),
     several times faster than a gather along the last dimension on CPU (scripts/bench_cross_scan.py)."""
     read: dict[tuple[int, int] | None, torch.Tensor] = {}
     seqs = []
-    for d in directions:
-        grid, reverse = _layout(spatial_shape, d, nslices)
+    for grid, reverse in layouts:
         if grid not in read:
             read[grid] = _columns(flat, grid)
         seqs.append(read[grid].flip(-1) if reverse else read[grid])
     return torch.stack(seqs, 1)
 
 
-def _merge(ys: torch.Tensor, spatial_shape: tuple[int, ...], directions: tuple[str, ...], nslices: int | None):
+def _merge(ys: torch.Tensor, layouts: tuple[Layout, ...]) -> torch.Tensor:
     """(B, K, C, L) -> (B, C, L) row-major sum over the orders, added in order k = 0, 1, ...: the floating-point sums
     of a gather + sum over K (and of index_add, the backward of a gather), so results do not depend on the method."""
-    b, k, c, n = ys.shape
     out = None
-    for i, d in enumerate(directions):
-        grid, reverse = _layout(spatial_shape, d, nslices)
+    for i, (grid, reverse) in enumerate(layouts):
         y = ys[:, i].flip(-1) if reverse else ys[:, i]
-        y = y if grid is None else y.reshape(b, c, grid[1], grid[0]).transpose(2, 3).reshape(b, c, n)
+        y = y if grid is None else _columns(y, (grid[1], grid[0]))  # the inverse reads the transposed grid
         out = y if out is None else out + y
     return out
 
@@ -124,13 +109,13 @@ class _AdjointPair(torch.autograd.Function):
     """``op`` forward, ``adjoint`` backward: the scan and the merge are each other's adjoints (transposes)."""
 
     @staticmethod
-    def forward(ctx, x, op, adjoint, spatial_shape, directions, nslices):
-        ctx.adjoint, ctx.args = adjoint, (spatial_shape, directions, nslices)
-        return op(x, *ctx.args)
+    def forward(ctx, x, op, adjoint, layouts):
+        ctx.adjoint, ctx.layouts = adjoint, layouts
+        return op(x, layouts)
 
     @staticmethod
     def backward(ctx, grad):
-        return ctx.adjoint(grad.contiguous(), *ctx.args), None, None, None, None, None
+        return ctx.adjoint(grad, ctx.layouts), None, None, None
 
 
 def cross_scan(x: torch.Tensor, directions: Sequence[str] = CROSS_2D, nslices: int | None = None) -> torch.Tensor:
@@ -149,10 +134,10 @@ def cross_scan(x: torch.Tensor, directions: Sequence[str] = CROSS_2D, nslices: i
     directions = tuple(directions)
     if directions in (("row",), ("forward",)):
         return flat.unsqueeze(1)
-    spatial_shape = tuple(int(s) for s in x.shape[2:])
-    if torch.jit.is_tracing() or torch.jit.is_scripting():  # export records the plain ops
-        return _scan(flat, spatial_shape, directions, nslices)
-    return _AdjointPair.apply(flat, _scan, _merge, spatial_shape, directions, nslices)
+    layouts = _layouts(tuple(int(s) for s in x.shape[2:]), directions, nslices)
+    if torch.jit.is_tracing():  # torch.jit.trace cannot save a Python autograd.Function: record the plain ops
+        return _scan(flat, layouts)
+    return _AdjointPair.apply(flat, _scan, _merge, layouts)
 
 
 def cross_merge(
@@ -170,7 +155,7 @@ def cross_merge(
     directions = tuple(directions)
     if directions in (("row",), ("forward",)):
         return ys[:, 0]
-    spatial_shape = tuple(int(s) for s in spatial_shape)
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
-        return _merge(ys, spatial_shape, directions, nslices)
-    return _AdjointPair.apply(ys, _merge, _scan, spatial_shape, directions, nslices)
+    layouts = _layouts(tuple(int(s) for s in spatial_shape), directions, nslices)
+    if torch.jit.is_tracing():
+        return _merge(ys, layouts)
+    return _AdjointPair.apply(ys, _merge, _scan, layouts)
