@@ -124,7 +124,7 @@ def retrieve(client, url: str, study: str, series_uid: str) -> list[pydicom.Data
 
 def study_report_text(client, url: str, study: str, series: list[dict[str, Any]]) -> str:
     """TEXT items of the study's SR instances (newest complete report first), '' when there is none."""
-    from monai_vlseg.data.dicom_export import _sr_sort_key, sr_text
+    from monai_vlseg.io.ingest import _sr_sort_key, sr_text
 
     reports = []
     for s in series:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from bundle_testing import BundleConfigs, check_bundle_layout, run_ddp_training
 
-from monai_vlseg.data import generate_demo_dataset
+from monai_vlseg.datasets.synthetic.cxr import generate_demo_dataset
 
 cfg = BundleConfigs("lcpdn")
 CONFIGS, META, LOGGING = cfg.dir, cfg.meta, cfg.logging

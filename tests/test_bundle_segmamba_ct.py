@@ -14,7 +14,7 @@ from monai.bundle import ConfigParser, verify_net_in_out
 
 from bundle_testing import BundleConfigs, check_bundle_layout, run_ddp_training
 
-from monai_vlseg.data.demo_ct import generate_demo_ct_dataset
+from monai_vlseg.datasets.synthetic.ct import generate_demo_ct_dataset
 
 cfg = BundleConfigs("segmamba_ct")
 CONFIGS, META, LOGGING = cfg.dir, cfg.meta, cfg.logging

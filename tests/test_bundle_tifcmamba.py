@@ -14,7 +14,7 @@ from PIL import Image
 from bundle_testing import REPO_ROOT, BundleConfigs, check_bundle_layout, run_ddp_training
 from test_tifcmamba import TINY_CLIP
 
-from monai_vlseg.data.demo_polyp import generate_polyp_demo
+from monai_vlseg.datasets.synthetic.polyp import generate_polyp_demo
 
 cfg = BundleConfigs("tifcmamba")
 CONFIGS, META, LOGGING = cfg.dir, cfg.meta, cfg.logging

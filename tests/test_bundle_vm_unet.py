@@ -14,7 +14,7 @@ from PIL import Image
 
 from bundle_testing import BundleConfigs, check_bundle_layout, run_ddp_training
 
-from monai_vlseg.data import generate_demo_dataset
+from monai_vlseg.datasets.synthetic.cxr import generate_demo_dataset
 from monai_vlseg.export import export_network, load_bundle_network
 from monai_vlseg.nets.vm_unet import VMUNet
 

@@ -11,9 +11,9 @@ from monai.data import DataLoader, Dataset, load_decathlon_datalist
 from monai.engines import SupervisedEvaluator
 from monai.transforms import AsDiscreted, Compose, EnsureChannelFirstd, LoadImaged, ScaleIntensityd
 
-from monai_vlseg.data import generate_demo_dataset
+from monai_vlseg.datasets.synthetic.cxr import generate_demo_dataset
+from monai_vlseg.engines import TextMaskConsistencyHandler
 from monai_vlseg.metrics.consistency import (
-    TextMaskConsistencyHandler,
     TextMaskConsistencyMetric,
     mask_laterality,
     mask_lesions,

@@ -1,6 +1,6 @@
 # Copyright (c) monai_vlseg contributors
 # Licensed under the Apache License, Version 2.0
-"""Tests for monai_vlseg.data: LViT datalist builder, synthetic demo set, datalist helpers."""
+"""Tests for the datalist helpers, the LViT datalist builder and the synthetic chest-X-ray demo set."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ import openpyxl
 import pytest
 from PIL import Image
 
-from monai_vlseg.data import demo as demo_mod
-from monai_vlseg.data import lvit as lvit_mod
-from monai_vlseg.data.datalist import convert_paths, load_datalist, write_datalist
-from monai_vlseg.data.demo import ZONES, describe_zones, ensure_demo_datalist, generate_demo_dataset, synthesize_case
-from monai_vlseg.data.lvit import build_lvit_datalist
+from monai_vlseg.datasets.public import lvit as lvit_mod
+from monai_vlseg.datasets.synthetic import cxr as demo_mod
+from monai_vlseg.datalist import convert_paths, load_datalist, write_datalist
+from monai_vlseg.datasets.synthetic.cxr import ZONES, describe_zones, ensure_demo_datalist, generate_demo_dataset, synthesize_case
+from monai_vlseg.datasets.public.lvit import build_lvit_datalist
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = {"n_train": 6, "n_val": 3, "n_test": 3, "size": 160, "seed": 3}
@@ -133,7 +133,7 @@ def test_train_val_shared_xlsx(tmp_path):
     assert os.path.dirname(os.path.dirname(dl["validation"][0]["image"])).endswith("Val_Folder")
     # a Train-only request ignores the rows held by Val_Folder (not missing files)
     only = build_lvit_datalist(root, splits=("Train",))
-    assert set(only) == {"training", "skipped"} and len(only["training"]) == 2 and only["skipped"] == []
+    assert set(only) == {"training", "skipped", "meta"} and len(only["training"]) == 2 and only["skipped"] == []
 
 
 def test_problems_reported(tmp_path, caplog):
@@ -380,7 +380,7 @@ def test_ensure_demo_datalist_concurrent(tmp_path):
     code = textwrap.dedent(
         f"""
         import sys
-        from monai_vlseg.data.demo import ensure_demo_datalist
+        from monai_vlseg.datasets.synthetic.cxr import ensure_demo_datalist
         print(ensure_demo_datalist({d!r}, n_train=4, n_val=2, n_test=2, size=96))
         """
     )

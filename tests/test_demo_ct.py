@@ -11,15 +11,15 @@ import pytest
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-from monai_vlseg.data.demo_ct import (
+from monai_vlseg.datasets.synthetic.ct import (
     CT_LABELS,
     ensure_demo_ct_datalist,
     generate_demo_ct_dataset,
     main,
     synthesize_ct_case,
-    write_dicom_series,
 )
 from monai_vlseg.io.dicom import dicom_files_in, load_dicom_series
+from monai_vlseg.io.series import write_dicom_series
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "bundles", "segmamba_ct", "configs", "train.json")

@@ -17,7 +17,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless, generate_uid
 
-from monai_vlseg.data.datalist import load_datalist
+from monai_vlseg.datalist import load_datalist
 from monai_vlseg.io import DicomReader, DicomReadError, build_dicom_datalist, load_dicom_image, load_dicom_series
 
 CT_UID = "1.2.826.0.1.3680043.8.498.1"  # prefix of the synthetic study
@@ -349,7 +349,7 @@ def test_export_bad_inputs_reported_not_fatal(tmp_path):
 
 
 def test_cli(ct_export, tmp_path, capsys):
-    from monai_vlseg.data.dicom_export import main
+    from monai_vlseg.io.ingest import main
 
     out = tmp_path / "cli"
     assert main([str(ct_export["root"]), str(out)]) == 0

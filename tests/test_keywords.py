@@ -2,7 +2,7 @@
 
 import pytest
 
-from monai_vlseg.data.demo_polyp import synthesize_polyp_case
+from monai_vlseg.datasets.synthetic.polyp import synthesize_polyp_case
 from monai_vlseg.transforms.keywords import SelectKeywords, SelectKeywordsd
 
 

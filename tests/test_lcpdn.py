@@ -8,12 +8,11 @@ import torch
 from monai.engines import SupervisedTrainer
 from torch import nn
 
+from monai_vlseg.engines import PromptedDiffusionInferer, PromptedDiffusionPrepareBatch
 from monai_vlseg.nets.lcpdn import (
     CPRFL,
     LCPDN,
     LTFR,
-    PromptedDiffusionInferer,
-    PromptedDiffusionPrepareBatch,
     PromptedDiffusionUNet,
     decoder_output_block,
 )

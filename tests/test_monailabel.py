@@ -34,7 +34,7 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from monai_vlseg.data import generate_demo_dataset
+from monai_vlseg.datasets.synthetic.cxr import generate_demo_dataset
 from monai_vlseg.utils import trainable_parameters
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

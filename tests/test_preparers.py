@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monai_vlseg.data.datalist import load_datalist
-from monai_vlseg.data.prepare import describe_mask, seeded_split
-from monai_vlseg.data.prepare import main as prepare_main
+from monai_vlseg.datalist import load_datalist
+from monai_vlseg.datasets.prepare import main as prepare_main
+from monai_vlseg.datasets.public.common import describe_mask, seeded_split
 
 
 def _rgb(path: str, size=(40, 32), fmt=None) -> None:
@@ -129,7 +129,7 @@ def test_kvasir_medvlsm_captions_give_split_and_text(tmp_path):
         json.dump([rec(2, "")], f)  # empty p2 -> auto falls back to p1
     with open(os.path.join(anns, "test.json"), "w") as f:
         json.dump([rec(3, "A polyp."), {"img_name": "missing.jpg", "mask_name": "missing.jpg", "prompts": {"p1": "x"}}], f)
-    from monai_vlseg.data.kvasir import build_kvasir_datalist
+    from monai_vlseg.datasets.public.kvasir import build_kvasir_datalist
 
     dl = build_kvasir_datalist(root, str(tmp_path / "dl.json"), prompt="auto", prompt_index=1)
     assert [it["text"] for it in dl["training"]] == ["Small polyp.", "Two polyps."]
@@ -166,7 +166,7 @@ def test_cvc_clinicdb_tif_and_png_layouts(tmp_path, layout):
         w = csv.writer(f)
         w.writerow(["image", "text"])
         w.writerows([[f"{i}{ext}", f"polyp number {i}"] for i in range(1, 11) if i != 3])
-    from monai_vlseg.data.cvc import build_cvc_datalist
+    from monai_vlseg.datasets.public.cvc import build_cvc_datalist
 
     out = str(tmp_path / "cvc.json")
     dl = build_cvc_datalist(str(tmp_path), out, val_fraction=0.2, test_fraction=0.2, seed=1)

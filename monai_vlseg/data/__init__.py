@@ -1,56 +1,37 @@
 # Copyright (c) monai_vlseg contributors
 # Licensed under the Apache License, Version 2.0
-"""Data sources: datalist helpers, the public data set preparers (LViT QaTa-COV19 / MosMedData+, Kvasir-SEG, CVC-ClinicDB,
-ISIC 2017, MoNuSeg) and the synthetic demo sets (chest X-ray, CT, polyp).
-
-Names are imported lazily, so ``python -m monai_vlseg.data.demo`` / ``.lvit`` run without import warnings.
-"""
+"""The 0.1 home of the data tools, kept for one release: every name and sub-module still resolves, with a
+``FutureWarning`` naming its new path (:mod:`monai_vlseg.datalist`, :mod:`monai_vlseg.files`,
+:mod:`monai_vlseg.datasets`, :mod:`monai_vlseg.io.ingest`; see docs/architecture.md)."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from monai_vlseg._lazy import lazy_exports
 
-_EXPORTS = {
-    "DATALIST_KEYS": "datalist",
-    "PATH_KEYS": "datalist",
-    "SPLIT_TO_KEY": "datalist",
-    "atomic_write_bytes": "datalist",
-    "convert_paths": "datalist",
-    "load_datalist": "datalist",
-    "write_datalist": "datalist",
-    "build_lvit_datalist": "lvit",
-    "read_lvit_text_xlsx": "lvit",
-    "ZONES": "demo",
-    "DemoCase": "demo",
-    "describe_zones": "demo",
-    "ensure_demo_datalist": "demo",
-    "generate_demo_dataset": "demo",
-    "synthesize_case": "demo",
-    "ensure_generated": "datalist",
-    "file_lock": "datalist",
-    "CT_LABELS": "demo_ct",
-    "ensure_demo_ct_datalist": "demo_ct",
-    "generate_demo_ct_dataset": "demo_ct",
-    "synthesize_ct_case": "demo_ct",
-    "write_dicom_series": "demo_ct",
-    "build_kvasir_datalist": "kvasir",
-    "build_cvc_datalist": "cvc",
-    "build_isic2017_datalist": "isic",
-    "build_monuseg_datalist": "monuseg",
-    "describe_mask": "prepare",
-    "seeded_split": "prepare",
-    "subset_datalist": "prepare",
-}
+_DATALIST, _FILES = "monai_vlseg.datalist", "monai_vlseg.files"
+_PUBLIC, _SYNTHETIC = "monai_vlseg.datasets.public", "monai_vlseg.datasets.synthetic"
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        **dict.fromkeys(("DATALIST_KEYS", "PATH_KEYS", "SPLIT_TO_KEY", "convert_paths", "load_datalist"), _DATALIST),
+        "write_datalist": _DATALIST,
+        **dict.fromkeys(("atomic_write_bytes", "ensure_generated", "file_lock"), _FILES),
+        **dict.fromkeys(("build_lvit_datalist", "read_lvit_text_xlsx"), f"{_PUBLIC}.lvit"),
+        "build_kvasir_datalist": f"{_PUBLIC}.kvasir",
+        "build_cvc_datalist": f"{_PUBLIC}.cvc",
+        "build_isic2017_datalist": f"{_PUBLIC}.isic",
+        "build_monuseg_datalist": f"{_PUBLIC}.monuseg",
+        **dict.fromkeys(("describe_mask", "seeded_split"), f"{_PUBLIC}.common"),
+        "subset_datalist": "monai_vlseg.datasets.prepare",
+        **dict.fromkeys(
+            ("ZONES", "DemoCase", "describe_zones", "ensure_demo_datalist", "generate_demo_dataset", "synthesize_case"),
+            f"{_SYNTHETIC}.cxr",
+        ),
+        **dict.fromkeys(
+            ("CT_LABELS", "ensure_demo_ct_datalist", "generate_demo_ct_dataset", "synthesize_ct_case"), f"{_SYNTHETIC}.ct"
+        ),
+        "write_dicom_series": "monai_vlseg.io.series",
+    },
+    moved=True,
+)

@@ -1,9 +1,9 @@
 # Copyright (c) monai_vlseg contributors
 # Licensed under the Apache License, Version 2.0
-"""Clinical I/O: DICOM ingest (radiographs, CT/MR series, export folders -> datalists) and DICOM SEG output.
+"""Clinical I/O: reading DICOM (radiographs, CT/MR series), ingesting PACS export folders into datalists
+(:mod:`~monai_vlseg.io.ingest`, a CLI too), DICOM SEG output and a DICOM CT series writer.
 
-highdicom is imported only when a SEG is written or read. The export-folder builder lives in
-:mod:`monai_vlseg.data.dicom_export` (a CLI too) and is re-exported here on first use.
+highdicom is imported only when a SEG is written or read; the ingest names are loaded on first use.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .dicom import (
     series_geometry,
 )
 from .dicom_seg import DicomSeg, SaveDicomSegd, read_dicom_seg, write_dicom_seg
+from .series import write_dicom_series
 
 _EXPORT_NAMES = ("DicomExportResult", "build_dicom_datalist", "read_reports_csv", "scan_dicom_folder", "sr_text")
 
@@ -51,14 +52,15 @@ __all__ = [
     "save_nifti",
     "series_geometry",
     "write_dicom_seg",
+    "write_dicom_series",
     *_EXPORT_NAMES,
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # lazy, so that `python -m monai_vlseg.data.dicom_export` does not import its own module twice
+    # lazy, so that `python -m monai_vlseg.io.ingest` does not import its own module twice
     if name in _EXPORT_NAMES:
-        from monai_vlseg.data import dicom_export
+        from monai_vlseg.io import ingest
 
-        return getattr(dicom_export, name)
+        return getattr(ingest, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,7 @@
 """DICOM ingest: grey radiographs and CT/MR/PT series as arrays in MONAI's layout, with their geometry.
 
 Pixel rules (one place, used by :class:`DicomReader`, :func:`load_dicom_image`, :func:`load_dicom_series` and the
-export-folder builder :mod:`monai_vlseg.data.dicom_export`):
+export-folder builder :mod:`monai_vlseg.io.ingest`):
 
 - compressed transfer syntaxes (JPEG 2000, JPEG-LS, JPEG lossless, RLE, JPEG baseline) are decoded by pydicom's
   plug-ins (pylibjpeg, pylibjpeg-openjpeg/-libjpeg/-rle, pyjpegls);
@@ -547,7 +547,7 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: PathLike) -> str:
 
     import nibabel as nib
 
-    from monai_vlseg.data.datalist import atomic_write_bytes
+    from monai_vlseg.files import atomic_write_bytes
 
     img = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
     img.header.set_xyzt_units("mm")

@@ -27,7 +27,7 @@ from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 from pydicom.dataset import Dataset
 
 from monai_vlseg import __version__
-from monai_vlseg.data.datalist import atomic_write_bytes
+from monai_vlseg.files import atomic_write_bytes
 
 from .dicom import (
     _LPS_TO_RAS,
@@ -308,7 +308,7 @@ class SaveDicomSegd(MapTransform):
 
     Put it at the end of a bundle's inference postprocessing, after the prediction has been binarised and inverted
     to the input's geometry. The source images are ``data[source_key]`` (the ``dicom_sources`` that
-    :mod:`monai_vlseg.data.dicom_export` writes into datalist items), else the prediction's
+    :mod:`monai_vlseg.io.ingest` writes into datalist items), else the prediction's
     ``filename_or_obj`` when that is a DICOM file or a folder of DICOM slices. The SEG goes to
     ``<output_dir>/<image name>_<postfix>.dcm``; its path is stored under ``<key>_dicom_seg``.
 

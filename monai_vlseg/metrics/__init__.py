@@ -1,7 +1,10 @@
-"""Metrics beside MONAI's Dice/IoU/HD95: text–mask consistency (lesion count and laterality)."""
+"""Metrics beside MONAI's Dice/IoU/HD95: text–mask consistency (lesion count and laterality).
+
+Their ignite handler for MONAI evaluators is :class:`monai_vlseg.engines.TextMaskConsistencyHandler`."""
+
+from monai_vlseg._lazy import lazy_exports
 
 from .consistency import (
-    TextMaskConsistencyHandler,
     TextMaskConsistencyMetric,
     mask_laterality,
     mask_lesions,
@@ -10,10 +13,14 @@ from .consistency import (
 )
 
 __all__ = [
-    "TextMaskConsistencyHandler",
     "TextMaskConsistencyMetric",
     "mask_laterality",
     "mask_lesions",
     "parse_laterality",
     "parse_lesion_count",
 ]
+
+# moved to monai_vlseg.engines in 0.2
+__getattr__, __dir__ = lazy_exports(
+    __name__, {"TextMaskConsistencyHandler": "monai_vlseg.engines.handlers"}, moved=True
+)

@@ -19,20 +19,19 @@ Images whose text states no count (or no side) score NaN for that check and are 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from monai.handlers import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric
 from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction
 from scipy import ndimage
 
+from monai_vlseg._lazy import lazy_exports
+
 __all__ = [
     "LATERALITY_CODES",
-    "TextMaskConsistencyHandler",
     "TextMaskConsistencyMetric",
     "mask_laterality",
     "mask_lesions",
@@ -189,42 +188,7 @@ class TextMaskConsistencyMetric(CumulativeIterationMetric):
         return f
 
 
-class TextMaskConsistencyHandler(IgniteMetricHandler):
-    """Ignite handler of :class:`TextMaskConsistencyMetric` for MONAI evaluators.
-
-    Reads ``pred`` from the evaluator's (decollated) output and the report string ``text_key`` from its (decollated)
-    batch, so evaluate configs add it like any other metric::
-
-        "val_count_accuracy": {"_target_": "monai_vlseg.metrics.TextMaskConsistencyHandler", "kind": "count"}
-
-    Per-image scores go to ``engine.state.metric_details`` (MetricsSaver writes them).
-    """
-
-    def __init__(
-        self,
-        kind: str = "count",
-        lateral_axis: int = 0,
-        left_on_image_right: bool = True,
-        min_area_fraction: float = 0.001,
-        pred_key: str = "pred",
-        text_key: str = "text",
-        save_details: bool = True,
-    ) -> None:
-        metric = TextMaskConsistencyMetric(kind, lateral_axis, left_on_image_right, min_area_fraction)
-        self.pred_key, self.text_key = pred_key, text_key
-        super().__init__(metric_fn=metric, save_details=save_details)
-
-    def iteration_completed(self, engine: Any) -> None:
-        outputs, batch = engine.state.output, engine.state.batch
-        if isinstance(outputs, dict):  # not decollated: batch-first tensors and lists
-            preds, texts = outputs[self.pred_key], batch[self.text_key]
-        else:
-            preds = [o[self.pred_key] for o in outputs]
-            texts = [b[self.text_key] for b in _as_list(batch)]
-        if not isinstance(texts, Sequence) or isinstance(texts, str):
-            texts = [texts]
-        self.update((preds, [str(t) for t in texts]))
-
-
-def _as_list(batch: Any) -> list:
-    return list(batch) if isinstance(batch, (list, tuple)) else [batch]
+# the ignite handler moved to monai_vlseg.engines.handlers in 0.2 (handlers sit above metrics, as in MONAI)
+__getattr__, __dir__ = lazy_exports(
+    __name__, {"TextMaskConsistencyHandler": "monai_vlseg.engines.handlers"}, moved=True
+)

@@ -26,8 +26,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.engines.utils import DiffusionPrepareBatch, default_prepare_batch
-from monai.inferers import DiffusionInferer
 from monai.networks.blocks import Convolution
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDPMScheduler
@@ -36,6 +34,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from monai_vlseg.nets.blocks.text_encoder import FrozenTextEncoder
+from monai_vlseg._lazy import lazy_exports
 from monai_vlseg.utils import load_pretrained
 
 __all__ = [
@@ -46,8 +45,6 @@ __all__ = [
     "CLIPImageEncoder",
     "PromptedDiffusionUNet",
     "LCPDN",
-    "PromptedDiffusionPrepareBatch",
-    "PromptedDiffusionInferer",
     "decoder_output_block",
 ]
 
@@ -501,47 +498,6 @@ class LCPDN(nn.Module):
             )
 
 
-class PromptedDiffusionPrepareBatch(DiffusionPrepareBatch):
-    """Stage-1 batches for :class:`PromptedDiffusionInferer`: images mapped from [0, 1] to [-1, 1], noise target,
-    random timesteps, and the text tokens passed on as keyword arguments.
-
-    Args:
-        num_train_timesteps: timesteps of the scheduler.
-        text_keys: batch keys forwarded to the network (``input_ids``, ``attention_mask``); missing keys are skipped.
-    """
-
-    def __init__(self, num_train_timesteps: int, text_keys: Sequence[str] = ("input_ids", "attention_mask")) -> None:
-        super().__init__(num_train_timesteps=num_train_timesteps)
-        self.text_keys = tuple(text_keys)
-
-    def __call__(
-        self, batchdata: dict[str, torch.Tensor], device: str | torch.device | None = None,
-        non_blocking: bool = False, **kwargs: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:  # fmt: skip
-        images = default_prepare_batch(batchdata, device, non_blocking, **kwargs)[0] * 2.0 - 1.0
-        noise = self.get_noise(images).to(device, non_blocking=non_blocking)
-        timesteps = self.get_timesteps(images).to(device, non_blocking=non_blocking)
-        extra = {k: batchdata[k].to(device, non_blocking=non_blocking) for k in self.text_keys if k in batchdata}
-        return images, self.get_target(images, noise, timesteps), (), {"noise": noise, "timesteps": timesteps, **extra}
-
-
-class PromptedDiffusionInferer(DiffusionInferer):
-    """MONAI's DiffusionInferer for a network that also takes the clean image and the text (the CPRFL prompt):
-    ``network(x_t, timesteps, image=inputs, input_ids=..., attention_mask=...)``; the stage-1 DDPM objective."""
-
-    def __call__(  # type: ignore[override]
-        self,
-        inputs: torch.Tensor,
-        diffusion_model: nn.Module,
-        noise: torch.Tensor,
-        timesteps: torch.Tensor,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        noisy = self.scheduler.add_noise(original_samples=inputs, noise=noise, timesteps=timesteps)
-        return diffusion_model(noisy, timesteps, image=inputs, input_ids=input_ids, attention_mask=attention_mask)
-
-
 def warn_if_untrained_diffusion(path: str | None) -> None:
     """Warn that stage 2 runs on a random UNet when no stage-1 checkpoint is found (used by the bundle config)."""
     import os
@@ -552,3 +508,14 @@ def warn_if_untrained_diffusion(path: str | None) -> None:
             "(configs/pretrain_diffusion.json) or set diffusion_ckpt to a pretrained DiffusionModelUNet checkpoint.",
             stacklevel=2,
         )
+
+
+# moved to monai_vlseg.engines in 0.2 (MONAI keeps prepare-batch and inferers beside its engines)
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "PromptedDiffusionPrepareBatch": "monai_vlseg.engines.prepare_batch",
+        "PromptedDiffusionInferer": "monai_vlseg.engines.inferers",
+    },
+    moved=True,
+)

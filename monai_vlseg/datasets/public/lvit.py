@@ -24,23 +24,22 @@ under the ``"skipped"`` key of the returned datalist; ``strict=True`` raises ins
 
 Command line::
 
-    python -m monai_vlseg.data.lvit ROOT OUT.json [--splits Train Val Test] [--absolute] [--strict]
+    python -m monai_vlseg.datasets.public.lvit ROOT OUT.json [--splits Train Val Test] [--absolute] [--strict]
+    python -m monai_vlseg.datasets.prepare qata|mosmed ROOT OUT.json [same options]
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from monai_vlseg.data.datalist import SPLIT_TO_KEY, write_datalist
+from monai_vlseg.datalist import SPLIT_TO_KEY
+from monai_vlseg.datasets.public.common import add_common_args, finish_datalist, run_cli
 
 __all__ = ["build_lvit_datalist", "read_lvit_text_xlsx", "IMAGE_SUFFIXES", "main"]
-
-logger = logging.getLogger(__name__)
 
 #: suffixes of files considered images/masks when looking for files without an xlsx row.
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -146,15 +145,15 @@ def build_lvit_datalist(
         splits: LViT split names to include; ``Train``, ``Val``, ``Test`` map to the datalist keys
             ``training``, ``validation``, ``test``.
         relative: paths in the written JSON are relative to its folder (default, the data set can be moved;
-            :func:`monai.data.load_decathlon_datalist` / :func:`~monai_vlseg.data.datalist.load_datalist`
+            :func:`monai.data.load_decathlon_datalist` / :func:`~monai_vlseg.datalist.load_datalist`
             resolve them) or absolute. The returned dict always holds absolute paths.
         strict: raise ``ValueError`` listing every problem instead of skipping and reporting.
         image_dir: image sub-folder of each split folder.
         label_dir: mask sub-folder of each split folder.
 
     Returns:
-        ``{"training": [...], "validation": [...], "test": [...], "skipped": [...]}`` (only the requested
-        split keys). Items are ``{"image": abs path, "label": abs path, "text": description}`` in xlsx row
+        ``{"training": [...], "validation": [...], "test": [...], "skipped": [...], "meta": {...}}`` (only the
+        requested split keys). Items are ``{"image": abs path, "label": abs path, "text": description}`` in xlsx row
         order. ``"skipped"`` lists ``{"split", "file", "reason"}`` records (``file`` relative to ``root``;
         row problems also carry ``"xlsx"`` and ``"row"``), each of which is also logged as a warning.
 
@@ -262,52 +261,18 @@ def build_lvit_datalist(
                 if f.lower().endswith(IMAGE_SUFFIXES):
                     skipped.append({"split": s, "file": f"{s}_Folder/{sub}/{f}", "reason": why})
 
-    if skipped:
-        lines = [
-            f"  [{r['split']}] {r['file']}: {r['reason']}" + (f" (row {r['row']} of {r['xlsx']})" if "row" in r else "")
-            for r in skipped
-        ]
-        msg = f"{root}: {len(skipped)} LViT entries skipped:\n" + "\n".join(lines)
-        if strict:
-            raise ValueError(msg)
-        logger.warning(msg)
-
-    result: dict[str, Any] = dict(out)
-    result["skipped"] = skipped
-    if output_json is not None:
-        write_datalist(result, output_json, relative=relative)
-    return result
-
+    meta = {"dataset": "lvit", "text_source": "LViT xlsx"}
+    return finish_datalist(out, skipped, meta, output_json, relative=relative, strict=strict, root=root)
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry: ``python -m monai_vlseg.data.lvit ROOT OUT.json``."""
-    p = argparse.ArgumentParser(prog="python -m monai_vlseg.data.lvit", description=__doc__.split("\n\n")[0])
-    p.add_argument("root", help="LViT data set root (holding Train_Folder, Val_Folder, Test_Folder)")
-    p.add_argument("output_json", help="datalist JSON to write")
+    """Command line entry: ``python -m monai_vlseg.datasets.public.lvit ROOT OUT.json``."""
+    p = argparse.ArgumentParser(prog="python -m monai_vlseg.datasets.public.lvit", description=__doc__.split("\n\n")[0])
+    add_common_args(p, texts=False, split=False)
     p.add_argument("--splits", nargs="+", default=["Train", "Val", "Test"], choices=list(SPLIT_TO_KEY))
-    p.add_argument("--absolute", action="store_true", help="store absolute paths (default: relative to the JSON)")
-    p.add_argument("--strict", action="store_true", help="fail on any missing file / empty description")
     p.add_argument("--image-dir", default="img")
     p.add_argument("--label-dir", default="labelcol")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        dl = build_lvit_datalist(
-            args.root,
-            args.output_json,
-            splits=args.splits,
-            relative=not args.absolute,
-            strict=args.strict,
-            image_dir=args.image_dir,
-            label_dir=args.label_dir,
-        )
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    counts = ", ".join(f"{k}: {len(v)}" for k, v in dl.items() if k != "skipped")
-    print(f"wrote {os.path.abspath(args.output_json)} ({counts}; skipped: {len(dl['skipped'])})")
-    return 0
-
+    a = p.parse_args(argv)
+    return run_cli(build_lvit_datalist, a, splits=a.splits, image_dir=a.image_dir, label_dir=a.label_dir)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,7 +17,7 @@ seborrheic keratosis, else nevus; left out when the CSV is absent) and the mask 
 
 Command line::
 
-    python -m monai_vlseg.data.isic ROOT OUT.json [--texts-csv F] [--template T]
+    python -m monai_vlseg.datasets.public.isic ROOT OUT.json [--texts-csv F] [--template T]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from monai_vlseg.data.prepare import (
+from monai_vlseg.datasets.public.common import (
     add_common_args,
     build_item,
     describe_mask,
@@ -81,7 +81,7 @@ def build_isic2017_datalist(
         output_json: datalist to write.
         texts_csv: CSV with ``image`` and ``text`` columns (``ISIC_0000000`` or the file name).
         template: sentence template (default :data:`ISIC_TEMPLATE`; field ``diagnosis`` besides
-            :func:`~monai_vlseg.data.prepare.describe_mask`'s).
+            :func:`~monai_vlseg.datasets.prepare.describe_mask`'s).
         relative: paths in the JSON relative to its folder; strict: raise on any problem.
     """
     root = os.path.abspath(os.fspath(root))
@@ -132,8 +132,8 @@ def build_isic2017_datalist(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m monai_vlseg.data.isic ROOT OUT.json``."""
-    p = argparse.ArgumentParser(prog="python -m monai_vlseg.data.isic", description=__doc__.split("\n\n")[0])
+    """``python -m monai_vlseg.datasets.public.isic ROOT OUT.json``."""
+    p = argparse.ArgumentParser(prog="python -m monai_vlseg.datasets.public.isic", description=__doc__.split("\n\n")[0])
     add_common_args(p, split=False)
     a = p.parse_args(argv)
     return run_cli(build_isic2017_datalist, a, texts_csv=a.texts_csv, template=a.template)

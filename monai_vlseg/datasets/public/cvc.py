@@ -12,17 +12,17 @@ Layouts accepted (the original TIFF release and the Kaggle copy with PNG and TIF
 The mask folder may also be spelt ``GroundTruth`` or ``Ground_Truth``; images and masks pair by file stem.
 With MedVLSM's caption files for CVC-ClinicDB (``data/clinicdb_polyp/anns/{train,val,test}.json`` in
 github.com/naamiinepal/medvlsm, ``img_name`` "288.png" — the PNG copy; ``--captions DIR``) their split and prompts
-are used, as for Kvasir-SEG (:func:`monai_vlseg.data.kvasir.medvlsm_splits`, default prompt ``p6``). Otherwise
+are used, as for Kvasir-SEG (:func:`monai_vlseg.datasets.public.kvasir.medvlsm_splits`, default prompt ``p6``). Otherwise
 CVC-ClinicDB has no official split and no text: the split is seeded (``val_fraction``/``test_fraction``/
 ``seed``; note that frames of one sequence are near-duplicates, so a frame-level split — the one the papers
 use — is optimistic) and the texts come from a CSV (``texts_csv``, columns ``image``, ``text``) or the
-deterministic template :func:`monai_vlseg.data.prepare.describe_mask` ("One medium polyp at the center of the
+deterministic template :func:`monai_vlseg.datasets.prepare.describe_mask` ("One medium polyp at the center of the
 colonoscopy image."). Masks (TIFF, sometimes RGB) are written as 0/255 PNGs beside the datalist
 (``<out stem>_masks/``).
 
 Command line::
 
-    python -m monai_vlseg.data.cvc ROOT OUT.json [--captions DIR [--prompt p6]] [--texts-csv F] [--val-fraction 0.1 --seed 0]
+    python -m monai_vlseg.datasets.public.cvc ROOT OUT.json [--captions DIR [--prompt p6]] [--texts-csv F] [--val-fraction 0.1 --seed 0]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from monai_vlseg.data.prepare import (
+from monai_vlseg.datasets.public.common import (
     add_common_args,
     build_item,
     default_mask_dir,
@@ -86,9 +86,9 @@ def build_cvc_datalist(
         root: data set root (see the accepted layouts).
         output_json: datalist to write; PNG masks go to ``mask_dir`` (default ``<out stem>_masks/``).
         captions: folder with MedVLSM's ``train/val/test.json`` for CVC-ClinicDB: their split and prompts.
-        prompt, prompt_index: which MedVLSM prompt (:func:`monai_vlseg.data.kvasir.pick_prompt`).
+        prompt, prompt_index: which MedVLSM prompt (:func:`monai_vlseg.datasets.public.kvasir.pick_prompt`).
         texts_csv: CSV with ``image`` and ``text`` columns (file name or stem); images it lacks are skipped.
-        template: sentence template for :func:`~monai_vlseg.data.prepare.describe_mask`.
+        template: sentence template for :func:`~monai_vlseg.datasets.prepare.describe_mask`.
         val_fraction, test_fraction, seed: the seeded split.
         relative: paths in the JSON relative to its folder; strict: raise on any problem.
     """
@@ -109,7 +109,7 @@ def build_cvc_datalist(
         return (int(s), "") if s.isdigit() else (1 << 30, s)
 
     if captions is not None:
-        from monai_vlseg.data.kvasir import medvlsm_splits
+        from monai_vlseg.datasets.public.kvasir import medvlsm_splits
 
         splits = medvlsm_splits(
             captions, img_dir, msk_dir, root, skipped, prompt, prompt_index,
@@ -148,8 +148,8 @@ def build_cvc_datalist(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m monai_vlseg.data.cvc ROOT OUT.json``."""
-    p = argparse.ArgumentParser(prog="python -m monai_vlseg.data.cvc", description=__doc__.split("\n\n")[0])
+    """``python -m monai_vlseg.datasets.public.cvc ROOT OUT.json``."""
+    p = argparse.ArgumentParser(prog="python -m monai_vlseg.datasets.public.cvc", description=__doc__.split("\n\n")[0])
     add_common_args(p)
     p.add_argument("--mask-dir", default=None, help="where converted PNG masks go (default <OUT stem>_masks)")
     p.add_argument("--captions", default=None, help="folder with MedVLSM's clinicdb_polyp train/val/test.json")

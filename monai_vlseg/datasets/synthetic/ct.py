@@ -18,7 +18,7 @@ SpacingBetweenSlices, RescaleSlope/Intercept, FrameOfReferenceUID, Study/Series/
 superior-first (as scanners do), so a reader must sort them by position; loaded through
 :class:`monai_vlseg.io.DicomReader` a series gives the same array and affine as its NIfTI file.
 
-Command line: ``python -m monai_vlseg.data.demo_ct OUT_DIR [--n-train 16 ...]``.
+Command line: ``python -m monai_vlseg.datasets.synthetic.ct OUT_DIR [--n-train 16 ...]``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from monai_vlseg.data.datalist import ensure_generated, write_datalist
+from monai_vlseg.datalist import write_datalist
+from monai_vlseg.files import ensure_generated
+from monai_vlseg.io.dicom import save_nifti
+from monai_vlseg.io.series import write_dicom_series
 
 __all__ = [
     "CT_LABELS",
@@ -45,15 +48,11 @@ __all__ = [
     "ensure_demo_ct_datalist",
     "generate_demo_ct_dataset",
     "synthesize_ct_case",
-    "write_dicom_series",
 ]
 
 #: label values of the demo set.
 CT_LABELS: dict[str, int] = {"background": 0, "liver": 1, "lesion": 2}
 _SPLITS = (("training", "Tr", "train"), ("validation", "Val", "val"), ("test", "Ts", "test"))
-#: UID root of the generated objects (a syntactically valid 2.25 UUID-derived root; only used for synthetic data).
-_UID_ROOT = "2.25."
-_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 @dataclass
@@ -166,97 +165,6 @@ def synthesize_ct_case(seed: int | Sequence[int], size: int = 96, fov_z_mm: floa
     return CTCase(image, label, spacing, tuple(float(o) for o in origin), drawn)
 
 
-def _uid(*parts: Any) -> str:
-    """Deterministic UID under :data:`_UID_ROOT` from ``parts``."""
-    import hashlib
-
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return _UID_ROOT + str(int.from_bytes(digest[:16], "big"))
-
-
-def write_dicom_series(
-    image_hu: np.ndarray,
-    spacing: Sequence[float],
-    origin_lps: Sequence[float],
-    folder: str | os.PathLike,
-    patient_id: str = "DEMO",
-    series_description: str = "synthetic abdomen CT",
-    uid_seed: str | None = None,
-    superior_first: bool = True,
-) -> list[str]:
-    """Write an (x, y, z) HU volume as a DICOM CT series, one file per slice (``IM0001`` ..., no extension).
-
-    Pixel data is stored unsigned 12-bit with RescaleSlope 1 / RescaleIntercept -1024, uncompressed (Explicit VR
-    Little Endian); rows = y (posterior), columns = x (patient's left), slice k at LPS
-    ``origin + k * dz * (0, 0, 1)``, ImageOrientationPatient ``[1, 0, 0, 0, 1, 0]``.
-
-    Args:
-        image_hu: (x, y, z) integer HU values in [-1024, 3071].
-        spacing: (dx, dy, dz) mm.
-        origin_lps: LPS position of voxel (0, 0, 0).
-        folder: created if missing.
-        patient_id: PatientID / PatientName.
-        series_description: SeriesDescription.
-        uid_seed: makes the Study/Series/Frame-of-Reference/SOP UIDs deterministic (default: the folder name).
-        superior_first: number the instances from the top slice down (what CT scanners do).
-
-    Returns:
-        the written file paths, in instance order.
-    """
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
-
-    arr = np.asarray(image_hu)
-    if arr.ndim != 3:
-        raise ValueError(f"write_dicom_series: expected an (x, y, z) volume, got shape {arr.shape}.")
-    if arr.min() < -1024 or arr.max() > 3071:
-        raise ValueError(f"write_dicom_series: HU values {arr.min()}..{arr.max()} outside [-1024, 3071].")
-    folder = os.fspath(folder)
-    os.makedirs(folder, exist_ok=True)
-    seed = uid_seed or os.path.basename(os.path.abspath(folder))
-    study, series, frame = _uid(seed, "study"), _uid(seed, "series"), _uid(seed, "frame")
-    dx, dy, dz = (float(s) for s in spacing)
-    nz = arr.shape[2]
-    stored = (arr.astype(np.int32) + 1024).astype(np.uint16)
-    order = range(nz - 1, -1, -1) if superior_first else range(nz)
-    paths = []
-    for n, k in enumerate(order, start=1):
-        sop = _uid(seed, "sop", k)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = _CT_IMAGE_STORAGE
-        meta.MediaStorageSOPInstanceUID = sop
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        path = os.path.join(folder, f"IM{n:04d}")
-        ds = FileDataset(path, {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = _CT_IMAGE_STORAGE, sop
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.PatientID, ds.PatientName, ds.PatientSex, ds.PatientBirthDate = patient_id, patient_id, "O", ""
-        ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20200101"
-        ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
-        ds.AccessionNumber, ds.StudyID, ds.ReferringPhysicianName = "", "1", ""
-        ds.Modality, ds.Manufacturer, ds.SeriesDescription = "CT", "monai_vlseg synthetic", series_description
-        ds.SeriesNumber, ds.InstanceNumber, ds.AcquisitionNumber = 1, n, 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.PatientPosition, ds.KVP = "FFS", 120
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        pos = [float(origin_lps[0]), float(origin_lps[1]), float(origin_lps[2]) + k * dz]
-        ds.ImagePositionPatient = [round(v, 4) for v in pos]
-        ds.SliceLocation = round(pos[2], 4)
-        ds.PixelSpacing = [round(dy, 4), round(dx, 4)]  # row spacing, column spacing
-        ds.SliceThickness = round(dz, 4)
-        ds.SpacingBetweenSlices = round(dz, 4)
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows, ds.Columns = arr.shape[1], arr.shape[0]
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
-        ds.WindowCenter, ds.WindowWidth = 40, 400
-        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()  # (rows, columns)
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
-
-
 def generate_demo_ct_dataset(
     root: str | os.PathLike,
     n_train: int = 16,
@@ -292,8 +200,6 @@ def generate_demo_ct_dataset(
         for f in ("datalist.json", "datalist_dicom.json"):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(root, f))
-    from monai_vlseg.io.dicom import save_nifti
-
     nifti: dict[str, Any] = {}
     dcm: dict[str, Any] = {}
     for si, (key, tag, name) in enumerate(_SPLITS):
@@ -326,7 +232,7 @@ def ensure_demo_ct_datalist(dataset_dir: str | os.PathLike, image_format: str = 
     """The demo CT datalist in ``dataset_dir`` (``datalist.json`` for NIfTI, ``datalist_dicom.json`` for DICOM
     series), generating the set first when ``datalist.json`` is missing.
 
-    Concurrency and atomicity as :func:`monai_vlseg.data.demo.ensure_demo_datalist`: one process generates under the
+    Concurrency and atomicity as :func:`monai_vlseg.datasets.synthetic.cxr.ensure_demo_datalist`: one process generates under the
     package's lock file ``.<name>.lock`` beside ``dataset_dir`` into a temporary sibling that is renamed into place;
     ``datalist.json`` (written last) marks a complete set.
 
@@ -347,8 +253,8 @@ def ensure_demo_ct_datalist(dataset_dir: str | os.PathLike, image_format: str = 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry: ``python -m monai_vlseg.data.demo_ct OUT_DIR``."""
-    p = argparse.ArgumentParser(prog="python -m monai_vlseg.data.demo_ct", description=__doc__.split("\n\n")[0])
+    """Command line entry: ``python -m monai_vlseg.datasets.synthetic.ct OUT_DIR``."""
+    p = argparse.ArgumentParser(prog="python -m monai_vlseg.datasets.synthetic.ct", description=__doc__.split("\n\n")[0])
     p.add_argument("out_dir")
     p.add_argument("--n-train", type=int, default=16)
     p.add_argument("--n-val", type=int, default=4)

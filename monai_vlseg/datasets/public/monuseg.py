@@ -18,11 +18,11 @@ PIL's ``ImageDraw.polygon`` into one binary mask (semantic nuclei mask, as the t
 as a 0/255 PNG beside the datalist (``<out stem>_masks/``). MoNuSeg has no text: a CSV (``texts_csv``) or the
 deterministic template :data:`MONUSEG_TEMPLATE` with the number of annotated nuclei and the area they cover
 ("312 cell nuclei covering 27% of the H&E-stained tissue image."). LViT's copy of MoNuSeg, with its own texts in
-``*_text.xlsx``, is read by :mod:`monai_vlseg.data.lvit` instead.
+``*_text.xlsx``, is read by :mod:`monai_vlseg.datasets.public.lvit` instead.
 
 Command line::
 
-    python -m monai_vlseg.data.monuseg ROOT OUT.json [--texts-csv F] [--val-fraction 0.1 --seed 0]
+    python -m monai_vlseg.datasets.public.monuseg ROOT OUT.json [--texts-csv F] [--val-fraction 0.1 --seed 0]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_vlseg.data.prepare import (
+from monai_vlseg.datasets.public.common import (
     add_common_args,
     build_item,
     default_mask_dir,
@@ -116,7 +116,7 @@ def build_monuseg_datalist(
         output_json: datalist to write; rasterised masks go to ``mask_dir`` (default ``<out stem>_masks/``).
         texts_csv: CSV with ``image`` and ``text`` columns (TCGA file name or stem).
         template: sentence template (default :data:`MONUSEG_TEMPLATE`; field ``coverage`` besides
-            :func:`~monai_vlseg.data.prepare.describe_mask`'s).
+            :func:`~monai_vlseg.datasets.prepare.describe_mask`'s).
         val_fraction: validation fraction of the non-test images (seeded).
         test_fraction: test fraction, used only when no folder named "*test*" holds annotations.
         relative: paths in the JSON relative to its folder; strict: raise on any problem.
@@ -190,8 +190,8 @@ def build_monuseg_datalist(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m monai_vlseg.data.monuseg ROOT OUT.json``."""
-    p = argparse.ArgumentParser(prog="python -m monai_vlseg.data.monuseg", description=__doc__.split("\n\n")[0])
+    """``python -m monai_vlseg.datasets.public.monuseg ROOT OUT.json``."""
+    p = argparse.ArgumentParser(prog="python -m monai_vlseg.datasets.public.monuseg", description=__doc__.split("\n\n")[0])
     add_common_args(p)
     p.add_argument("--mask-dir", default=None, help="where rasterised PNG masks go (default <OUT stem>_masks)")
     a = p.parse_args(argv)

@@ -16,7 +16,7 @@ the image's left (a photograph, not a radiograph). Deterministic: the same argum
 
 Command line::
 
-    python -m monai_vlseg.data.demo_polyp OUT_DIR [--n-train 320] [--n-val 40] [--n-test 40] [--size 128]
+    python -m monai_vlseg.datasets.synthetic.polyp OUT_DIR [--n-train 320] [--n-val 40] [--n-test 40] [--size 128]
 """
 
 from __future__ import annotations
@@ -32,12 +32,9 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from monai_vlseg.data.datalist import (
-    atomic_write_bytes,
-    ensure_generated,
-    write_datalist,
-)
-from monai_vlseg.data.demo import _png_bytes
+from monai_vlseg.datalist import write_datalist
+from monai_vlseg.datasets.synthetic.encode import png_bytes
+from monai_vlseg.files import atomic_write_bytes, ensure_generated
 
 __all__ = [
     "COLOURS",
@@ -243,10 +240,10 @@ def generate_polyp_demo(
             case = synthesize_polyp_case([seed, si, i], size=size)
             name = f"polyp_{split}_{i:04d}.png"
             img_path = atomic_write_bytes(
-                os.path.join(root, split, "img", name), _png_bytes(case.image)
+                os.path.join(root, split, "img", name), png_bytes(case.image)
             )
             lab_path = atomic_write_bytes(
-                os.path.join(root, split, "label", name), _png_bytes(case.mask)
+                os.path.join(root, split, "label", name), png_bytes(case.mask)
             )
             items.append(
                 {
@@ -266,16 +263,16 @@ def generate_polyp_demo(
 def ensure_polyp_demo_datalist(dataset_dir: str | os.PathLike, **kwargs: Any) -> str:
     """``dataset_dir/datalist.json``, generating the set first when it is missing (safe under torchrun: one
     process generates under a file lock into a temporary sibling that is renamed into place; see
-    :func:`monai_vlseg.data.datalist.ensure_generated`). ``kwargs`` are :func:`generate_polyp_demo` arguments."""
+    :func:`monai_vlseg.files.ensure_generated`). ``kwargs`` are :func:`generate_polyp_demo` arguments."""
     return ensure_generated(
         dataset_dir, functools.partial(generate_polyp_demo, **kwargs)
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m monai_vlseg.data.demo_polyp OUT_DIR``."""
+    """``python -m monai_vlseg.datasets.synthetic.polyp OUT_DIR``."""
     p = argparse.ArgumentParser(
-        prog="python -m monai_vlseg.data.demo_polyp",
+        prog="python -m monai_vlseg.datasets.synthetic.polyp",
         description=__doc__.split("\n\n")[0],
     )
     p.add_argument("out_dir")

@@ -17,13 +17,13 @@ key (default ``p6``: "one small pink circle polyp, located in right of the image
 location words; ``"auto"``: the highest-numbered non-empty one), ``prompt_index`` the alternative of a list.
 
 Without caption files: a seeded split (``val_fraction``/``test_fraction``/``seed``) and texts from a CSV
-(``texts_csv``) or the deterministic template :func:`monai_vlseg.data.prepare.describe_mask` ("One small polyp at
+(``texts_csv``) or the deterministic template :func:`monai_vlseg.datasets.prepare.describe_mask` ("One small polyp at
 the top left of the colonoscopy image."), whose count is the number of boxes in ``kavsir_bboxes.json`` when the
 image is listed there. JPEG masks are written as 0/255 PNGs beside the datalist (``<out stem>_masks/``).
 
 Command line::
 
-    python -m monai_vlseg.data.kvasir ROOT OUT.json [--captions DIR] [--prompt auto|p1..p9] [--texts-csv F]
+    python -m monai_vlseg.datasets.public.kvasir ROOT OUT.json [--captions DIR] [--prompt auto|p1..p9] [--texts-csv F]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from monai_vlseg.data.prepare import (
+from monai_vlseg.datasets.public.common import (
     add_common_args,
     build_item,
     default_mask_dir,
@@ -178,7 +178,7 @@ def build_kvasir_datalist(
             present). They give the split and the texts.
         prompt, prompt_index: which MedVLSM prompt (see :func:`pick_prompt`).
         texts_csv: CSV with ``image`` and ``text`` columns; used without caption files (overrides the template).
-        template: sentence template for :func:`~monai_vlseg.data.prepare.describe_mask`.
+        template: sentence template for :func:`~monai_vlseg.datasets.prepare.describe_mask`.
         val_fraction, test_fraction, seed: the seeded split used without caption files.
         relative: paths in the JSON relative to its folder; strict: raise on any problem.
 
@@ -245,8 +245,8 @@ def build_kvasir_datalist(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m monai_vlseg.data.kvasir ROOT OUT.json``."""
-    p = argparse.ArgumentParser(prog="python -m monai_vlseg.data.kvasir", description=__doc__.split("\n\n")[0])
+    """``python -m monai_vlseg.datasets.public.kvasir ROOT OUT.json``."""
+    p = argparse.ArgumentParser(prog="python -m monai_vlseg.datasets.public.kvasir", description=__doc__.split("\n\n")[0])
     add_common_args(p)
     p.add_argument("--captions", default=None, help="folder with MedVLSM's train/val/test.json (default ROOT/anns)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="MedVLSM prompt key (p0..p9) or 'auto' (highest-numbered non-empty)")

@@ -1,28 +1,7 @@
 # Copyright (c) monai_vlseg contributors
 # Licensed under the Apache License, Version 2.0
-"""One front door for the public data set preparers, and the helpers they share.
-
-Every preparer reads a data set in the layout it is downloaded in and writes a MONAI datalist with text
-(``{"training": [...], "validation": [...], "test": [...], "skipped": [...], "meta": {...}}``):
-
-===========  ==========================================  ==============================================
-data set     module                                      text
-===========  ==========================================  ==============================================
-``qata``     :mod:`monai_vlseg.data.lvit` (LViT layout)  LViT's ``*_text.xlsx`` reports
-``mosmed``   :mod:`monai_vlseg.data.lvit` (LViT layout)  LViT's ``*_text.xlsx`` reports
-``kvasir``   :mod:`monai_vlseg.data.kvasir`              MedVLSM's caption files, else a template
-``cvc``      :mod:`monai_vlseg.data.cvc`                 a template from the mask, or a CSV of texts
-``isic``     :mod:`monai_vlseg.data.isic`                a template (diagnosis from Part 3 CSV + mask)
-``monuseg``  :mod:`monai_vlseg.data.monuseg`             a template from the annotations, or a CSV
-===========  ==========================================  ==============================================
-
-Command line::
-
-    python -m monai_vlseg.data.prepare DATASET ROOT OUT.json [options of that data set's preparer]
-    python -m monai_vlseg.data.prepare subset IN.json OUT.json --training 150 --test 50 [--seed 0]
-
-``subset`` cuts a prepared datalist to a low-data budget (LCPDN's 5 MoNuSeg / 150 QaTa training images): a seeded
-sample of each named split, the other splits kept whole, paths rewritten for OUT.json's folder.
+"""What every public data set preparer shares: reading masks and user texts, checking images, building and
+recording items, template texts from masks, seeded splits, the common command-line arguments and the final write.
 
 Templates (:func:`describe_mask`) are deterministic: the same mask always gives the same sentence, built from
 the number of connected regions, their size relative to the image and the 3x3-grid position of the largest —
@@ -34,7 +13,6 @@ used.
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 import logging
 import os
@@ -45,36 +23,25 @@ from typing import Any
 
 import numpy as np
 
-from monai_vlseg.data.datalist import atomic_write_bytes, write_datalist
+from monai_vlseg.datalist import write_datalist
+from monai_vlseg.files import atomic_write_bytes
 
 __all__ = [
     "DEFAULT_TEMPLATE",
-    "PREPARERS",
+    "add_common_args",
     "build_item",
     "check_image",
     "default_mask_dir",
-    "subset_datalist",
     "describe_mask",
     "finish_datalist",
-    "main",
     "read_mask",
     "read_text_csv",
+    "run_cli",
     "save_mask_png",
     "seeded_split",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: data set name -> module under monai_vlseg.data whose ``main(argv)`` is its command line.
-PREPARERS: dict[str, str] = {
-    "qata": "lvit",
-    "mosmed": "lvit",
-    "lvit": "lvit",
-    "kvasir": "kvasir",
-    "cvc": "cvc",
-    "isic": "isic",
-    "monuseg": "monuseg",
-}
 
 #: default sentence template; fields: count (word), target (singular/plural as counted), size, location, modality.
 DEFAULT_TEMPLATE = "{count} {size} {target} at the {location} of the {modality}."
@@ -306,10 +273,13 @@ def finish_datalist(
 ) -> dict[str, Any]:
     """Log (or with ``strict`` raise on) the skipped entries, write the datalist, return it.
 
-    ``skipped`` records are ``{"split", "file", "reason"}`` like :func:`~monai_vlseg.data.lvit.build_lvit_datalist`.
+    ``skipped`` records are ``{"split", "file", "reason"}`` like :func:`~monai_vlseg.datasets.public.lvit.build_lvit_datalist`.
     """
     if skipped:
-        lines = [f"  [{r.get('split', '')}] {r['file']}: {r['reason']}" for r in skipped]
+        lines = [
+            f"  [{r.get('split', '')}] {r['file']}: {r['reason']}" + (f" (row {r['row']} of {r['xlsx']})" if "row" in r else "")
+            for r in skipped
+        ]
         msg = f"{root}: {len(skipped)} entries skipped:\n" + "\n".join(lines)
         if strict:
             raise ValueError(msg)
@@ -352,81 +322,3 @@ def run_cli(build: Any, args: Any, **kwargs: Any) -> int:
         f"text: {dl.get('meta', {}).get('text_source', 'LViT xlsx')})"
     )
     return 0
-
-
-def subset_datalist(
-    datalist_json: str | os.PathLike,
-    output_json: str | os.PathLike,
-    sizes: Mapping[str, int],
-    seed: int = 0,
-    relative: bool = True,
-) -> dict[str, Any]:
-    """Write a copy of a datalist whose splits in ``sizes`` hold a seeded sample of that many items (in their
-    original order); other splits are kept whole. Paths are rewritten for ``output_json``'s folder.
-
-    Raises:
-        ValueError: a split is missing or smaller than asked.
-    """
-    import json
-
-    from monai_vlseg.data.datalist import convert_paths
-
-    src = os.path.abspath(os.fspath(datalist_json))
-    with open(src, encoding="utf-8") as f:
-        data = convert_paths(json.load(f), os.path.dirname(src), relative=False)
-    for split, n in sizes.items():
-        items = data.get(split)
-        if not isinstance(items, list):
-            raise ValueError(f"{src}: no '{split}' split to take {n} items from.")
-        if n > len(items):
-            raise ValueError(f"{src}: '{split}' has {len(items)} items, fewer than the {n} asked for.")
-        keep = sorted(random.Random(seed).sample(range(len(items)), n))
-        data[split] = [items[i] for i in keep]
-    meta = dict(data.get("meta") or {})
-    meta["subset"] = {"source": src, "sizes": dict(sizes), "seed": seed}
-    data["meta"] = meta
-    write_datalist(data, output_json, relative=relative)
-    return data
-
-
-def _subset_main(argv: Sequence[str]) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m monai_vlseg.data.prepare subset", description=subset_datalist.__doc__.split("\n\n")[0])
-    p.add_argument("datalist_json")
-    p.add_argument("output_json")
-    for k in ("training", "validation", "test"):
-        p.add_argument(f"--{k}", type=int, default=None, help=f"items to keep in '{k}' (default: all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--absolute", action="store_true")
-    a = p.parse_args(argv)
-    sizes = {k: getattr(a, k) for k in ("training", "validation", "test") if getattr(a, k) is not None}
-    try:
-        dl = subset_datalist(a.datalist_json, a.output_json, sizes, seed=a.seed, relative=not a.absolute)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    counts = ", ".join(f"{k}: {len(v)}" for k, v in dl.items() if k not in ("skipped", "meta") and isinstance(v, list))
-    print(f"wrote {os.path.abspath(a.output_json)} ({counts})")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m monai_vlseg.data.prepare DATASET ROOT OUT.json [options]`` (or ``subset IN.json OUT.json``)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "subset":
-        return _subset_main(argv[1:])
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in PREPARERS:
-        names = ", ".join(PREPARERS)
-        print(
-            f"usage: python -m monai_vlseg.data.prepare DATASET ROOT OUT.json [options]\n  DATASET: one of {names}\n"
-            "       python -m monai_vlseg.data.prepare subset IN.json OUT.json [--training N] [--test N] [--seed S]"
-        )
-        print(__doc__.split("Command line::")[0])
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    module = importlib.import_module(f"monai_vlseg.data.{PREPARERS[argv[0]]}")
-    return int(module.main(argv[1:]))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

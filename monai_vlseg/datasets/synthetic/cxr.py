@@ -4,7 +4,7 @@
 
 :func:`generate_demo_dataset` writes the LViT layout (``{Train,Val,Test}_Folder/{img,labelcol}/*.png`` and
 ``{Train,Val,Test}_text.xlsx`` whose ``Image`` column holds the mask name ``mask_<name>.png`` as QaTa-COV19
-does) and a ``datalist.json`` built by :func:`monai_vlseg.data.lvit.build_lvit_datalist`.
+does) and a ``datalist.json`` built by :func:`monai_vlseg.datasets.public.lvit.build_lvit_datalist`.
 
 Each 8-bit greyscale image shows two dark lung fields, a brighter mediastinum / heart / spine, faint rib arcs,
 clavicles and smooth noise, with 1-4 ground-glass-like lesions (soft-edged, textured, brighter blobs) in
@@ -23,7 +23,7 @@ Datalist items carry the metadata ``"zones"`` (named, in text order), ``"distrac
 
 Command line::
 
-    python -m monai_vlseg.data.demo OUT_DIR [--n-train 96] [--n-val 24] [--n-test 24] [--size 224] [--seed 0]
+    python -m monai_vlseg.datasets.synthetic.cxr OUT_DIR [--n-train 96] [--n-val 24] [--n-test 24] [--size 224] [--seed 0]
 """
 
 from __future__ import annotations
@@ -31,26 +31,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import io
 import json
 import os
-import re
 import shutil
 import sys
 import time
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from monai_vlseg.data.datalist import (
-    atomic_write_bytes,
-    ensure_generated,
-    write_datalist,
-)
-from monai_vlseg.data.lvit import build_lvit_datalist
+from monai_vlseg.datalist import write_datalist
+from monai_vlseg.datasets.public.lvit import build_lvit_datalist
+from monai_vlseg.datasets.synthetic.encode import png_bytes, xlsx_bytes
+from monai_vlseg.files import atomic_write_bytes, ensure_generated
 
 __all__ = [
     "ZONES",
@@ -66,8 +61,6 @@ __all__ = [
 ZONES: tuple[str, ...] = tuple(f"{lvl} {side}" for side in ("left", "right") for lvl in ("upper", "middle", "lower"))
 _NUMBERS = ("zero", "one", "two", "three", "four", "five", "six")
 _SPLITS = (("Train", "train"), ("Val", "val"), ("Test", "test"))
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-_XLSX_DATE = "2020-01-01T00:00:00Z"
 
 
 @dataclass
@@ -350,37 +343,6 @@ def synthesize_case(seed: int | Sequence[int], size: int = 224) -> DemoCase:
     )
 
 
-def _png_bytes(arr: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8)).save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
-def _xlsx_bytes(rows: Sequence[tuple[str, str]]) -> bytes:
-    """LViT ``*_text.xlsx`` content (``Image``, ``Description``) with fixed zip / document timestamps."""
-    import openpyxl
-
-    wb = openpyxl.Workbook()
-    ws = wb.active
-    ws.title = "Sheet1"
-    ws.append(["Image", "Description"])
-    for r in rows:
-        ws.append(list(r))
-    raw = io.BytesIO()
-    wb.save(raw)
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(raw.getvalue())) as zin, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zout:
-        for info in zin.infolist():
-            data = zin.read(info.filename)
-            if info.filename == "docProps/core.xml":
-                stamp = rb"\g<1>" + _XLSX_DATE.encode() + rb"\3"
-                data = re.sub(rb"(<dcterms:(created|modified)[^>]*>)[^<]*(<)", stamp, data)
-            zout.writestr(zipfile.ZipInfo(info.filename, date_time=_ZIP_DATE), data, zipfile.ZIP_DEFLATED)
-    return out.getvalue()
-
-
 def generate_demo_dataset(
     root: str | os.PathLike,
     n_train: int = 96,
@@ -428,20 +390,20 @@ def generate_demo_dataset(
             case = synthesize_case([seed, si, i], size=size)
             name = f"cxr_{tag}_{i:04d}.png"
             with open(os.path.join(img_dir, name), "wb") as f:
-                f.write(_png_bytes(case.image))
+                f.write(png_bytes(case.image))
             with open(os.path.join(lab_dir, "mask_" + name), "wb") as f:
-                f.write(_png_bytes(case.mask))
+                f.write(png_bytes(case.mask))
             rows.append(("mask_" + name, case.text))
             meta[os.path.join(img_dir, name)] = {
                 "zones": case.zones,
                 "distractor_zones": case.distractor_zones,
                 "zone_boxes": case.zone_boxes,
             }
-        atomic_write_bytes(os.path.join(root, f"{split}_text.xlsx"), _xlsx_bytes(rows))
+        atomic_write_bytes(os.path.join(root, f"{split}_text.xlsx"), xlsx_bytes(rows))
 
     datalist = build_lvit_datalist(root, strict=True)
     for key, items in datalist.items():
-        if key == "skipped":
+        if key in ("skipped", "meta"):
             continue
         for item in items:
             item.update(meta[item["image"]])
@@ -470,8 +432,8 @@ def ensure_demo_datalist(dataset_dir: str | os.PathLike, **kwargs: Any) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry: ``python -m monai_vlseg.data.demo OUT_DIR``."""
-    p = argparse.ArgumentParser(prog="python -m monai_vlseg.data.demo", description=__doc__.split("\n\n")[0])
+    """Command line entry: ``python -m monai_vlseg.datasets.synthetic.cxr OUT_DIR``."""
+    p = argparse.ArgumentParser(prog="python -m monai_vlseg.datasets.synthetic.cxr", description=__doc__.split("\n\n")[0])
     p.add_argument("out_dir")
     p.add_argument("--n-train", type=int, default=96)
     p.add_argument("--n-val", type=int, default=24)

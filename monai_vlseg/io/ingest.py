@@ -17,7 +17,7 @@ stops the batch and every output is written atomically.
 
 CLI::
 
-    python -m monai_vlseg.data.dicom_export EXPORT_DIR OUT_DIR [--reports reports.csv --key AccessionNumber
+    python -m monai_vlseg.io.ingest EXPORT_DIR OUT_DIR [--reports reports.csv --key AccessionNumber
         --text-column report] [--voi] [--split test]
 """
 
@@ -37,7 +37,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from monai_vlseg.data.datalist import atomic_write_bytes, write_datalist
+from monai_vlseg.datalist import write_datalist
+from monai_vlseg.files import atomic_write_bytes
 from monai_vlseg.io.dicom import (
     PROJECTION_MODALITIES,
     VOLUME_MODALITIES,
@@ -366,7 +367,7 @@ def build_dicom_datalist(
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry; returns 0 when at least one item was written."""
     parser = argparse.ArgumentParser(
-        prog="python -m monai_vlseg.data.dicom_export",
+        prog="python -m monai_vlseg.io.ingest",
         description="Scan a DICOM export folder (or DICOMDIR) and write NIfTI images plus a MONAI datalist.",
     )
     parser.add_argument("export_dir", help="DICOM export folder, or a DICOMDIR")
