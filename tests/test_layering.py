@@ -130,3 +130,18 @@ def test_architecture_doc_lists_the_layers():
     rows = [r for r in table.splitlines() if re.match(r"\|\s*\d+\s*\|", r)]
     named = [tuple(re.findall(r"`(monai_vlseg[\w.]*)`", r.split("|")[2])) for r in rows]
     assert named == LAYERS
+
+
+def test_readme_layout_matches_the_tree():
+    """Every path the README's Layout section names exists, and it names every package and top-level module."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        section = f.read().split("## Layout\n")[1].split("\n## ")[0]
+    block = section.split("```")[1]
+    listed = {line.split()[0].rstrip("/") for line in block.strip().splitlines() if line.strip()}
+    for path in listed:
+        if "<" not in path:
+            assert os.path.exists(os.path.join(ROOT, path)), f"README Layout names {path}, which does not exist"
+    wanted = {os.path.relpath(folder, ROOT) for folder, _, files in os.walk(PACKAGE) if "__init__.py" in files}
+    wanted -= {"monai_vlseg"}
+    wanted |= {f"monai_vlseg/{f}" for f in os.listdir(PACKAGE) if f.endswith(".py") and f != "__init__.py"}
+    assert not wanted - listed, f"README Layout does not name {sorted(wanted - listed)}"
