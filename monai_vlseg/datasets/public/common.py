@@ -31,6 +31,7 @@ __all__ = [
     "add_common_args",
     "build_item",
     "check_image",
+    "data_root",
     "default_mask_dir",
     "describe_mask",
     "finish_datalist",
@@ -39,6 +40,7 @@ __all__ = [
     "run_cli",
     "save_mask_png",
     "seeded_split",
+    "user_text",
 ]
 
 logger = logging.getLogger(__name__)
@@ -141,6 +143,23 @@ def read_text_csv(path: str | os.PathLike) -> dict[str, str]:
                 out[name] = text
                 out[os.path.splitext(os.path.basename(name))[0]] = text
     return out
+
+
+def user_text(texts: Mapping[str, str] | None, image: str) -> str | None:
+    """The text :func:`read_text_csv` gave for ``image`` (by file name or stem; ``""`` when the CSV lacks it, so the
+    item is skipped as having no text), or ``None`` without a CSV (the preparer's template then describes the mask)."""
+    if texts is None:
+        return None
+    name = os.path.basename(image)
+    return texts.get(name) or texts.get(os.path.splitext(name)[0]) or ""
+
+
+def data_root(root: str | os.PathLike, dataset: str) -> str:
+    """``root`` as an absolute folder path; ``FileNotFoundError`` naming the data set when it is not a folder."""
+    root = os.path.abspath(os.fspath(root))
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{dataset} root not found: {root}")
+    return root
 
 
 def seeded_split(

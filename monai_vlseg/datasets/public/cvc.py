@@ -36,12 +36,14 @@ from typing import Any
 from monai_vlseg.datasets.public.common import (
     add_common_args,
     build_item,
+    data_root,
     default_mask_dir,
     describe_mask,
     finish_datalist,
     read_text_csv,
     run_cli,
     seeded_split,
+    user_text,
 )
 
 __all__ = ["build_cvc_datalist", "find_cvc_folders", "main"]
@@ -92,9 +94,7 @@ def build_cvc_datalist(
         val_fraction, test_fraction, seed: the seeded split.
         relative: paths in the JSON relative to its folder; strict: raise on any problem.
     """
-    root = os.path.abspath(os.fspath(root))
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"CVC-ClinicDB root not found: {root}")
+    root = data_root(root, "CVC-ClinicDB")
     img_dir, msk_dir = find_cvc_folders(root)
     out_masks = default_mask_dir(output_json, mask_dir)
     texts = read_text_csv(texts_csv) if texts_csv else None
@@ -128,7 +128,7 @@ def build_cvc_datalist(
     for key, members in seeded_split(list(images), val_fraction, test_fraction, seed).items():
         splits[key] = []
         for stem in sorted(members, key=order):
-            text = None if texts is None else (texts.get(images[stem]) or texts.get(stem) or "")
+            text = user_text(texts, images[stem])
             item = build_item(
                 key, os.path.join(img_dir, images[stem]),
                 os.path.join(msk_dir, masks[stem]) if stem in masks else None, root, skipped, text=text,

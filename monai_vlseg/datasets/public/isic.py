@@ -33,10 +33,12 @@ from typing import Any
 from monai_vlseg.datasets.public.common import (
     add_common_args,
     build_item,
+    data_root,
     describe_mask,
     finish_datalist,
     read_text_csv,
     run_cli,
+    user_text,
 )
 
 __all__ = ["ISIC_TEMPLATE", "build_isic2017_datalist", "main", "read_isic_diagnoses"]
@@ -84,9 +86,7 @@ def build_isic2017_datalist(
             :func:`~monai_vlseg.datasets.prepare.describe_mask`'s).
         relative: paths in the JSON relative to its folder; strict: raise on any problem.
     """
-    root = os.path.abspath(os.fspath(root))
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"ISIC 2017 root not found: {root}")
+    root = data_root(root, "ISIC 2017")
     texts = read_text_csv(texts_csv) if texts_csv else None
     skipped: list[dict[str, Any]] = []
     splits: dict[str, list[dict[str, Any]]] = {}
@@ -113,7 +113,7 @@ def build_isic2017_datalist(
                 skipped.append({"split": key, "file": os.path.relpath(os.path.join(gt, f), root), "reason": "mask without image"})
         for f in images:
             stem = os.path.splitext(f)[0]
-            text = None if texts is None else (texts.get(f) or texts.get(stem) or "")
+            text = user_text(texts, f)
             extra = {"diagnosis": diagnoses.get(stem, "")}
             item = build_item(
                 key, os.path.join(data, f), os.path.join(gt, stem + _MASK_SUFFIX), root, skipped, text=text,

@@ -39,12 +39,14 @@ from typing import Any
 from monai_vlseg.datasets.public.common import (
     add_common_args,
     build_item,
+    data_root,
     default_mask_dir,
     describe_mask,
     finish_datalist,
     read_text_csv,
     run_cli,
     seeded_split,
+    user_text,
 )
 
 __all__ = ["build_kvasir_datalist", "main", "pick_prompt", "read_medvlsm_captions"]
@@ -185,9 +187,7 @@ def build_kvasir_datalist(
     Returns:
         ``{"training", "validation", "test", "skipped", "meta"}``; ``meta.text_source`` names the texts used.
     """
-    root = os.path.abspath(os.fspath(root))
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"Kvasir-SEG root not found: {root}")
+    root = data_root(root, "Kvasir-SEG")
     base = root
     if not os.path.isdir(os.path.join(base, "images")) and os.path.isdir(os.path.join(root, "Kvasir-SEG", "images")):
         base = os.path.join(root, "Kvasir-SEG")
@@ -223,9 +223,7 @@ def build_kvasir_datalist(
         for key, members in seeded_split(names, val_fraction, test_fraction, seed).items():
             for name in members:
                 stem = os.path.splitext(name)[0]
-                text = None
-                if texts is not None:
-                    text = texts.get(name) or texts.get(stem) or ""
+                text = user_text(texts, name)
                 n_boxes = len(boxes.get(stem, {}).get("bbox", []) or []) if stem in boxes else None
 
                 def describe(m: Any, n_boxes: int | None = n_boxes) -> str:

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from monai_vlseg.datalist import SPLIT_TO_KEY
-from monai_vlseg.datasets.public.common import add_common_args, finish_datalist, run_cli
+from monai_vlseg.datasets.public.common import add_common_args, data_root, finish_datalist, run_cli
 
 __all__ = ["build_lvit_datalist", "read_lvit_text_xlsx", "IMAGE_SUFFIXES", "main"]
 
@@ -161,9 +161,7 @@ def build_lvit_datalist(
         FileNotFoundError: ``root`` is not a folder or holds none of the requested split folders.
         ValueError: ``strict=True`` and a problem was found; an unknown split name.
     """
-    root = os.path.abspath(os.fspath(root))
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"LViT data root not found: {root}")
+    root = data_root(root, "LViT data")
     for s in splits:
         if s not in SPLIT_TO_KEY:
             raise ValueError(f"unknown split {s!r}; expected some of {tuple(SPLIT_TO_KEY)}.")

@@ -39,12 +39,14 @@ import numpy as np
 from monai_vlseg.datasets.public.common import (
     add_common_args,
     build_item,
+    data_root,
     default_mask_dir,
     describe_mask,
     finish_datalist,
     read_text_csv,
     run_cli,
     seeded_split,
+    user_text,
 )
 
 __all__ = ["MONUSEG_TEMPLATE", "build_monuseg_datalist", "main", "rasterise_polygons", "read_aperio_polygons"]
@@ -121,9 +123,7 @@ def build_monuseg_datalist(
         test_fraction: test fraction, used only when no folder named "*test*" holds annotations.
         relative: paths in the JSON relative to its folder; strict: raise on any problem.
     """
-    root = os.path.abspath(os.fspath(root))
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"MoNuSeg root not found: {root}")
+    root = data_root(root, "MoNuSeg")
     out_masks = default_mask_dir(output_json, mask_dir)
     if out_masks is None:
         raise ValueError("MoNuSeg masks are rasterised from XML: give `output_json` or `mask_dir`.")
@@ -166,7 +166,7 @@ def build_monuseg_datalist(
             except (ValueError, OSError) as e:
                 skipped.append({"split": key, "file": os.path.relpath(xml, root), "reason": str(e)})
                 continue
-            text = None if texts is None else (texts.get(os.path.basename(image)) or texts.get(stem) or "")
+            text = user_text(texts, image)
             coverage = f"{100.0 * mask.mean():.0f}%"
             item = build_item(
                 key, image, xml, root, skipped, text=text, mask_array=mask,
