@@ -118,3 +118,42 @@ def test_handler_on_demo_ground_truth(tmp_path):
     assert right["count"] >= 0.75  # lesions in adjacent zones may touch and count as one
     mirrored = _evaluate(tmp_path, flip=True)
     assert mirrored["side"] < 0.7  # unilateral cases flip side; bilateral ones stay right
+
+
+def test_negated_side_is_not_a_stated_side():
+    assert parse_laterality("Consolidation in the right base. The left lung is clear.") == "right"
+    assert parse_laterality("No opacity in the left apex; patchy opacity in the RLL and the left base.") == "bilateral"
+
+
+def test_nothing_stated_aggregates_to_absent_not_zero():
+    metric = TextMaskConsistencyMetric("count")
+    pred = torch.zeros(1, 1, 32, 32)
+    pred[0, 0, 4:8, 4:8] = 1
+    metric(pred, ["Heart size is normal."])
+    assert math.isnan(float(metric.aggregate()))
+    metric(pred, ["One opacity."])
+    assert float(metric.aggregate()) == 1.0
+
+
+def test_hd95_counts_an_empty_prediction_as_a_miss():
+    from monai.metrics import HausdorffDistanceMetric
+
+    from monai_vlseg.metrics import EmptyPredictionMetric, HausdorffDistanceMissMetric
+
+    label = torch.zeros(3, 1, 32, 32)
+    label[:2, :, 5:10, 5:10] = 1
+    pred = torch.zeros_like(label)
+    pred[1, :, 6:11, 6:11] = 1  # image 0: empty prediction; image 1: hit; image 2: both empty
+    ours = HausdorffDistanceMissMetric(include_background=True, percentile=95)
+    scores = ours(pred, label)
+    monai_scores = HausdorffDistanceMetric(include_background=True, percentile=95)(pred, label)
+    assert float(scores[0, 0]) == pytest.approx(math.hypot(31, 31))  # the image diagonal, not NaN
+    assert float(scores[1, 0]) == pytest.approx(float(monai_scores[1, 0]))
+    assert math.isnan(float(scores[2, 0])) and math.isnan(float(monai_scores[0, 0]))
+    assert float(ours.aggregate()) > float(HausdorffDistanceMetric(include_background=True, percentile=95)(pred, label)[1, 0])
+    spaced = HausdorffDistanceMissMetric(include_background=True, spacing=(0.5, 2.0))(pred, label)
+    assert float(spaced[0, 0]) == pytest.approx(math.hypot(15.5, 62.0))
+    empty = EmptyPredictionMetric(include_background=True)
+    empty(pred, label)
+    empty(pred, label)
+    assert float(empty.aggregate()) == 2.0

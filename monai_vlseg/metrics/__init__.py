@@ -1,4 +1,5 @@
-"""Metrics beside MONAI's Dice/IoU/HD95: text–mask consistency (lesion count and laterality).
+"""Metrics beside MONAI's Dice/IoU: text–mask consistency (lesion count and laterality), and an HD95 that counts an
+empty prediction as a miss (with the number of such images).
 
 Their ignite handler for MONAI evaluators is :class:`monai_vlseg.engines.TextMaskConsistencyHandler`."""
 
@@ -11,8 +12,11 @@ from .consistency import (
     parse_laterality,
     parse_lesion_count,
 )
+from .surface import EmptyPredictionMetric, HausdorffDistanceMissMetric
 
 __all__ = [
+    "EmptyPredictionMetric",
+    "HausdorffDistanceMissMetric",
     "TextMaskConsistencyMetric",
     "mask_laterality",
     "mask_lesions",

@@ -13,7 +13,10 @@ The side convention is a parameter: on a PA chest radiograph (and by the radiolo
 the patient's left is on the image's right, so ``left_on_image_right=True`` is the default. For photographs
 (endoscopy, dermoscopy) "left" in a description usually means the image's left: set it to ``False``.
 
-Images whose text states no count (or no side) score NaN for that check and are left out of the mean.
+Images whose text states no count (or no side) score NaN for that check and are left out of the mean; when no
+image of a run states one, the aggregate is NaN (absent), never 0.0. The side of a chest report is read with
+:func:`monai_vlseg.transforms.report.parse_chest_findings` when it names lung zones, so a negated side ("the left
+lung is clear") does not count as stated.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from monai.utils import MetricReduction
 from scipy import ndimage
 
 from monai_vlseg._lazy import lazy_exports
+from monai_vlseg.transforms.report import parse_chest_findings
 
 __all__ = [
     "LATERALITY_CODES",
@@ -70,8 +74,13 @@ def parse_lesion_count(text: str) -> int | None:
 def parse_laterality(text: str) -> str | None:
     """"left", "right" or "bilateral" as stated in ``text`` (the patient's side), or None if no side is stated.
 
-    "Bilateral" / "both lungs", or both "left" and "right" mentioned, give "bilateral"; "unilateral" alone states no side.
+    A chest report that names lung zones gives the sides of its (not negated) zones. Otherwise: "bilateral" /
+    "both lungs", or both "left" and "right" mentioned, give "bilateral"; "unilateral" alone states no side.
     """
+    chest = parse_chest_findings(text or "")
+    if chest.zones or chest.sides_only:
+        sides = {z.split()[1] for z in chest.zones} | set(chest.sides_only)
+        return "bilateral" if len(sides) == 2 else sides.pop()
     words = {w.lower().split()[0] for w in _SIDE_RE.findall(text or "")}
     if any(w.startswith(("bilateral", "both")) for w in words) or {"left", "right"} <= words:
         return "bilateral"
@@ -184,8 +193,8 @@ class TextMaskConsistencyMetric(CumulativeIterationMetric):
         data = self.get_buffer()
         if not isinstance(data, torch.Tensor):
             raise ValueError("no scores to aggregate yet.")
-        f, _ = do_metric_reduction(data, reduction or self.reduction)
-        return f
+        f, not_nans = do_metric_reduction(data, reduction or self.reduction)
+        return torch.where(not_nans > 0, f, torch.full_like(f, float("nan")))  # nothing stated: absent, not 0.0
 
 
 # the ignite handler moved to monai_vlseg.engines.handlers in 0.2 (handlers sit above metrics, as in MONAI)

@@ -114,10 +114,10 @@ _EMAIL_RE = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b")
 _NAME_AFTER_TITLE_RE = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|Miss|Prof|Mx)\.?\s+(?:[A-Z][\w'-]+(?:\s+|$)){1,3}")
 _NAME_AFTER_LABEL_RE = re.compile(
     r"\b(?:patient|pt|name|patient name|referring physician|referred by|requested by|reported by|signed by|"
-    r"dictated by|radiologist|physician)\s*[:\-]\s*[^\n,;]*",
+    r"dictated by|radiologist|physician)\s*[:\-]\s*(?:(?:Dr|Mr|Mrs|Ms|Prof)\.?\s+)?(?:[A-Za-z'^-]+\.?,?[ \t]?){1,4}",
     re.I,
 )
-_BORN_RE = re.compile(r"\b(?:born|dob|d\.o\.b\.?|date of birth|birth date)\s*[:\-]?\s*[^\n,;]*", re.I)
+_BORN_RE = re.compile(r"\b(?:born(?:\s+on)?|dob|d\.o\.b\.?|date of birth|birth date)\s*[:\-]?", re.I)
 _AGE_SEX_RE = re.compile(r"\b\d{1,3}\s*(?:-|\s)?(?:year|yr)s?(?:\s*-?\s*old)?\b", re.I)
 _IDENTIFYING_FIELDS = ("PatientName", "PatientID", "OtherPatientIDs", "AccessionNumber", "PatientBirthDate",
                        "ReferringPhysicianName", "PerformingPhysicianName", "NameOfPhysiciansReadingStudy",
@@ -166,7 +166,7 @@ def deidentify(text: str, identifiers: Any = None) -> tuple[str, int]:
     if identifiers is not None:
         for value in _field_values(identifiers):
             text = sub(r"(?<!\w)" + re.escape(value) + r"(?!\w)", text, re.I)
-    for rx in (_NAME_AFTER_LABEL_RE, _BORN_RE, _NAME_AFTER_TITLE_RE, _EMAIL_RE, _ID_RE, *_DATE_RES, _PHONE_RE,
+    for rx in (*_DATE_RES, _EMAIL_RE, _ID_RE, _PHONE_RE, _NAME_AFTER_LABEL_RE, _NAME_AFTER_TITLE_RE, _BORN_RE,
                _LONG_NUMBER_RE, _AGE_SEX_RE):  # fmt: skip
         text = sub(rx, text)
     text = re.sub(r"[ \t]+", " ", text)
@@ -195,7 +195,8 @@ _FINDING_RE = re.compile(
     r"\b(?:opaci(?:ty|ties|fication|fications|fied)|consolidat\w*|infiltrat\w*|ground[- ]?glass|air[- ]?space|"
     r"shadow\w*|densit(?:y|ies)|lesions?|infect\w*|pneumoni\w*|patch(?:es|y)?|foc(?:us|i|al)|areas?|haz(?:e|y|iness)|"
     r"nodul\w*|mass(?:es)?|abnormalit(?:y|ies)|involvement|disease|infiltrat\w*|changes?|regions?|spots?|blotch\w*|"
-    r"airspace|alveolar|inflammat\w*)\b",
+    r"airspace|alveolar|inflammat\w*|polyps?|tumou?rs?|ulcer\w*|melanoma\w*|nev(?:us|i)|moles?|carcinoma\w*|"
+    r"cancer\w*|cysts?|adenoma\w*|metasta\w*|fractur\w*)\b",
     re.I,
 )
 _NEG_PRE_RE = re.compile(

@@ -1,0 +1,162 @@
+"""Report text before tokenising: sections, de-identification, the chest finding parser, language, token budget."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from monai_vlseg.transforms import TokenizeText
+from monai_vlseg.transforms.report import (
+    CHEST_ZONES,
+    PrepareReportd,
+    chest_zone_sentence,
+    deidentify,
+    findings_text,
+    fit_to_budget,
+    is_english,
+    parse_chest_findings,
+)
+
+HOSPITAL_REPORT = """PATIENT: John Smith   MRN: 12345678   DOB: 03/04/1955
+EXAM: CR chest PA, 2026-11-30   Accession: ACC-20261130-7
+CLINICAL HISTORY: cough and fever for 3 days, 71-year-old man. Referring physician: Dr. Anna Miller
+TECHNIQUE: single PA view.
+COMPARISON: none.
+FINDINGS: Patchy airspace opacity in the right lower zone. No pleural effusion. Heart size normal.
+Dr. Miller was informed on 01.12.2026, phone 0171 555 1234.
+IMPRESSION: Right basal pneumonia.
+Electronically signed by: Dr. K. Jones, 01/12/2026 09:14"""
+IDENTIFYING = ("John", "Smith", "12345678", "1955", "ACC-20261130", "Anna", "Miller", "Jones", "0171", "2026")
+
+
+def test_findings_sections_are_kept_and_the_rest_dropped():
+    body = findings_text(HOSPITAL_REPORT)
+    assert body.startswith("Patchy airspace opacity") and "Right basal pneumonia." in body
+    for gone in ("cough", "PA view", "COMPARISON", "signed", "MRN"):
+        assert gone not in body
+    assert findings_text("Opacity in the left apex.") == "Opacity in the left apex."  # no headings: all of it
+
+
+def test_deidentify_removes_names_ids_dates_and_dicom_fields():
+    text, n = deidentify(HOSPITAL_REPORT)
+    for s in IDENTIFYING:
+        assert s not in text, s
+    assert n >= 8 and "Patchy airspace opacity in the right lower zone" in text
+    fields = {"PatientName": "DOE^JANE^M", "PatientID": "PX-99812", "AccessionNumber": "A7731", "PatientBirthDate": "19490521"}
+    text, _ = deidentify("Jane Doe (PX-99812, acc A7731, born 21.05.1949): opacity in the RUL; DOE^JANE^M.", fields)
+    for s in ("Jane", "Doe", "DOE", "JANE", "PX-99812", "A7731", "1949"):
+        assert s not in text, s
+    assert "opacity in the RUL" in text
+
+
+@pytest.mark.parametrize(
+    "text, zones, negated, sides_only, count",
+    [
+        ("Patchy airspace opacity at the right base and in the left apex. No pleural effusion.",
+         ["lower right", "upper left"], [], [], None),
+        ("Opacity in the right base with no effusion.", ["lower right"], [], [], None),
+        ("Consolidation in the RLL. The left lung is clear.", ["lower right"],
+         ["upper left", "middle left", "lower left"], [], None),
+        ("Right lower lobe pneumonia; no opacity in the left lower zone.", ["lower right"], ["lower left"], [], None),
+        ("No opacity in the left lower zone but consolidation in the right upper lobe.", ["upper right"],
+         ["lower left"], [], None),
+        ("Opacities in both lower zones.", ["lower left", "lower right"], [], [], None),
+        ("Bibasal consolidation.", ["lower left", "lower right"], [], [], None),
+        ("Ground-glass change in the left upper and mid zones.", ["upper left", "middle left"], [], [], None),
+        ("Opacification of the upper and lower left lung fields.", ["upper left", "lower left"], [], [], None),
+        ("Airspace shadowing in the lingula and RUL.", ["middle left", "upper right"], [], [], None),
+        ("Three foci of consolidation in the right upper zone, right base and left mid zone.",
+         ["upper right", "lower right", "middle left"], [], [], 3),
+        ("Opacity in the left lung.", [], [], ["left"], None),
+        ("No focal consolidation. Lungs are clear.", [], [], [], None),
+    ],
+)  # fmt: skip
+def test_chest_parser(text, zones, negated, sides_only, count):
+    found = parse_chest_findings(text)
+    assert found.zones == zones
+    assert found.negated == negated
+    assert found.sides_only == sides_only
+    assert found.stated_count == count
+
+
+def test_canonical_sentence_is_a_fixed_point_of_the_parser():
+    """Every training template reads back to its own zones: conditioning on the parse changes no training text."""
+    for n in range(1, 5):
+        for zones in itertools.combinations(CHEST_ZONES, n):
+            sentence = chest_zone_sentence(list(zones))
+            assert parse_chest_findings(sentence).zones == list(zones), sentence
+            assert parse_chest_findings(sentence).stated_count == n
+
+
+def test_count_that_differs_from_the_zones_is_flagged():
+    found = parse_chest_findings("Two opacities in the right base.")
+    assert found.zones == ["lower right"] and found.warnings
+
+
+@pytest.mark.parametrize(
+    "text, english",
+    [
+        ("Patchy opacity in the right base.", True),
+        ("Bibasal consolidation.", True),
+        ("left", True),
+        ("Linke Lunge: Verschattung im Unterfeld.", False),
+        ("Opacité du lobe inférieur droit, épanchement absent.", False),
+        ("右下肺感染", False),
+        ("", False),
+    ],
+)
+def test_language(text, english):
+    assert is_english(text) is english
+
+
+def test_fit_to_budget_keeps_finding_sentences_and_counts_the_rest():
+    tok = TokenizeText(max_length=24).tokenizer
+
+    def count(t: str) -> int:
+        return len(tok(t)["input_ids"])
+
+    filler = " ".join(f"The mediastinal contour number {i} is within normal limits." for i in range(40))
+    text = filler + " Patchy opacity in the right lower zone."
+    kept, dropped = fit_to_budget(text, count, 24)
+    assert "Patchy opacity in the right lower zone." in kept and count(kept) <= 24
+    assert dropped == count(text) - count(kept) > 300
+    assert fit_to_budget("Opacity in the left apex.", count, 24) == ("Opacity in the left apex.", 0)
+
+
+def test_prepare_report_conditions_on_the_canonical_findings():
+    prep = PrepareReportd(parser="chest", tokenizer="default", max_length=24)
+    out = prep({"image": "a.png", "text": HOSPITAL_REPORT})
+    assert out["text"] == "Unilateral pulmonary infection, one infected area, lower right lung."
+    assert out["needs_review"] is False and out["report_warnings"] == "" and out["dropped_tokens"] == 0
+    assert out["report_zones"] == "lower right"
+    for s in IDENTIFYING:
+        assert s not in str(out), s
+    # a long report with the finding at the end: the same canonical text, nothing cut silently
+    long = "History: " + "routine follow-up, no complaints, " * 300 + "\nFindings: ground-glass opacity in the LUL."
+    assert prep({"text": long})["text"] == "Unilateral pulmonary infection, one infected area, upper left lung."
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("left", "no lung zone"),
+        ("Opacity in the left lung.", "without a zone"),
+        ("Linke Lunge: Verschattung im Unterfeld.", "not in English"),
+        ("右下肺感染", "not in English"),
+        ("Heart size is normal. No pleural effusion.", "no lung zone"),
+        ("Two opacities in the right base.", "states 2"),
+        (None, "no report text"),
+    ],
+)
+def test_prepare_report_flags_what_it_cannot_ground(text, reason):
+    out = PrepareReportd(parser="chest")({"text": text})
+    assert out["needs_review"] is True and reason in out["report_warnings"]
+
+
+def test_prepare_report_without_parser_keeps_the_wording_within_budget():
+    prep = PrepareReportd(parser=None, tokenizer="default", max_length=16)
+    report = "Findings: " + "Mild bowel gas is noted in the colon. " * 5 + "A sessile polyp at the left wall."
+    out = prep({"text": report})
+    assert "polyp" in out["text"] and out["dropped_tokens"] > 0 and out["needs_review"] is True
+    assert "did not fit text_len=16" in out["report_warnings"]
