@@ -28,8 +28,9 @@ __all__ = [
     "write_datalist",
 ]
 
-#: item keys whose values are file paths (made relative / resolved by the helpers below).
-PATH_KEYS: tuple[str, ...] = ("image", "label")
+#: item keys whose values are file paths (made relative / resolved by the helpers below); ``negated_label`` masks
+#: the findings a report negates (the chest demo's ``test_negated`` split).
+PATH_KEYS: tuple[str, ...] = ("image", "label", "negated_label")
 #: datalist keys of the three standard splits, in order.
 DATALIST_KEYS: tuple[str, ...] = ("training", "validation", "test")
 #: LViT split folder prefix -> datalist key.
@@ -112,7 +113,7 @@ def load_datalist(
         is_segmentation: also resolve the ``"label"`` entries (MONAI semantics).
 
     Returns:
-        list of item dicts with absolute ``image``/``label`` paths.
+        list of item dicts with absolute paths in the :data:`PATH_KEYS` entries (MONAI resolves only image/label).
     """
     from monai.data import load_decathlon_datalist
 
@@ -120,4 +121,6 @@ def load_datalist(
     path = os.path.abspath(os.fspath(path))
     if base_dir is None:
         base_dir = os.path.dirname(path)
-    return load_decathlon_datalist(path, is_segmentation=is_segmentation, data_list_key=split, base_dir=base_dir)
+    items = load_decathlon_datalist(path, is_segmentation=is_segmentation, data_list_key=split, base_dir=base_dir)
+    extra = [k for k in PATH_KEYS if k not in ("image", "label")]
+    return convert_paths({"items": items}, base_dir, relative=False, keys=extra)["items"]

@@ -405,3 +405,38 @@ def test_demo_cli(tmp_path, capsys):
     assert demo_mod.main([out, "--n-train", "2", "--n-val", "1", "--n-test", "1", "--size", "96"]) == 0
     assert "training: 2" in capsys.readouterr().out
     assert demo_mod.main([out, "--n-train", "2"]) == 1
+
+
+def test_other_wording_splits(demo_dir):
+    """test_reworded / test_negated: the test images with reports the training texts cannot produce."""
+    import itertools
+    import re
+
+    from monai_vlseg.datasets.synthetic.cxr_reports import load_vocabulary
+    from monai_vlseg.transforms.report import parse_chest_findings
+
+    path = os.path.join(demo_dir, "datalist.json")
+    test = load_datalist(path, "test")
+    reworded = load_datalist(path, "test_reworded")
+    negated = load_datalist(path, "test_negated")
+    assert [i["image"] for i in reworded] == [i["image"] for i in negated] == [i["image"] for i in test]
+    assert [i["label"] for i in reworded] == [i["label"] for i in test]
+    # every text the training set can hold (the template over every set of zones); there is no augmentation bank
+    templates = {describe_zones(list(z)) for n in range(1, 5) for z in itertools.combinations(ZONES, n)}
+    template_phrases = re.compile(r"pulmonary infection|infected areas?|\b(?:upper|middle|lower) (?:left|right)\b", re.I)
+    vocab = load_vocabulary("all")
+    words = json.dumps({k: v for k, v in vocab.items() if k != "zone_phrases"}) + json.dumps(
+        list(vocab["zone_phrases"].values())
+    )
+    assert not template_phrases.search(words), "the reworded vocabulary reuses the training template's wording"
+    for item in reworded:
+        assert item["text"] not in templates and not template_phrases.search(item["text"])
+        assert sorted(parse_chest_findings(item["text"]).zones) == sorted(item["zones"])
+    for item, plain in zip(negated, test):
+        assert item["text"].startswith(plain["text"]) and len(item["text"]) > len(plain["text"])
+        found = parse_chest_findings(item["text"])
+        assert sorted(found.zones) == sorted(item["zones"]) and set(item["negated_zones"]) <= set(found.negated)
+        neg = np.asarray(Image.open(item["negated_label"])) > 0
+        pos = np.asarray(Image.open(item["label"])) > 0
+        assert not (neg & pos).any()
+        assert neg.any() == bool(item["distractor_zones"])  # the negated lesions are the unnamed ones

@@ -188,6 +188,7 @@ _LEVELS = {
     "mid-lung": "middle", "midlung": "middle",
     "lower": "lower", "base": "lower", "bases": "lower", "basal": "lower", "basally": "lower", "basilar": "lower",
     "inferior": "lower", "bottom": "lower", "costophrenic": "lower", "infrahilar": "lower", "infra-hilar": "lower",
+    "retrocardiac": "lower",
 }  # fmt: skip
 _BOTH_LEVELS = {"bibasal": "lower", "bibasilar": "lower", "biapical": "upper"}
 _BOTH_WORDS = ("both", "bilateral", "bilaterally", "bilat")
@@ -210,6 +211,7 @@ _NEG_POST_RE = re.compile(
     r"(?:has|have)\s+resolved|clear|unremarkable|spared)\b",
     re.I,
 )
+_PSEUDO_NEG_RE = re.compile(r"\b(?:otherwise|elsewhere|remaining|rest of the)\b[\w\s]*$", re.I)
 _COUNT_WORDS = {"a": 1, "an": 1, "one": 1, "single": 1, "solitary": 1, "two": 2, "three": 3, "four": 4, "five": 5,
                 "six": 6, "several": None, "multiple": None}  # fmt: skip
 _COUNT_RE = re.compile(
@@ -301,12 +303,18 @@ def _clause_zones(clause: str) -> list[tuple[tuple[int, int], list[str], list[st
     return out
 
 
-def _negated_spans(clause: str) -> Callable[[tuple[int, int]], bool]:
-    """Whether the segment ``(start, end)`` of ``clause`` is negated, NegEx-style: a pre-negation ("no", "without",
-    "free of") before its end, within the clause, or a post-negation ("... is clear", "... not seen") inside it."""
+def _negated_spans(clause: str, spans: Sequence[tuple[int, int]]) -> Callable[[tuple[int, int]], bool]:
+    """Whether the place segment ``(start, end)`` of ``clause`` (one of ``spans``) is negated, NegEx-style: a
+    pre-negation ("no", "without", "free of") before its end, within the clause, or a post-negation ("... is clear",
+    "... not seen") whose nearest place segment at or before it is this one ("the right lung is well expanded and
+    clear")."""
     pre = [m.start() for m in _NEG_PRE_RE.finditer(clause)]
-    post = [m.start() for m in _NEG_POST_RE.finditer(clause)]
-    return lambda span: any(p < span[1] for p in pre) or any(span[0] <= p < span[1] for p in post)
+    post = {
+        max((sp for sp in spans if sp[0] <= m.start()), default=None)
+        for m in _NEG_POST_RE.finditer(clause)
+        if not _PSEUDO_NEG_RE.search(clause[max(0, m.start() - 24) : m.start()])  # "lungs otherwise clear"
+    }
+    return lambda span: any(p < span[1] for p in pre) or span in post
 
 
 def parse_chest_findings(text: str) -> ChestFindings:
@@ -327,7 +335,7 @@ def parse_chest_findings(text: str) -> ChestFindings:
             places = _clause_zones(clause or "")
             if not places:
                 continue
-            negated = _negated_spans(clause)
+            negated = _negated_spans(clause, [span for span, _, _ in places])
             positive = False
             for span, zones, sides_only in places:
                 if negated(span):

@@ -44,8 +44,10 @@ import numpy as np
 
 from monai_vlseg.datalist import write_datalist
 from monai_vlseg.datasets.public.lvit import build_lvit_datalist
+from monai_vlseg.datasets.synthetic.cxr_reports import negated_report, reworded_report
 from monai_vlseg.datasets.synthetic.encode import png_bytes, xlsx_bytes
-from monai_vlseg.files import atomic_write_bytes, ensure_generated
+from monai_vlseg.files import atomic_write_bytes, ensure_generated, file_lock
+from monai_vlseg.transforms.report import CHEST_ZONES, chest_zone_sentence
 
 __all__ = [
     "ZONES",
@@ -58,8 +60,9 @@ __all__ = [
 ]
 
 #: the six lung zones, patient's view (patient's left lung = image right), in text order.
-ZONES: tuple[str, ...] = tuple(f"{lvl} {side}" for side in ("left", "right") for lvl in ("upper", "middle", "lower"))
-_NUMBERS = ("zero", "one", "two", "three", "four", "five", "six")
+ZONES: tuple[str, ...] = CHEST_ZONES
+#: QaTa-COV19-style sentence for the named zones, the demo's training text.
+describe_zones = chest_zone_sentence
 _SPLITS = (("Train", "train"), ("Val", "val"), ("Test", "test"))
 
 
@@ -76,18 +79,6 @@ class DemoCase:
     zones: list[str]
     distractor_zones: list[str]
     zone_boxes: dict[str, list[int]] = field(default_factory=dict)
-
-
-def describe_zones(zones: Sequence[str]) -> str:
-    """QaTa-COV19-style sentence for the named zones (e.g. ``["upper left", "lower right"]``)."""
-    if not zones:
-        raise ValueError("at least one zone is needed.")
-    sides = {z.split()[1] for z in zones}
-    n = len(zones)
-    parts = [f"{z} lung" for z in zones]
-    where = parts[0] if n == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    kind = "Bilateral" if len(sides) == 2 else "Unilateral"
-    return f"{kind} pulmonary infection, {_NUMBERS[n]} infected area{'s' if n > 1 else ''}, {where}."
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -380,6 +371,7 @@ def generate_demo_dataset(
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(root, f))
     meta: dict[str, dict[str, Any]] = {}
+    test_cases: list[tuple[str, DemoCase]] = []
     for si, ((split, tag), n) in enumerate(zip(_SPLITS, (n_train, n_val, n_test))):
         img_dir = os.path.join(root, f"{split}_Folder", "img")
         lab_dir = os.path.join(root, f"{split}_Folder", "labelcol")
@@ -394,6 +386,8 @@ def generate_demo_dataset(
             with open(os.path.join(lab_dir, "mask_" + name), "wb") as f:
                 f.write(png_bytes(case.mask))
             rows.append(("mask_" + name, case.text))
+            if tag == "test":
+                test_cases.append((os.path.join(img_dir, name), case))
             meta[os.path.join(img_dir, name)] = {
                 "zones": case.zones,
                 "distractor_zones": case.distractor_zones,
@@ -407,6 +401,7 @@ def generate_demo_dataset(
             continue
         for item in items:
             item.update(meta[item["image"]])
+    datalist.update(_other_wording_splits(root, test_cases, seed))
     datalist = {
         "name": "monai_vlseg synthetic QaTa-like demo",
         "description": "synthetic chest radiographs with text-described lesion masks; patient's left = image right",
@@ -414,6 +409,29 @@ def generate_demo_dataset(
         **datalist,
     }
     return write_datalist(datalist, os.path.join(root, "datalist.json"), relative=True)
+
+
+def _other_wording_splits(root: str, cases: Sequence[tuple[str, DemoCase]], seed: int) -> dict[str, list[dict]]:
+    """The ``test_reworded`` and ``test_negated`` splits of the test images (:mod:`.cxr_reports`); the negated
+    split's ``negated_label`` masks (``Test_Folder/labelneg/``) hold the lesions of the negated zones."""
+    neg_dir = os.path.join(root, "Test_Folder", "labelneg")
+    os.makedirs(neg_dir, exist_ok=True)
+    reworded, negated = [], []
+    for i, (image, case) in enumerate(cases):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 7, i]))
+        name = os.path.basename(image)
+        label = os.path.join(root, "Test_Folder", "labelcol", "mask_" + name)
+        extra = {"zones": case.zones, "distractor_zones": case.distractor_zones}
+        reworded.append({"image": image, "label": label, "text": reworded_report(case.zones, rng), **extra})
+        free = [z for z in ZONES if z not in case.zones]
+        negate = case.distractor_zones or [free[int(rng.integers(len(free)))]]
+        neg_label = os.path.join(neg_dir, "mask_" + name)
+        with open(neg_label, "wb") as f:
+            f.write(png_bytes((case.lesion_mask & (case.mask == 0)).astype(np.uint8) * 255))
+        text = negated_report(case.text, negate, rng)
+        negated.append({"image": image, "label": label, "negated_label": neg_label, "text": text,
+                        "negated_zones": list(negate), **extra})  # fmt: skip
+    return {"test_reworded": reworded, "test_negated": negated}
 
 
 def ensure_demo_datalist(dataset_dir: str | os.PathLike, **kwargs: Any) -> str:
@@ -428,6 +446,18 @@ def ensure_demo_datalist(dataset_dir: str | os.PathLike, **kwargs: Any) -> str:
         dataset_dir: folder of the demo set (created; may exist and hold other files).
         kwargs: :func:`generate_demo_dataset` arguments (``n_train``, ``n_val``, ``n_test``, ``size``, ``seed``).
     """
+    dataset_dir = os.path.abspath(os.fspath(dataset_dir))
+    target = os.path.join(dataset_dir, "datalist.json")
+    if os.path.isfile(target):  # a set from before the other-wording splits: write it again (deterministic)
+        with open(target, encoding="utf-8") as f:
+            outdated = "test_negated" not in json.load(f)
+        if outdated:
+            parent, name = os.path.split(dataset_dir)
+            with file_lock(os.path.join(parent, f".{name}.lock")):
+                if os.path.isfile(target):
+                    with open(target, encoding="utf-8") as f:
+                        if "test_negated" not in json.load(f):
+                            os.remove(target)
     return ensure_generated(dataset_dir, functools.partial(generate_demo_dataset, **kwargs))
 
 
