@@ -357,3 +357,18 @@ def test_cli(ct_export, tmp_path, capsys):
     assert "2 item(s) (1 with text)" in captured.out and "notes.txt: not a DICOM file" in captured.err
     assert json.loads((out / "datalist.json").read_text())["test"][0]["image"].startswith("images/")
     assert main([str(tmp_path / "missing"), str(out)]) == 2
+
+
+def test_export_report_text_is_deidentified_before_the_datalist(tmp_path):
+    """The study's patient fields, and names / IDs / dates in the report, never reach the datalist."""
+    root = tmp_path / "export"
+    series = make_ct_series(str(root / "study" / "series"))
+    text = "Synthetic Test (SYN001), seen 01.01.2024 by Dr. Miller: nodule in the right upper lobe, MRN 4455667."
+    make_sr(str(root / "study" / "sr"), series["study_uid"], [("Findings", text)])
+    res = build_dicom_datalist(str(root), str(tmp_path / "out"))
+    (item,) = res.items
+    assert "nodule in the right upper lobe" in item["text"]
+    with open(res.datalist_path, encoding="utf-8") as f:
+        stored = f.read()
+    for secret in ("Synthetic", "SYN001", "2024", "Miller", "4455667"):
+        assert secret not in item["text"] and secret not in stored, secret

@@ -39,6 +39,7 @@ from pydicom.dataset import Dataset
 
 from monai_vlseg.datalist import write_datalist
 from monai_vlseg.files import atomic_write_bytes
+from monai_vlseg.transforms.report import deidentify
 from monai_vlseg.io.dicom import (
     PROJECTION_MODALITIES,
     VOLUME_MODALITIES,
@@ -299,7 +300,8 @@ def build_dicom_datalist(
         sr_concepts: keep only SR TEXT items with these concept names (e.g. ``("Findings", "Impression")``).
         datalist_name: file name of the datalist in ``output_dir``.
 
-    Items: ``image`` (NIfTI), ``text`` (when a report was found), ``dicom_sources``, ``modality``,
+    Items: ``image`` (NIfTI), ``text`` (when a report was found; de-identified with
+    :func:`monai_vlseg.transforms.report.deidentify` and the study's patient fields), ``dicom_sources``, ``modality``,
     ``study_instance_uid``, ``series_instance_uid`` (and ``sop_instance_uid`` for radiographs).
     """
     if key not in _KEYS:
@@ -319,8 +321,8 @@ def build_dicom_datalist(
         path = save_nifti(image.array, image.affine, os.path.join(image_dir, _uid_name(rec.modality, uid)))
         item: dict[str, Any] = {"image": path}
         text = text_for(rec)
-        if text:
-            item["text"] = text
+        if text:  # the study's patient fields and any names, IDs, dates go before the datalist stores the text
+            item["text"], _ = deidentify(text, read_dataset(rec.path, stop_before_pixels=True))
         else:
             msg = f"{rec.path}: no report text ({key} not in the CSV and no SR in the study)"
             logger.warning(msg)

@@ -111,7 +111,7 @@ _ID_RE = re.compile(
 _LONG_NUMBER_RE = re.compile(r"\b[A-Z]{0,3}\d[\d-]{4,}\b")
 _PHONE_RE = re.compile(r"(?:\+\d{1,3}[\s-]?)?\(?\d{2,4}\)?[\s-]\d{3,4}[\s-]\d{3,4}\b")
 _EMAIL_RE = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b")
-_NAME_AFTER_TITLE_RE = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|Miss|Prof|Mx)\.?\s+(?:[A-Z][\w'-]+(?:\s+|$)){1,3}")
+_NAME_AFTER_TITLE_RE = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|Miss|Prof|Mx)\.?\s+[A-Z][\w'-]*(?:\.?\s+[A-Z][\w'-]*){0,2}\b\.?")
 _NAME_AFTER_LABEL_RE = re.compile(
     r"\b(?:patient|pt|name|patient name|referring physician|referred by|requested by|reported by|signed by|"
     r"dictated by|radiologist|physician)\s*[:\-]\s*(?:(?:Dr|Mr|Mrs|Ms|Prof)\.?\s+)?(?:[A-Za-z'^-]+\.?,?[ \t]?){1,4}",
