@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import glob
 import logging
 import os
@@ -123,8 +124,10 @@ def retrieve(client, url: str, study: str, series_uid: str) -> list[pydicom.Data
 
 
 def study_report_text(client, url: str, study: str, series: list[dict[str, Any]]) -> str:
-    """TEXT items of the study's SR instances (newest complete report first), '' when there is none."""
+    """TEXT items of the study's SR instances (newest complete report first), de-identified with the SR's patient
+    fields; '' when there is none."""
     from monai_vlseg.io.ingest import _sr_sort_key, sr_text
+    from monai_vlseg.transforms.report import deidentify
 
     reports = []
     for s in series:
@@ -133,7 +136,7 @@ def study_report_text(client, url: str, study: str, series: list[dict[str, Any]]
     for ds in sorted(reports, key=_sr_sort_key, reverse=True):
         text = sr_text(ds)
         if text.strip():
-            return text
+            return deidentify(text, ds)[0]
     return ""
 
 
@@ -186,6 +189,16 @@ def run_bundle(bundle: str, input_dir: str, text: str, output_dir: str, override
     return segs
 
 
+def review_reasons(output_dir: str) -> str:
+    """The ``report_warnings`` of the flagged rows of the bundle's ``report_review.csv`` (never the report text)."""
+    path = os.path.join(output_dir, "report_review.csv")
+    if not os.path.isfile(path):
+        return "no report_review.csv"
+    with open(path, encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("needs_review") == "True"]
+    return "; ".join(sorted({r.get("report_warnings") or "flagged" for r in rows})) or "flagged"
+
+
 def store(client, url: str, study: str, paths: Sequence[str]) -> list[str]:
     datasets = [pydicom.dcmread(p) for p in paths]
     resp = _call(url, f"STOW to study {study}", client.store_instances, datasets=datasets)
@@ -200,8 +213,10 @@ def store(client, url: str, study: str, paths: Sequence[str]) -> list[str]:
 
 def pacs_infer(url: str, bundle: str, study: str | None = None, accession: str | None = None,
                text: str | None = None, overrides: Sequence[str] = (), ckpt: str | None = None,
-               output_dir: str | None = None, timeout: float = 60.0) -> list[str]:  # fmt: skip
-    """The whole round trip; returns the stored SEG SOPInstanceUIDs."""
+               output_dir: str | None = None, timeout: float = 60.0, store_flagged: bool = False) -> list[str]:  # fmt: skip
+    """The whole round trip; returns the stored SEG SOPInstanceUIDs. A SEG whose report the bundle flagged
+    ``needs_review`` (text it cannot ground: another language, no finding, a side without a zone...) is not stored
+    unless ``store_flagged``."""
     if bool(study) == bool(accession):
         raise ValueError("give exactly one of --study or --accession")
     if not os.path.isfile(os.path.join(bundle, "configs", "inference.json")):
@@ -218,7 +233,7 @@ def pacs_infer(url: str, bundle: str, study: str | None = None, accession: str |
         text = study_report_text(client, url, study_uid, series)
         if not text.strip():
             raise PacsError(f"no --text given and study {study_uid} on {url} has no SR report with TEXT items")
-        logger.info("report text from the study's SR: %s", text)
+        logger.info("using the study's SR report (%d characters after de-identification)", len(text))
     with tempfile.TemporaryDirectory(prefix="pacs_infer_") as tmp:
         input_dir = os.path.join(tmp, "input")
         download_images(client, url, study_uid, series, input_dir)
@@ -227,6 +242,13 @@ def pacs_infer(url: str, bundle: str, study: str | None = None, accession: str |
         segs = run_bundle(bundle, input_dir, text, out, overrides, ckpt)
         if not segs:
             raise PacsError(f"the bundle wrote no DICOM SEG for study {study_uid} (is dicom_seg supported?)")
+        flagged = [p for p in segs if str(pydicom.dcmread(p, stop_before_pixels=True).get("SeriesDescription", ""))
+                   .startswith("NEEDS REVIEW")]  # fmt: skip
+        if flagged and not store_flagged:
+            raise PacsError(
+                f"not stored: the mask(s) of study {study_uid} need review ({review_reasons(out)}); fix the report "
+                "text, or pass --store-flagged to store them marked 'NEEDS REVIEW'"
+            )
         return store(client, url, study_uid, segs)
 
 
@@ -243,12 +265,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--text", help="report text (default: the study's DICOM SR TEXT items)")
     p.add_argument("--output_dir", help="keep the bundle's outputs (masks, overlays, SEG) here; default: temporary")
     p.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds")
+    p.add_argument("--store-flagged", action="store_true",
+                   help="store SEGs whose report needs review too (their SeriesDescription says NEEDS REVIEW)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:  # stdout carries only the SEG UIDs: the bundle's logging.conf (bound while this runs) goes to stderr
         with contextlib.redirect_stdout(sys.stderr):
             uids = pacs_infer(args.url, args.bundle, args.study, args.accession, args.text, args.config_overrides,
-                              args.ckpt, args.output_dir, args.timeout)  # fmt: skip
+                              args.ckpt, args.output_dir, args.timeout, args.store_flagged)  # fmt: skip
     except (PacsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

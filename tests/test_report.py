@@ -160,3 +160,25 @@ def test_prepare_report_without_parser_keeps_the_wording_within_budget():
     out = prep({"text": report})
     assert "polyp" in out["text"] and out["dropped_tokens"] > 0 and out["needs_review"] is True
     assert "did not fit text_len=16" in out["report_warnings"]
+
+
+def test_review_csv_holds_the_flags_and_never_the_report(tmp_path):
+    import csv
+
+    from monai_vlseg.transforms.report import SaveReportReviewd
+
+    prep = PrepareReportd(parser="chest")
+    save = SaveReportReviewd("image", output_dir=str(tmp_path))
+    for name, text in (("a.png", HOSPITAL_REPORT), ("b.png", "Linke Lunge: Verschattung im Unterfeld.")):
+        save(prep({"image": name, "text": text}))
+    with open(tmp_path / "report_review.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["image"] for r in rows] == ["a.png", "b.png"]
+    assert [r["needs_review"] for r in rows] == ["False", "True"]
+    assert rows[0]["report_zones"] == "lower right" and "not in English" in rows[1]["report_warnings"]
+    written = (tmp_path / "report_review.csv").read_text()
+    for s in IDENTIFYING + ("Verschattung", "Patchy"):
+        assert s not in written, s
+    SaveReportReviewd("image", output_dir=str(tmp_path))(prep({"image": "c.png", "text": "Opacity in the RUL."}))
+    with open(tmp_path / "report_review.csv", encoding="utf-8") as f:
+        assert [r["image"] for r in csv.DictReader(f)] == ["c.png"]  # a new run starts the file anew

@@ -322,6 +322,8 @@ class SaveDicomSegd(MapTransform):
         output_postfix: file name postfix.
         threshold: cut for probability masks.
         series_number: of the SEG series.
+        review_key: item key of the ``needs_review`` flag (:class:`monai_vlseg.transforms.report.PrepareReportd`):
+            a flagged item's SEG says "NEEDS REVIEW" in its SeriesDescription and ``<key>_needs_review`` is set.
     """
 
     def __init__(
@@ -336,10 +338,12 @@ class SaveDicomSegd(MapTransform):
         output_postfix: str = "seg",
         threshold: float = 0.5,
         series_number: int = 300,
+        review_key: str = "needs_review",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         meta = dict(metadata or {})
+        self.review_key = review_key
         self.output_dir = os.fspath(output_dir)
         self.source_key = source_key
         self.labels = {k: label or _label_from_metadata(meta, str(k)) or "segment" for k in self.keys}
@@ -373,9 +377,12 @@ class SaveDicomSegd(MapTransform):
                     stem = stem[: -len(ext)]
                     break
             out = os.path.join(self.output_dir, f"{stem}_{self.output_postfix}.dcm")
+            flagged = bool(d.get(self.review_key, False))
+            description = f"{'NEEDS REVIEW: ' if flagged else ''}SEG {self.labels[key]} ({self.algorithm_name})"
             d[f"{key}_dicom_seg"] = write_dicom_seg(
                 mask, sources, out, self.labels[key], threshold=self.threshold,
                 algorithm_name=self.algorithm_name, algorithm_version=self.algorithm_version,
-                series_number=self.series_number,
+                series_number=self.series_number, series_description=description,
             )  # fmt: skip
+            d[f"{key}_needs_review"] = flagged
         return d

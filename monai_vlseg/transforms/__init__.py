@@ -1,4 +1,5 @@
-"""MONAI transforms of monai_vlseg: text (tokenise, drop, set) and image/mask handling."""
+"""MONAI transforms of monai_vlseg: report text (findings, de-identification, chest findings), text (tokenise, drop,
+set) and image/mask handling."""
 
 from .image import (
     BinarizeMask,
@@ -8,6 +9,7 @@ from .image import (
     SaveOverlayd,
 )
 from .keywords import SelectKeywords, SelectKeywordsd
+from .report import PrepareReportd, SaveReportReviewd
 from .text import (
     RandTextDropoutd,
     SetTextd,
@@ -21,8 +23,10 @@ __all__ = [
     "BinarizeMaskd",
     "EnsureChannels",
     "EnsureChannelsd",
+    "PrepareReportd",
     "RandTextDropoutd",
     "SaveOverlayd",
+    "SaveReportReviewd",
     "SelectKeywords",
     "SelectKeywordsd",
     "SetTextd",

@@ -24,6 +24,9 @@ was trained on, and says so in the item (``needs_review``, ``report_warnings``, 
 
 from __future__ import annotations
 
+import csv
+import io
+import os
 import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,12 +35,15 @@ from typing import Any
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from monai_vlseg.files import atomic_write_bytes, file_lock
 from monai_vlseg.transforms.text import normalize_text
 
 __all__ = [
     "CHEST_ZONES",
     "ChestFindings",
     "PrepareReportd",
+    "REVIEW_FIELDS",
+    "SaveReportReviewd",
     "chest_zone_sentence",
     "deidentify",
     "findings_text",
@@ -510,4 +516,42 @@ class PrepareReportd(MapTransform):
             prepared = self.prepare(d[key], identifiers)
             d[key] = prepared.pop("text") or ""
             d.update(prepared)
+        return d
+
+
+#: the item fields :class:`PrepareReportd` writes and :class:`SaveReportReviewd` stores, in CSV column order.
+REVIEW_FIELDS: tuple[str, ...] = ("needs_review", "report_warnings", "dropped_tokens", "report_zones")
+
+
+class SaveReportReviewd(MapTransform):
+    """Write one row per item into ``<output_dir>/<filename>``: the image and the :data:`REVIEW_FIELDS` that
+    :class:`PrepareReportd` put into it (never the report text). The file is started anew by the first item a
+    transform instance sees and rewritten whole (atomically) on every item, so a run leaves exactly its own rows.
+
+    Args:
+        keys: the image key (its ``filename_or_obj`` or path names the row).
+        output_dir: folder of the CSV.
+        filename: CSV file name.
+    """
+
+    def __init__(self, keys: KeysCollection = "image", output_dir: str = "./", filename: str = "report_review.csv") -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.path = os.path.join(os.fspath(output_dir), filename)
+        self._rows: list[list[Any]] = []
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        key = self.first_key(d)
+        image = d.get(key) if key != [] else None
+        meta = getattr(image, "meta", None) or {}
+        name = meta.get("filename_or_obj") or (image if isinstance(image, (str, os.PathLike)) else "")
+        row = [os.fspath(name)] + [d.get(f, "") for f in REVIEW_FIELDS]
+        row[1] = bool(row[1])
+        self._rows.append(row)
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(("image",) + REVIEW_FIELDS)
+        writer.writerows(self._rows)
+        with file_lock(self.path + ".lock"):
+            atomic_write_bytes(self.path, buf.getvalue().encode("utf-8"))
         return d
