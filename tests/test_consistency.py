@@ -157,3 +157,34 @@ def test_hd95_counts_an_empty_prediction_as_a_miss():
     empty(pred, label)
     empty(pred, label)
     assert float(empty.aggregate()) == 2.0
+
+
+def test_negated_area_handler_on_the_negated_demo_split(tmp_path):
+    """Predicting the named lesions covers none of the negated ones; predicting every lesion covers all of them."""
+    from monai_vlseg.datalist import load_datalist
+    from monai_vlseg.engines import NegatedAreaHandler
+
+    datalist = generate_demo_dataset(tmp_path / "demo", n_train=1, n_val=1, n_test=16, size=96)
+    items = load_datalist(datalist, "test_negated")
+    assert any(it["distractor_zones"] for it in items)
+    xf = Compose([LoadImaged(["label", "all"]), EnsureChannelFirstd(["label", "all"]), ScaleIntensityd(["label", "all"])])
+
+    def run(key: str) -> tuple[float, torch.Tensor]:
+        data = [{"label": d["label"], "all": d["label"] if key == "label" else d["negated_label"],
+                 "negated_label": d["negated_label"], "text": d["text"]} for d in items]  # fmt: skip
+        evaluator = SupervisedEvaluator(
+            device=torch.device("cpu"),
+            val_data_loader=DataLoader(Dataset(data, xf), batch_size=4),
+            network=torch.nn.Identity(),
+            prepare_batch=lambda batch, device, non_blocking, **kw: (batch["all"], batch["label"]),
+            postprocessing=AsDiscreted("pred", threshold=0.5),
+            key_val_metric={"negated": NegatedAreaHandler()},
+        )
+        evaluator.run()
+        return evaluator.state.metrics["negated"], evaluator.state.metric_details["negated"]
+
+    named, details = run("label")
+    assert named == 0.0 and details.shape == (16, 1)
+    assert int(torch.isnan(details).sum()) == sum(not it["distractor_zones"] for it in items)  # nothing negated: NaN
+    negated_only, _ = run("negated_label")
+    assert negated_only == pytest.approx(1.0)

@@ -3,12 +3,13 @@
 """What MONAI's engines (``SupervisedTrainer`` / ``SupervisedEvaluator``) need beyond MONAI's own: batch preparation,
 inferers and ignite handlers."""
 
-from .handlers import EarlyStopAfterHandler, TextMaskConsistencyHandler
+from .handlers import EarlyStopAfterHandler, NegatedAreaHandler, TextMaskConsistencyHandler
 from .inferers import PromptedDiffusionInferer
 from .prepare_batch import PromptedDiffusionPrepareBatch
 
 __all__ = [
     "EarlyStopAfterHandler",
+    "NegatedAreaHandler",
     "PromptedDiffusionInferer",
     "PromptedDiffusionPrepareBatch",
     "TextMaskConsistencyHandler",

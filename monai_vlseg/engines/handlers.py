@@ -5,15 +5,14 @@ consistency metric (:mod:`monai_vlseg.metrics.consistency`) for MONAI evaluators
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Callable
 
 from ignite.engine import Engine, Events
 from monai.handlers import EarlyStopHandler, IgniteMetricHandler
 
-from monai_vlseg.metrics.consistency import TextMaskConsistencyMetric
+from monai_vlseg.metrics.consistency import NegatedAreaMetric, TextMaskConsistencyMetric
 
-__all__ = ["EarlyStopAfterHandler", "TextMaskConsistencyHandler"]
+__all__ = ["EarlyStopAfterHandler", "NegatedAreaHandler", "TextMaskConsistencyHandler"]
 
 
 class EarlyStopAfterHandler(EarlyStopHandler):
@@ -53,8 +52,10 @@ class EarlyStopAfterHandler(EarlyStopHandler):
 class TextMaskConsistencyHandler(IgniteMetricHandler):
     """Ignite handler of :class:`TextMaskConsistencyMetric` for MONAI evaluators.
 
-    Reads ``pred`` from the evaluator's (decollated) output and the report string ``text_key`` from its (decollated)
-    batch, so evaluate configs add it like any other metric::
+    Reads ``pred`` from the evaluator's (decollated) output and the report from its (decollated) batch: the
+    ``reference_key`` entry when the item has one (the image's own report, which
+    :func:`monai_vlseg.bundle.shuffle_texts` keeps when it permutes the texts), else ``text_key``; so evaluate
+    configs add it like any other metric::
 
         "val_count_accuracy": {"_target_": "monai_vlseg.engines.TextMaskConsistencyHandler", "kind": "count"}
 
@@ -69,23 +70,48 @@ class TextMaskConsistencyHandler(IgniteMetricHandler):
         min_area_fraction: float = 0.001,
         pred_key: str = "pred",
         text_key: str = "text",
+        reference_key: str = "reference_text",
         save_details: bool = True,
     ) -> None:
         metric = TextMaskConsistencyMetric(kind, lateral_axis, left_on_image_right, min_area_fraction)
-        self.pred_key, self.text_key = pred_key, text_key
+        self.pred_key, self.text_key, self.reference_key = pred_key, text_key, reference_key
         super().__init__(metric_fn=metric, save_details=save_details)
 
     def iteration_completed(self, engine: Any) -> None:
-        outputs, batch = engine.state.output, engine.state.batch
-        if isinstance(outputs, dict):  # not decollated: batch-first tensors and lists
-            preds, texts = outputs[self.pred_key], batch[self.text_key]
-        else:
-            preds = [o[self.pred_key] for o in outputs]
-            texts = [b[self.text_key] for b in _as_list(batch)]
-        if not isinstance(texts, Sequence) or isinstance(texts, str):
-            texts = [texts]
-        self.update((preds, [str(t) for t in texts]))
+        preds, items = _preds_and_items(engine, self.pred_key)
+        texts = [str(b.get(self.reference_key, b.get(self.text_key))) for b in items]
+        self.update((preds, texts))
 
 
-def _as_list(batch: Any) -> list:
-    return list(batch) if isinstance(batch, (list, tuple)) else [batch]
+class NegatedAreaHandler(IgniteMetricHandler):
+    """Ignite handler of :class:`~monai_vlseg.metrics.consistency.NegatedAreaMetric`: the fraction of the findings a
+    report negates that the prediction covers. Items carry the mask file of those findings under ``mask_key`` (the
+    chest demo's ``test_negated`` split); it is read and resized (nearest) to the prediction's grid here, so the
+    evaluate transforms need not change. Items without one are not scored."""
+
+    def __init__(self, pred_key: str = "pred", mask_key: str = "negated_label", save_details: bool = True) -> None:
+        self.pred_key, self.mask_key = pred_key, mask_key
+        super().__init__(metric_fn=NegatedAreaMetric(), save_details=save_details)
+
+    def iteration_completed(self, engine: Any) -> None:
+        from monai.transforms import LoadImage, Resize
+
+        preds, items = _preds_and_items(engine, self.pred_key)
+        pairs = [(p, b[self.mask_key]) for p, b in zip(preds, items) if b.get(self.mask_key)]
+        if not pairs:
+            return
+        load = LoadImage(image_only=True, ensure_channel_first=True)
+        masks = [Resize(p.shape[1:], mode="nearest")(load(path) > 0).to(p.device) for p, path in pairs]
+        self.update(([p for p, _ in pairs], masks))
+
+
+def _preds_and_items(engine: Any, pred_key: str) -> tuple[list, list[dict]]:
+    """Per-image predictions (from the evaluator's output) and batch items, decollated or not."""
+    outputs, batch = engine.state.output, engine.state.batch
+    if isinstance(outputs, dict):  # not decollated: batch-first tensors and lists
+        preds = list(outputs[pred_key])
+        keys = [k for k, v in batch.items() if isinstance(v, (list, tuple)) and len(v) == len(preds)]
+        items = [{k: batch[k][i] for k in keys} for i in range(len(preds))]
+        return preds, items
+    items = list(batch) if isinstance(batch, (list, tuple)) else [batch]
+    return [o[pred_key] for o in outputs], items

@@ -6,6 +6,7 @@ Their ignite handler for MONAI evaluators is :class:`monai_vlseg.engines.TextMas
 from monai_vlseg._lazy import lazy_exports
 
 from .consistency import (
+    NegatedAreaMetric,
     TextMaskConsistencyMetric,
     mask_laterality,
     mask_lesions,
@@ -17,6 +18,7 @@ from .surface import EmptyPredictionMetric, HausdorffDistanceMissMetric
 __all__ = [
     "EmptyPredictionMetric",
     "HausdorffDistanceMissMetric",
+    "NegatedAreaMetric",
     "TextMaskConsistencyMetric",
     "mask_laterality",
     "mask_lesions",

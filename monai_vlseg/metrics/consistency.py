@@ -36,6 +36,7 @@ from monai_vlseg.transforms.report import parse_chest_findings
 
 __all__ = [
     "LATERALITY_CODES",
+    "NegatedAreaMetric",
     "TextMaskConsistencyMetric",
     "mask_laterality",
     "mask_lesions",
@@ -195,6 +196,38 @@ class TextMaskConsistencyMetric(CumulativeIterationMetric):
             raise ValueError("no scores to aggregate yet.")
         f, not_nans = do_metric_reduction(data, reduction or self.reduction)
         return torch.where(not_nans > 0, f, torch.full_like(f, float("nan")))  # nothing stated: absent, not 0.0
+
+
+
+class NegatedAreaMetric(CumulativeIterationMetric):
+    """Per image, the fraction of the area of the findings a report negates ("no opacity in the left apex") that
+    the prediction covers: 0 is right, 1 segments all of them. NaN where the report negates no visible finding;
+    the aggregate is NaN (absent) when no image has one.
+
+    Call with ``y_pred`` the binary predictions and ``y`` the masks of the negated findings (channel-first; channel 0
+    is the background when there is more than one channel).
+    """
+
+    def __init__(self, reduction: MetricReduction | str = MetricReduction.MEAN) -> None:
+        super().__init__()
+        self.reduction = reduction
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore
+        if y is None:
+            raise ValueError("NegatedAreaMetric needs the negated-finding masks as y.")
+        fg = (y_pred[:, 1:].sum(1) if y_pred.shape[1] > 1 else y_pred[:, 0]) > 0.5
+        neg = (y[:, 1:].sum(1) if y.shape[1] > 1 else y[:, 0]) > 0.5
+        dims = tuple(range(1, fg.ndim))
+        area = neg.sum(dims).float()
+        covered = (fg & neg).sum(dims).float()
+        return torch.where(area > 0, covered / area.clamp(min=1), torch.full_like(area, float("nan")))[:, None]
+
+    def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor:
+        data = self.get_buffer()
+        if not isinstance(data, torch.Tensor):
+            raise ValueError("no scores to aggregate yet.")
+        f, not_nans = do_metric_reduction(data, reduction or self.reduction)
+        return torch.where(not_nans > 0, f, torch.full_like(f, float("nan")))
 
 
 # the ignite handler moved to monai_vlseg.engines.handlers in 0.2 (handlers sit above metrics, as in MONAI)
