@@ -182,3 +182,21 @@ def test_review_csv_holds_the_flags_and_never_the_report(tmp_path):
     SaveReportReviewd("image", output_dir=str(tmp_path))(prep({"image": "c.png", "text": "Opacity in the RUL."}))
     with open(tmp_path / "report_review.csv", encoding="utf-8") as f:
         assert [r["image"] for r in csv.DictReader(f)] == ["c.png"]  # a new run starts the file anew
+
+
+def test_keep_reported_findings_cuts_the_mask_to_the_named_sides_and_counts():
+    import torch
+
+    from monai_vlseg.transforms import KeepReportedFindingsd
+
+    pred = torch.zeros(1, 64, 64)  # (channel, x, y): x = 0 is the image's left = the patient's right
+    pred[0, 40:56, 5:20] = 1  # patient's left, large
+    pred[0, 44:50, 40:46] = 1  # patient's left, small
+    pred[0, 8:20, 30:40] = 1  # patient's right
+    keep = KeepReportedFindingsd("pred")
+    out = keep({"pred": pred, "report_zones": "upper left"})["pred"]
+    assert out[0, 40:56, 5:20].all() and not out[0, 44:50, 40:46].any() and not out[0, 8:20, 30:40].any()
+    out = keep({"pred": pred, "report_zones": "upper left; lower left; middle right"})["pred"]
+    assert torch.equal(out, pred)
+    assert torch.equal(keep({"pred": pred, "report_zones": ""})["pred"], pred)  # nothing read: unchanged
+    assert torch.equal(keep({"pred": pred})["pred"], pred)

@@ -29,9 +29,9 @@ import torch
 from monai.metrics import CumulativeIterationMetric
 from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction
-from scipy import ndimage
 
 from monai_vlseg._lazy import lazy_exports
+from monai_vlseg.transforms.lesions import mask_laterality, mask_lesions
 from monai_vlseg.transforms.report import parse_chest_findings
 
 __all__ = [
@@ -90,39 +90,6 @@ def parse_laterality(text: str) -> str | None:
     if "right" in words:
         return "right"
     return None
-
-
-def mask_lesions(mask: np.ndarray | torch.Tensor, min_area_fraction: float = 0.001) -> tuple[np.ndarray, int]:
-    """Connected components (8/26-connectivity) of a binary mask, dropping those under ``min_area_fraction`` of the image.
-
-    Returns the label array (0 = background, 1..n) and n.
-    """
-    m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask) > 0
-    labels, n = ndimage.label(m, structure=np.ones((3,) * m.ndim, dtype=bool))
-    if n:
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)
-        keep = sizes >= max(1.0, min_area_fraction * m.size)
-        keep[0] = False
-        remap = np.zeros(n + 1, dtype=labels.dtype)
-        remap[keep] = np.arange(1, int(keep.sum()) + 1, dtype=labels.dtype)
-        labels, n = remap[labels], int(keep.sum())
-    return labels, n
-
-
-def mask_laterality(labels: np.ndarray, num: int, lateral_axis: int = 0, left_on_image_right: bool = True) -> str:
-    """Patient side(s) of the components in ``labels`` ("none", "left", "right", "bilateral").
-
-    A component lies on the side of the image midline (along ``lateral_axis``) that holds its centroid.
-    """
-    if num == 0:
-        return "none"
-    centres = ndimage.center_of_mass(np.ones_like(labels), labels, index=np.arange(1, num + 1))
-    mid = (labels.shape[lateral_axis] - 1) / 2.0
-    sides = set()
-    for c in centres:
-        on_image_right = c[lateral_axis] > mid
-        sides.add("left" if on_image_right == left_on_image_right else "right")
-    return "bilateral" if len(sides) == 2 else sides.pop()
 
 
 class TextMaskConsistencyMetric(CumulativeIterationMetric):

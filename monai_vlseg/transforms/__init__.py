@@ -9,6 +9,7 @@ from .image import (
     SaveOverlayd,
 )
 from .keywords import SelectKeywords, SelectKeywordsd
+from .lesions import KeepReportedFindingsd
 from .report import PrepareReportd, SaveReportReviewd
 from .text import (
     RandTextDropoutd,
@@ -23,6 +24,7 @@ __all__ = [
     "BinarizeMaskd",
     "EnsureChannels",
     "EnsureChannelsd",
+    "KeepReportedFindingsd",
     "PrepareReportd",
     "RandTextDropoutd",
     "SaveOverlayd",

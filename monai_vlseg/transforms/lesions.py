@@ -1,0 +1,108 @@
+# Copyright (c) monai_vlseg contributors
+# Licensed under the Apache License, Version 2.0
+"""Lesions of a binary mask: connected components, the patient side each lies on, and the mask cut to what a report
+names (:class:`KeepReportedFindingsd`).
+
+The side convention is a parameter: on a PA chest radiograph (and by the radiological convention for axial CT) the
+patient's left is on the image's right, so ``left_on_image_right=True`` is the default. MONAI's PNG and DICOM
+readers put the image's columns first (``(x, y)``), so the image's left-right axis is spatial axis 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+from scipy import ndimage
+
+__all__ = ["KeepReportedFindingsd", "component_sides", "mask_laterality", "mask_lesions"]
+
+
+def mask_lesions(mask: np.ndarray | torch.Tensor, min_area_fraction: float = 0.001) -> tuple[np.ndarray, int]:
+    """Connected components (8/26-connectivity) of a binary mask, dropping those under ``min_area_fraction`` of the image.
+
+    Returns the label array (0 = background, 1..n) and n.
+    """
+    m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask) > 0
+    labels, n = ndimage.label(m, structure=np.ones((3,) * m.ndim, dtype=bool))
+    if n:
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        keep = sizes >= max(1.0, min_area_fraction * m.size)
+        keep[0] = False
+        remap = np.zeros(n + 1, dtype=labels.dtype)
+        remap[keep] = np.arange(1, int(keep.sum()) + 1, dtype=labels.dtype)
+        labels, n = remap[labels], int(keep.sum())
+    return labels, n
+
+
+def component_sides(labels: np.ndarray, num: int, lateral_axis: int = 0, left_on_image_right: bool = True) -> list[str]:
+    """The patient side ("left" / "right") of each component 1..num: the side of the image midline (along
+    ``lateral_axis``) that holds its centroid."""
+    if num == 0:
+        return []
+    centres = ndimage.center_of_mass(np.ones_like(labels), labels, index=np.arange(1, num + 1))
+    mid = (labels.shape[lateral_axis] - 1) / 2.0
+    return ["left" if (c[lateral_axis] > mid) == left_on_image_right else "right" for c in centres]
+
+
+def mask_laterality(labels: np.ndarray, num: int, lateral_axis: int = 0, left_on_image_right: bool = True) -> str:
+    """Patient side(s) of the components in ``labels`` ("none", "left", "right", "bilateral")."""
+    sides = set(component_sides(labels, num, lateral_axis, left_on_image_right))
+    if not sides:
+        return "none"
+    return "bilateral" if len(sides) == 2 else sides.pop()
+
+
+class KeepReportedFindingsd(MapTransform):
+    """Cut a binary prediction to what the report names: on each patient side keep the largest components, as many
+    as the report names zones on that side, and nothing on a side it does not name.
+
+    The zones come from :class:`~monai_vlseg.transforms.report.PrepareReportd` (``report_zones``, e.g.
+    ``"upper left; lower right"``); an item without them (no parser, or nothing read) is left as it is, so the step
+    never invents a constraint. Place it after the prediction is binarised, before it is inverted or saved.
+
+    Args:
+        keys: binary prediction key(s), channel-first (channel 0 is the mask; with more channels the last one).
+        zones_key: item key of the report's zones.
+        lateral_axis, left_on_image_right: the image's left-right axis and side convention (see the module).
+        min_area_fraction: smaller components are noise and removed as well.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        zones_key: str = "report_zones",
+        lateral_axis: int = 0,
+        left_on_image_right: bool = True,
+        min_area_fraction: float = 0.001,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.zones_key, self.lateral_axis = zones_key, lateral_axis
+        self.left_on_image_right, self.min_area_fraction = left_on_image_right, min_area_fraction
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        zones = [z.strip() for z in str(d.get(self.zones_key) or "").split(";") if z.strip()]
+        if not zones:
+            return d
+        wanted = {side: sum(z.endswith(side) for z in zones) for side in ("left", "right")}
+        for key in self.key_iterator(d):
+            pred = d[key]
+            channel = pred[-1]
+            labels, n = mask_lesions(channel, self.min_area_fraction)
+            sides = component_sides(labels, n, self.lateral_axis, self.left_on_image_right)
+            sizes = np.bincount(labels.ravel(), minlength=n + 1)
+            keep = np.zeros(n + 1, dtype=bool)
+            for side, k in wanted.items():
+                ids = sorted((i + 1 for i, s in enumerate(sides) if s == side), key=lambda c: -sizes[c])
+                keep[ids[:k]] = True
+            kept = torch.as_tensor(keep[labels], device=channel.device)
+            out = pred.clone()
+            out[-1] = channel * kept.to(channel.dtype)
+            d[key] = out
+        return d
