@@ -20,7 +20,8 @@ The diffusion backbone is MONAI's :class:`~monai.networks.nets.DiffusionModelUNe
 from __future__ import annotations
 
 import math
-import warnings
+import os
+import pickle
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,7 +37,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from monai_vlseg.nets.blocks.text_encoder import FrozenTextEncoder
-from monai_vlseg.utils import load_pretrained
+from monai_vlseg.utils import load_checkpoint, load_pretrained
 
 __all__ = [
     "PAPER_UNET",
@@ -109,6 +110,17 @@ def _decoder_block_channels(unet: DiffusionModelUNet, index: int) -> int:
         rest -= per_level[level]
         level += 1
     return int(list(reversed(unet.block_out_channels))[level])
+
+
+def _is_bare_unet_checkpoint(path: str) -> bool:
+    """Whether ``path`` holds a bare ``DiffusionModelUNet`` state dict (no ``unet.`` prefix); read memory-mapped."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
+        return False  # load_checkpoint reports the unreadable file
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]
+    return isinstance(state, Mapping) and len(state) > 0 and not any(str(k).startswith("unet.") for k in state)
 
 
 class CLIPImageEncoder(nn.Module):
@@ -476,29 +488,24 @@ class LCPDN(nn.Module):
             fused.append(F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False))
         return self.classifier(torch.cat(fused, dim=1))  # eq. 11, pixel classifier
 
-    def load_diffusion_checkpoint(self, path: str, map_location: str | torch.device = "cpu") -> None:
-        """Load a stage-1 checkpoint (state dict of :class:`PromptedDiffusionUNet`, or ``{"model": ...}``)."""
-        try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-        except (OSError, RuntimeError) as err:
-            raise ValueError(f"diffusion checkpoint '{path}' could not be read: {err}") from None
-        if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
-            state = state["model"]
-        if not isinstance(state, Mapping):
-            raise ValueError(f"diffusion checkpoint '{path}' holds no state dict.")
-        if not any(str(k).startswith("unet.") for k in state):  # a bare DiffusionModelUNet state dict
-            state = {f"unet.{k}": v for k, v in state.items()}
-        try:
-            missing, unexpected = self.diffusion.load_state_dict(state, strict=False)
-        except RuntimeError as err:  # shape mismatches
-            first = str(err).strip().splitlines()
-            raise ValueError(f"diffusion checkpoint '{path}' does not match this UNet: {first[-1].strip()}") from None
-        bad = [k for k in missing if k.startswith("unet.")]
-        if bad or unexpected:
-            raise ValueError(
-                f"diffusion checkpoint '{path}' does not match this UNet: {len(bad)} missing UNet weights "
-                f"(e.g. {bad[:2]}), {len(unexpected)} unexpected (e.g. {list(unexpected)[:2]})."
-            )
+    def load_diffusion_checkpoint(
+        self, path: str | None, required: bool = True, map_location: str | torch.device = "cpu"
+    ) -> LCPDN:
+        """Load a stage-1 checkpoint strictly with :func:`monai_vlseg.utils.load_checkpoint` and return self.
+
+        The file holds a :class:`PromptedDiffusionUNet` state dict (or ``{"model": ...}``, what stage 1 saves), or a
+        bare ``DiffusionModelUNet`` state dict (loaded into the UNet alone). ``required=False``: a missing file warns
+        that the frozen UNet stays random.
+        """
+        target: nn.Module = self.diffusion
+        if path and os.path.isfile(path) and _is_bare_unet_checkpoint(path):
+            target = self.diffusion.unet
+        hint = (
+            "the frozen UNet is random. Run stage 1 first (configs/pretrain_diffusion.json) or set diffusion_ckpt "
+            "to a pretrained DiffusionModelUNet checkpoint."
+        )
+        load_checkpoint(target, path, required=required, hint=hint, map_location=map_location)
+        return self
 
 
 class PromptedDiffusionPrepareBatch(DiffusionPrepareBatch):
@@ -540,15 +547,3 @@ class PromptedDiffusionInferer(DiffusionInferer):
     ) -> torch.Tensor:
         noisy = self.scheduler.add_noise(original_samples=inputs, noise=noise, timesteps=timesteps)
         return diffusion_model(noisy, timesteps, image=inputs, input_ids=input_ids, attention_mask=attention_mask)
-
-
-def warn_if_untrained_diffusion(path: str | None) -> None:
-    """Warn that stage 2 runs on a random UNet when no stage-1 checkpoint is found (used by the bundle config)."""
-    import os
-
-    if not path or not os.path.isfile(path):
-        warnings.warn(
-            f"no diffusion checkpoint at '{path}': the frozen UNet is random. Run stage 1 first "
-            "(configs/pretrain_diffusion.json) or set diffusion_ckpt to a pretrained DiffusionModelUNet checkpoint.",
-            stacklevel=2,
-        )
