@@ -21,12 +21,14 @@ MICCAI 2025 (poster; no public code). Components, with the poster's notation:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from monai.utils import convert_to_tensor
 from transformers import CLIPConfig, CLIPModel
 
 from monai_vlseg.nets.blocks.attention import MultiHeadAttention
@@ -40,6 +42,7 @@ __all__ = [
     "CLIPTowers",
     "TIFCImageSegmenter",
     "TIFCMamba",
+    "TIFCOutput",
     "TIFCTextSegmenter",
     "TrivialPrior",
 ]
@@ -497,26 +500,74 @@ class TIFCTextSegmenter(nn.Module):
         return logits.masked_fill(~token_mask.bool(), -1e4)
 
 
+@dataclass(eq=False)
+class TIFCOutput(Mapping):
+    """What :class:`TIFCMamba` returns in text-supervised training, read by
+    :class:`monai_vlseg.losses.text_supervised.TextSupervisedLoss` by attribute. B: batch, C: image channels,
+    H x W: image size, L: description tokens, E: CLIP embedding width, P: CLIP patches.
+
+    It is also a read-only mapping of its field names, so MONAI's engines handle it like the dict a network may
+    return (``decollate_batch`` splits it into one dict per image, ``from_engine`` reads keys).
+    """
+
+    #: (B, 1, H, W) mask logits of M_I (what eval mode returns alone).
+    pred: torch.Tensor
+    #: (B, C, H, W) the input image in [0, 1] (the colour-affinity term reads it).
+    image: torch.Tensor
+    #: (B, 1, H, W) M_I = sigmoid(pred).
+    mask_image: torch.Tensor
+    #: (B, L) M_T of Phi_T in [0, 1] (0 on padding).
+    mask_text: torch.Tensor
+    #: (B, E) e^T: CLIP embedding of the description (or the learned empty prompt).
+    text: torch.Tensor
+    #: (B, E) CLIP image embedding of I-hat (image under M_I, background filled).
+    fg_image: torch.Tensor
+    #: (B, E) CLIP image embedding of the complement image (image under 1 - M_I).
+    bg_image: torch.Tensor
+    #: (B, E) CLIP text embedding of T-hat (tokens weighted by M_T).
+    fg_text: torch.Tensor
+    #: (B, E) CLIP patch embeddings of the full image pooled inside M_I.
+    fg_region: torch.Tensor
+    #: (B, E) the same pooled outside M_I.
+    bg_region: torch.Tensor
+    #: (B, P) cosine of each CLIP patch embedding with e^T (CLIP's region-text map, no gradient).
+    region_sim: torch.Tensor
+    #: (B, L) 1 where a description token is one of the keyword's content tokens (the weak target of Phi_T).
+    keyword_tokens: torch.Tensor
+    #: (B, L) 1 on the description's content tokens (not padding, start or end).
+    token_mask: torch.Tensor
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._names():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
 class TIFCMamba(nn.Module):
     """TIFCMamba: text-supervised segmentation (image segmenter Phi_I, text segmenter Phi_T, CLIP towers).
 
     ``forward(image, input_ids, attention_mask, keyword_ids, keyword_mask)`` returns the mask logits M_I
     (B, 1, H, W) in eval mode (and in training when ``text_supervised`` is False, e.g. the fully supervised
-    comparison). In text-supervised training it returns a dict for
-    :class:`monai_vlseg.losses.text_supervised.TextSupervisedLoss`:
-    ``pred`` (logits), ``image`` (the input, for the colour-affinity term), ``mask_image`` / ``mask_text`` (M_I, M_T in [0, 1]), ``text`` (e^T of the description),
-    ``fg_image`` / ``bg_image`` (E_I of I-hat and of the complement image), ``fg_text`` (E_T of T-hat),
-    ``fg_region`` / ``bg_region`` (mask-pooled CLIP patch embeddings of the full image: region-level alignment),
-    ``region_sim`` (B, P) cosine of each CLIP patch embedding with e^T (CLIP's region-text map, no gradient),
-    ``keyword_tokens`` (B, L) 0/1 membership of each description token in the keyword, ``token_mask``.
-    Without text (``input_ids`` None) a learned empty prompt replaces e^T and the keyword tokens.
+    comparison). In text-supervised training it returns a :class:`TIFCOutput` (the logits as ``pred``, the masks
+    M_I and M_T, and the CLIP embeddings of I-hat, T-hat and the mask-pooled regions) for
+    :class:`monai_vlseg.losses.text_supervised.TextSupervisedLoss`. Without text (``input_ids`` None) a learned empty prompt replaces e^T and the keyword tokens.
 
     Args:
         in_channels: image channels.
         size: ``"T"``, ``"S"`` or ``"B"`` (:data:`TIFC_CONFIGS`); ``dims``/``depths`` override it.
         clip_model: CLIP id/folder or None (random :data:`SMALL_CLIP`-like config, ``clip_config``).
         clip_config: CLIPConfig kwargs for ``clip_model=None``.
-        text_supervised: return the alignment dict in training (False: logits, for mask supervision).
+        text_supervised: return a :class:`TIFCOutput` in training (False: logits, for mask supervision).
         feature_dim: width of the last decoder feature before its projection to the CLIP embedding.
         fusion_spatial, fusion_channel: BiDF ablation switches (the poster's fusion table).
         text_hidden: Phi_T inner width.
@@ -649,14 +700,14 @@ class TIFCMamba(nn.Module):
         attention_mask: torch.Tensor | None = None,
         keyword_ids: torch.Tensor | None = None,
         keyword_mask: torch.Tensor | None = None,
-    ):
+    ) -> torch.Tensor | TIFCOutput:
+        """image (B, C, H, W) in [0, 1], description and keyword tokens (B, L) -> mask logits (B, 1, H, W), or a
+        :class:`TIFCOutput` in text-supervised training."""
         if image.shape[1] != self.in_channels:
             raise ValueError(
                 f"expected {self.in_channels} image channels, got {image.shape[1]}."
             )
-        image = (
-            image.as_tensor() if hasattr(image, "as_tensor") else image
-        )  # MetaTensor -> plain tensor
+        image = convert_to_tensor(image, track_meta=False)  # MONAI engines pass MetaTensors; keep the net plain
         b = image.shape[0]
         e_t, tok, kw, kw_mask, attn = self._text(
             input_ids, attention_mask, keyword_ids, keyword_mask, b
@@ -707,21 +758,21 @@ class TIFCMamba(nn.Module):
         special = self.clip.special_tokens(input_ids)
         weights = torch.where(special, torch.ones_like(m_t), m_t) * attn
         fg_text, _ = self.clip.encode_text(input_ids, attn, token_weights=weights)
-        return {
-            "pred": logits,
-            "image": image,
-            "mask_image": m_i,
-            "mask_text": m_t,
-            "text": e_t,
-            "fg_image": fg_image,
-            "bg_image": bg_image,
-            "fg_text": fg_text,
-            "fg_region": fg_region,
-            "bg_region": bg_region,
-            "region_sim": region_sim,
-            "keyword_tokens": kw_tokens.to(m_t.dtype),
-            "token_mask": (attn.bool() & ~special).to(m_t.dtype),
-        }
+        return TIFCOutput(
+            pred=logits,
+            image=image,
+            mask_image=m_i,
+            mask_text=m_t,
+            text=e_t,
+            fg_image=fg_image,
+            bg_image=bg_image,
+            fg_text=fg_text,
+            fg_region=fg_region,
+            bg_region=bg_region,
+            region_sim=region_sim,
+            keyword_tokens=kw_tokens.to(m_t.dtype),
+            token_mask=(attn.bool() & ~special).to(m_t.dtype),
+        )
 
 
 class TrivialPrior(nn.Module):
