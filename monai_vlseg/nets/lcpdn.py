@@ -34,10 +34,10 @@ from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDPMScheduler
 from monai.utils import convert_to_tensor
 from torch import nn
-from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from monai_vlseg.nets.blocks.clip import SMALL_CLIP_VISION, CLIPImageEncoder
 from monai_vlseg.nets.blocks.text_encoder import FrozenTextEncoder
-from monai_vlseg.utils import load_checkpoint, load_pretrained
+from monai_vlseg.utils import load_checkpoint
 
 __all__ = [
     "PAPER_UNET",
@@ -63,20 +63,6 @@ PAPER_UNET: dict[str, Any] = {
     "norm_num_groups": 32,
     "resblock_updown": True,
 }
-
-#: Offline default image tower: a small randomly initialised CLIP vision transformer (224 px, 16 px patches).
-SMALL_CLIP_VISION: dict[str, Any] = {
-    "hidden_size": 256,
-    "intermediate_size": 1024,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "image_size": 224,
-    "patch_size": 16,
-}
-
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
 
 class _StopForward(Exception):
     """Raised by the last feature hook: the decoder blocks after it are not needed."""
@@ -121,49 +107,6 @@ def _is_bare_unet_checkpoint(path: str) -> bool:
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
         state = state["model"]
     return isinstance(state, Mapping) and len(state) > 0 and not any(str(k).startswith("unet.") for k in state)
-
-
-class CLIPImageEncoder(nn.Module):
-    """Frozen CLIP vision tower returning its token features (CLS + patches), the keys/values of CPRFL (eq. 1).
-
-    Args:
-        model_name_or_path: HuggingFace id (``openai/clip-vit-base-patch16``, local cache only) or local folder;
-            None builds ``config`` with random weights (the offline default).
-        config: CLIPVisionConfig fields for the random tower (default :data:`SMALL_CLIP_VISION`).
-        frozen: no gradients and eval mode always.
-    """
-
-    def __init__(self, model_name_or_path: str | None = None, config: dict | None = None, frozen: bool = True) -> None:
-        super().__init__()
-        if model_name_or_path:
-            self.model = load_pretrained(CLIPVisionModel, model_name_or_path)
-        else:
-            self.model = CLIPVisionModel(CLIPVisionConfig(**{**SMALL_CLIP_VISION, **(config or {})}))
-        self.frozen = frozen
-        if frozen:
-            self.model.requires_grad_(False)
-            self.model.eval()
-        self.register_buffer("mean", torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_CLIP_STD).view(1, 3, 1, 1), persistent=False)
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.model.config.hidden_size)
-
-    def train(self, mode: bool = True) -> CLIPImageEncoder:
-        super().train(mode)
-        if self.frozen:
-            self.model.eval()
-        return self
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """image: (B, 1 or 3, H, W) in [0, 1]; returns (B, 1 + M, hidden_size)."""
-        size = int(self.model.config.image_size)
-        x = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
-        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            return self.model(pixel_values=x).last_hidden_state
 
 
 class CPRFL(nn.Module):
