@@ -153,11 +153,8 @@ def load_checkpoint(
         if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != v.shape
     ]
     if missing or unexpected or shapes:
-        problems = [
-            f"{label} {_some(items)}"
-            for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
-            if items
-        ]
+        found = {"missing keys": missing, "unexpected keys": unexpected, "shape mismatches": shapes}
+        problems = [f"{label} {_some(items)}" for label, items in found.items() if items]
         raise ValueError(f"checkpoint '{path}' does not fit {type(module).__name__}: {'; '.join(problems)}.")
     module.load_state_dict(state, strict=True)
     return module

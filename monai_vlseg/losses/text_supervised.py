@@ -5,8 +5,9 @@
 - :class:`CLIPContrastiveLoss` — the symmetric InfoNCE of CLIP (Radford et al. 2021) on a (B, B) image-to-text logit
   matrix; trains the small offline CLIP on image-text pairs before the segmentation stage.
 - :class:`TextSupervisedLoss` — the objective of Phi_I and Phi_T given :class:`monai_vlseg.nets.tifcmamba.TIFCMamba`'s
-  training output (:class:`monai_vlseg.nets.tifcmamba.TIFCOutput`): CLIP contrastive alignment of the masked image I-hat with the masked text T-hat, the region-level
-  image-text mutual alignment, and the priors that keep the masks from being trivial (see the class docstring).
+  training output (:class:`monai_vlseg.nets.tifcmamba.TIFCOutput`): CLIP contrastive alignment of the masked image
+  I-hat with the masked text T-hat, the region-level image-text mutual alignment, and the priors that keep the masks
+  from being trivial (see the class docstring).
 """
 
 from __future__ import annotations

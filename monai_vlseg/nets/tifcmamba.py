@@ -6,8 +6,9 @@ Pan, Huang & Zheng, "MAMBA-Based Weakly Supervised Medical Image Segmentation wi
 MICCAI 2025 (poster; no public code). Components, with the poster's notation:
 
 - :class:`~monai_vlseg.nets.blocks.clip.CLIPTowers` — CLIP image encoder E_I and text encoder E_T (HuggingFace
-  ``CLIPModel``); frozen during segmentation training. ``openai/clip-vit-base-patch16`` by id (local cache / folder only), or a small random CLIP
-  config that the bundle first trains contrastively on the image-text pairs (no masks; see the bundle docs).
+  ``CLIPModel``); frozen during segmentation training. ``openai/clip-vit-base-patch16`` by id (local cache / folder
+  only), or a small random CLIP config that the bundle first trains contrastively on the image-text pairs (no masks;
+  see the bundle docs).
 - :class:`BiDF` — Bi-Dimension Fusion: text expanded over the image grid and fused per patch, [image, image-text,
   text] concatenated on channels, then spatial fusion (2D selective scan, SS2D) and channel fusion (1D selective
   scan over the channel axis) give F_fuse.

@@ -236,9 +236,8 @@ class CLIPImageEncoder(CLIPTowers):
     def __init__(
         self, model_name_or_path: str | None = None, config: Mapping[str, Any] | None = None, frozen: bool = True
     ) -> None:
-        super().__init__(
-            model_name_or_path, {**SMALL_CLIP_VISION, **(config or {})}, frozen, text_tower=False, attn_implementation=None
-        )
+        config = {**SMALL_CLIP_VISION, **(config or {})}
+        super().__init__(model_name_or_path, config, frozen, text_tower=False, attn_implementation=None)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """image: (B, 1 or 3, H, W) in [0, 1] -> (B, 1 + P, hidden_size); no autograd graph when frozen."""
