@@ -1,4 +1,6 @@
-"""Helpers the bundle configs call: where the bundle lives, what to infer on, and metric summaries."""
+"""Helpers the bundle configs call: where the bundle lives, what to train, evaluate and infer on, the distributed
+set-up of ``multi_gpu_train.json``, TIFCMamba's CLIP stage, and metric summaries. A config calls one of these instead
+of holding a multi-statement program or a comprehension."""
 
 from __future__ import annotations
 
@@ -6,14 +8,34 @@ import glob
 import json
 import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
 from monai.data import load_decathlon_datalist
+from torch import nn
 
 from monai_vlseg.io.dicom import dicom_files_in, is_dicom_file
+from monai_vlseg.utils import load_checkpoint
 
-__all__ = ["as_flag", "find_bundle_root", "inference_datalist", "shuffle_texts", "save_metrics_summary", "IMAGE_EXTENSIONS"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "all_have_text",
+    "as_flag",
+    "channel_output_transform",
+    "ddp_device",
+    "ddp_finalize",
+    "ddp_init",
+    "eval_datalist",
+    "find_bundle_root",
+    "image_meta",
+    "inference_datalist",
+    "rank_zero_handlers",
+    "run_clip_stage",
+    "save_metrics_summary",
+    "shuffle_texts",
+    "unlabelled_datalist",
+]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".dcm", ".mha", ".nrrd")
 
@@ -111,6 +133,44 @@ def as_flag(value: Any) -> bool:
     raise ValueError(f"expected a true/false switch, got {value!r}.")
 
 
+def _rank() -> int:
+    """This process's rank, 0 outside a distributed run."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def ddp_device() -> torch.device:
+    """The device of this torchrun process (the ``device`` of every ``multi_gpu_train.json``): GPU ``LOCAL_RANK``
+    when CUDA is available, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{os.environ['LOCAL_RANK']}")
+    return torch.device("cpu")
+
+
+def ddp_init(device: torch.device | str) -> None:
+    """Start a torchrun run (the first ``initialize`` step of every ``multi_gpu_train.json``): join the process group
+    (NCCL on GPUs, gloo on the CPU) unless already joined, and make ``device`` the current CUDA device."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(device)
+
+
+def rank_zero_handlers(handlers: Sequence[Any]) -> list[Any]:
+    """``handlers`` on rank 0; on the other ranks without those that log, save or draw a progress bar (stats,
+    TensorBoard, checkpoints, progress bar), so each is written once. Outside a distributed run: all of them."""
+    if _rank() == 0:
+        return list(handlers)
+    from ignite.handlers import ProgressBar
+    from monai.handlers import CheckpointSaver, StatsHandler, TensorBoardStatsHandler
+
+    once = (StatsHandler, TensorBoardStatsHandler, CheckpointSaver, ProgressBar)
+    return [h for h in handlers if not isinstance(h, once)]
+
+
 def ddp_finalize() -> None:
     """End a torchrun run (the ``finalize`` of every ``multi_gpu_train.json``): wait for all ranks, then destroy the
     process group. Without the barrier a rank with less to do at the end (rank > 0 saves no checkpoint and writes no
@@ -138,6 +198,60 @@ def shuffle_texts(items: Sequence[Mapping[str, Any]], seed: int = 0) -> list[dic
     for j, i in enumerate(perm):
         items[i]["text"] = texts[(j + 1) % n]
     return items
+
+
+def eval_datalist(datalist: str, split: str = "test", shuffle_text: Any = False) -> list[dict[str, Any]]:
+    """The labelled items of ``split`` of a datalist JSON for evaluation; with ``shuffle_text`` (a switch, see
+    :func:`as_flag`) their texts are permuted across images by :func:`shuffle_texts`."""
+    items = load_decathlon_datalist(datalist, is_segmentation=True, data_list_key=split)
+    return shuffle_texts(items) if as_flag(shuffle_text) else list(items)
+
+
+def unlabelled_datalist(datalist: str, split: str = "training") -> list[dict[str, Any]]:
+    """The items of ``split`` without their ``label`` (stage-1 pre-training learns from images and texts only)."""
+    items = load_decathlon_datalist(datalist, is_segmentation=True, data_list_key=split)
+    return [{k: v for k, v in it.items() if k != "label"} for it in items]
+
+
+def all_have_text(items: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether every item has a non-empty ``text`` (the text-mask consistency metrics need one per image)."""
+    return all(str(it.get("text") or "").strip() for it in items)
+
+
+def image_meta(batch: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """The image metadata of each item of a decollated batch (``MetricsSaver``'s ``batch_transform``: the file
+    names of the per-image metric rows)."""
+    return [item["image"].meta for item in batch]
+
+
+def channel_output_transform(channel: int, keys: Sequence[str] = ("pred", "label")) -> Callable[[Any], tuple]:
+    """An ``output_transform`` giving each item's ``keys`` (``from_engine``) reduced to one ``channel`` (kept as a
+    channel axis): a per-class metric of a one-hot multi-class output."""
+    from monai.handlers import from_engine
+
+    get = from_engine(list(keys))
+
+    def _transform(output: Any) -> tuple:
+        return tuple([t[channel : channel + 1] for t in values] for values in get(output))
+
+    return _transform
+
+
+def run_clip_stage(
+    network: nn.Module, clip_ckpt: str | None, clip_trainer: Any, save_path: str, train: Any = True
+) -> nn.Module:
+    """TIFCMamba's stage 1, before the segmentation stage: the CLIP towers ``network.clip`` are loaded from
+    ``clip_ckpt`` when given (strictly, :func:`monai_vlseg.utils.load_checkpoint`), else trained by ``clip_trainer``
+    when ``train``; then frozen, and saved to ``save_path`` (by rank 0 only). Returns ``network``."""
+    if clip_ckpt:
+        load_checkpoint(network.clip, clip_ckpt)
+    elif as_flag(train):
+        clip_trainer.run()
+    network.clip.set_frozen(True)
+    if _rank() == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(save_path)), exist_ok=True)
+        torch.save(network.clip.state_dict(), save_path)
+    return network
 
 
 def save_metrics_summary(metrics: Mapping[str, Any], path: str, **extra: Any) -> dict[str, Any]:

@@ -1,11 +1,15 @@
-"""Small helpers shared across monai_vlseg: offline resolution of pretrained text models, parameter filters."""
+"""Small helpers shared across monai_vlseg: offline resolution of pretrained models, checkpoint loading, parameter
+filters. Imports nothing of monai_vlseg (every layer may use it)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import pickle
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import torch
 from huggingface_hub.errors import EntryNotFoundError, HFValidationError
 from torch import nn
 
@@ -14,6 +18,7 @@ __all__ = [
     "PretrainedNotFoundError",
     "resolve_pretrained",
     "load_pretrained",
+    "load_checkpoint",
     "trainable_parameters",
 ]
 
@@ -89,6 +94,67 @@ def load_pretrained(loader: Any, name_or_path: str | os.PathLike | None, **kwarg
     raise PretrainedNotFoundError(msg) from None
 
 
-def trainable_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
-    """Parameters of ``module`` that require gradients (frozen towers excluded), e.g. for a bundle's optimizer."""
-    return (p for p in module.parameters() if p.requires_grad)
+def trainable_parameters(module: nn.Module, exclude: Sequence[str] = ()) -> Iterator[nn.Parameter]:
+    """Parameters of ``module`` that require gradients (frozen towers excluded), e.g. for a bundle's optimizer;
+    ``exclude``: name prefixes to leave out too (e.g. ``["encoder."]`` for a parameter group of its own)."""
+    return (p for n, p in module.named_parameters() if p.requires_grad and not n.startswith(tuple(exclude)))
+
+
+def _some(keys: Sequence[str], n: int = 3) -> str:
+    """``len(keys)`` and the first ``n`` of them, for an error message."""
+    shown = ", ".join(repr(k) for k in keys[:n])
+    return f"{len(keys)} ({shown}{', ...' if len(keys) > n else ''})"
+
+
+def load_checkpoint(
+    module: nn.Module,
+    path: str | os.PathLike | None,
+    required: bool = True,
+    keys: Sequence[str] = ("model",),
+    hint: str = "",
+    map_location: str | torch.device = "cpu",
+) -> nn.Module:
+    """
+    Load a checkpoint strictly into ``module`` (e.g. a stage-1 checkpoint into a sub-network) and return ``module``.
+
+    Args:
+        module: the module whose ``state_dict`` the checkpoint must match exactly (names and shapes).
+        path: a file saved as a plain state dict or as ``{key: state_dict}`` (``CheckpointSaver``'s layout).
+        required: a missing file (or ``path`` None/empty) raises ``FileNotFoundError``; False warns and returns
+            ``module`` unchanged.
+        keys: the wrapping keys tried in order (the first whose value is a mapping is unwrapped).
+        hint: appended to the not-found message (how to produce the file).
+        map_location: forwarded to ``torch.load``.
+
+    Raises:
+        ValueError: the file is not a state dict, or does not match ``module``; the message names the file and the
+            count and first few of the missing keys, unexpected keys and shape mismatches.
+    """
+    if not path or not os.path.isfile(path):
+        msg = f"checkpoint '{path}' not found" + (f": {hint}" if hint else "")
+        if required:
+            raise FileNotFoundError(msg)
+        warnings.warn(msg, stacklevel=2)
+        return module
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise ValueError(f"checkpoint '{path}' could not be read: {err}") from None
+    if isinstance(state, Mapping):
+        state = next((state[k] for k in keys if isinstance(state.get(k), Mapping)), state)
+    if not isinstance(state, Mapping):
+        raise ValueError(f"checkpoint '{path}' holds no state dict (got {type(state).__name__}).")
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        found = {"missing keys": missing, "unexpected keys": unexpected, "shape mismatches": shapes}
+        problems = [f"{label} {_some(items)}" for label, items in found.items() if items]
+        raise ValueError(f"checkpoint '{path}' does not fit {type(module).__name__}: {'; '.join(problems)}.")
+    module.load_state_dict(state, strict=True)
+    return module

@@ -41,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -164,10 +165,10 @@ def _scalar(out: Any) -> torch.Tensor:
     """A scalar from any network output (tensor, tuple/list, dict) for the backward pass."""
     if isinstance(out, torch.Tensor):
         return out.float().sigmoid().mean() if out.is_floating_point() else out.float().sum() * 0
-    if isinstance(out, dict):
+    if isinstance(out, Mapping):  # a dict, or a mapping-like output such as TIFCOutput
         out = list(out.values())
     if isinstance(out, (list, tuple)):
-        parts = [_scalar(o) for o in out if isinstance(o, (torch.Tensor, list, tuple, dict))]
+        parts = [_scalar(o) for o in out if isinstance(o, (torch.Tensor, list, tuple, Mapping))]
         return torch.stack(parts).sum() if parts else torch.zeros(())
     return torch.zeros(())
 

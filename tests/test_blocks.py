@@ -3,6 +3,7 @@ tokens, SS2D equals a hand-written four-direction composition, and everything tr
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -115,3 +116,33 @@ def test_ss2d_matches_explicit_four_scans():
     y = merged.transpose(1, 2).reshape(1, 3, 5, d)
     ref = ss2d.out_proj(ss2d.out_norm(y) * F.silu(z))
     torch.testing.assert_close(ss2d(x), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_clip_towers_one_module_for_both_networks():
+    """TIFCMamba's CLIPTowers and LCPDN's CLIPImageEncoder are one implementation (nets/blocks/clip.py): the image
+    tower alone gives the same tokens as the image tower of the two-tower model with the same weights."""
+    from monai_vlseg.nets import CLIPImageEncoder as NetsImageEncoder
+    from monai_vlseg.nets import CLIPTowers as NetsTowers
+    from monai_vlseg.nets.blocks.clip import SMALL_CLIP, CLIPImageEncoder, CLIPTowers
+
+    assert NetsTowers is CLIPTowers and NetsImageEncoder is CLIPImageEncoder
+    vis = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+           "image_size": 32, "patch_size": 8}  # fmt: skip
+    cfg = {**SMALL_CLIP, "projection_dim": 8, "vision_config": vis,
+           "text_config": {**SMALL_CLIP["text_config"], "hidden_size": 16, "intermediate_size": 32,
+                           "num_hidden_layers": 1, "num_attention_heads": 2}}  # fmt: skip
+    torch.manual_seed(0)
+    both = CLIPTowers(None, cfg, frozen=True)
+    image_only = CLIPImageEncoder(None, vis)
+    assert image_only.hidden_size == both.hidden_size == 16 and image_only.image_size == 32
+    assert not any(p.requires_grad for p in image_only.parameters()) and not image_only.train().model.training
+    image_only.model.load_state_dict(both.vision_model.state_dict())
+    x = torch.rand(2, 1, 20, 24)  # grey, not CLIP's size: expanded to RGB and resized
+    torch.testing.assert_close(image_only(x), both.image_tokens(x))  # eager vs default attention: float rounding
+    assert image_only(x).shape == (2, 1 + 16, 16)
+    with pytest.raises(AttributeError, match="no text tower"):
+        image_only.encode_text(torch.ones(1, 4, dtype=torch.long))
+    # frozen towers: no parameter gradients, but the gradient reaches the input (TIFCMamba's I-hat)
+    x.requires_grad_(True)
+    both.encode_image(x)[0].sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0 and all(p.grad is None for p in both.parameters())

@@ -40,7 +40,7 @@ def bundle(tmp_path_factory):
                  "max_epochs": 2, "text_len": 12, **TINY_NET}  # fmt: skip
     cfg.run("train", "train.json", "pretrain_diffusion.json", pretrain_epochs=1, pretrain_batch_size=3, **overrides)
     stage1 = torch.load(tmp / "bundle" / "models" / "diffusion.pt", map_location="cpu", weights_only=True)
-    with pytest.warns(UserWarning, match="no diffusion checkpoint"):  # without stage 1 the UNet would be random
+    with pytest.warns(UserWarning, match="not found: the frozen UNet is random"):  # without stage 1
         cfg.workflow("train", "train.json", **dict(overrides, bundle_root=str(tmp / "nothing"))).initialize()
     wf = cfg.run("train", "train.json", **overrides)
     return {"root": tmp, "datalist": datalist, "overrides": overrides, "stage1": stage1, "train_wf": wf}

@@ -210,3 +210,13 @@ def test_stage1_ddpm_with_supervised_trainer_and_checkpoint_round_trip(tmp_path)
                   prompt_dim=16, blocks=[1], fusion_channels=8, classifier_channels=[8, 4])  # fmt: skip
     with pytest.raises(ValueError, match="diffusion.pt"):
         other.load_diffusion_checkpoint(str(tmp_path / "diffusion.pt"))
+    torch.save({"model": den.unet.state_dict()}, tmp_path / "bare_unet.pt")  # a bare DiffusionModelUNet
+    fresh = LCPDN(unet_config=TINY_UNET, text_config=TEXT, vision_config=VIS, prompt_dim=16, blocks=[1, 3, 4],
+                  fusion_channels=8, classifier_channels=[8, 4])  # fmt: skip
+    assert fresh.load_diffusion_checkpoint(str(tmp_path / "bare_unet.pt")) is fresh
+    for k, v in den.unet.state_dict().items():
+        assert torch.equal(fresh.diffusion.unet.state_dict()[k], v), k
+    with pytest.warns(UserWarning, match="frozen UNet is random"):
+        fresh.load_diffusion_checkpoint(str(tmp_path / "missing.pt"), required=False)
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        fresh.load_diffusion_checkpoint(str(tmp_path / "missing.pt"))

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from monai.data import decollate_batch
 
 from monai_vlseg.losses.text_supervised import (
     CLIPContrastiveLoss,
@@ -20,6 +21,7 @@ from monai_vlseg.nets.tifcmamba import (
     BiDF,
     CLIPTowers,
     TIFCMamba,
+    TIFCOutput,
     TrivialPrior,
 )
 
@@ -104,7 +106,12 @@ def test_text_supervised_gradients_reach_segmenters_not_clip(net):
         "fg_text",
         "fg_region",
     }
-    assert out["mask_text"].shape == (4, 12)
+    assert isinstance(out, TIFCOutput) and out.mask_text.shape == (4, 12) and out.pred.shape == (4, 1, 32, 32)
+    assert out["mask_text"] is out.mask_text and len(out) == len(set(out)) == 13  # a mapping for MONAI's engines
+    items = decollate_batch({"pred": out}, detach=True)  # what SupervisedTrainer does after each iteration
+    assert len(items) == 4 and torch.equal(items[1]["pred"]["mask_image"], out.mask_image[1].detach())
+    with pytest.raises(TypeError, match="TIFCOutput"):
+        TextSupervisedLoss()(dict(out))
     TextSupervisedLoss()(out).backward()
     assert all(p.grad is None for p in net.clip.parameters())  # frozen towers
     assert not any(p.requires_grad for p in net.clip.parameters())
@@ -313,10 +320,10 @@ def test_area_prior_is_a_hinge_on_the_range():
         m = torch.zeros(1, 1, 20, 20)
         m.view(-1)[: round(fraction * 400)] = value
         e = lambda *s: torch.randn(*s, generator=g)
-        out = {"mask_image": m, "image": torch.rand(1, 3, 20, 20, generator=g), "region_sim": e(1, 4),
-               "fg_image": e(1, 8), "bg_image": e(1, 8), "fg_text": e(1, 8), "text": e(1, 8), "fg_region": e(1, 8),
-               "bg_region": e(1, 8), "mask_text": torch.rand(1, 5, generator=g), "token_mask": torch.ones(1, 5),
-               "keyword_tokens": torch.ones(1, 5)}
+        out = TIFCOutput(pred=torch.logit(m.clamp(1e-6, 1 - 1e-6)), mask_image=m, image=torch.rand(1, 3, 20, 20, generator=g),
+                         region_sim=e(1, 4), fg_image=e(1, 8), bg_image=e(1, 8), fg_text=e(1, 8), text=e(1, 8),
+                         fg_region=e(1, 8), bg_region=e(1, 8), mask_text=torch.rand(1, 5, generator=g),
+                         token_mask=torch.ones(1, 5), keyword_tokens=torch.ones(1, 5))
         return loss.terms(out)["area"].item()
 
     assert area_term(0.1) == 0.0 and area_term(0.06) == 0.0

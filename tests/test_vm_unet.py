@@ -7,9 +7,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from monai.data import MetaTensor
 from monai.losses import DiceCELoss
+from monai.networks.nets.swin_unetr import PatchMergingV2
+from torch import nn
 
 from monai_vlseg.nets.blocks.mamba import SS2D
-from monai_vlseg.nets.vm_unet import PatchExpand2D, PatchMerging2D, VMUNet
+from monai_vlseg.nets.vm_unet import PatchExpand2D, VMUNet
 from monai_vlseg.ops.selective_scan import selective_scan_ref
 
 TINY = {"dims": (8, 16, 32, 64), "depths": (1, 1, 1, 1), "depths_decoder": (1, 1, 1, 1), "d_state": 4}
@@ -108,10 +110,30 @@ def test_patch_expand_and_merging_layouts():
     x = torch.randn(1, 3, 5, 8)
     ref = up.norm(rearrange(up.expand(x), "b h w (p1 p2 c) -> b (h p1) (w p2) c", p1=4, p2=4, c=2))
     torch.testing.assert_close(up(x), ref)
-    merge = PatchMerging2D(2)
-    x = torch.randn(1, 4, 6, 2)
-    cells = [x[:, i::2, j::2] for i, j in ((0, 0), (1, 0), (0, 1), (1, 1))]  # official concatenation order
-    torch.testing.assert_close(merge(x), merge.reduction(merge.norm(torch.cat(cells, -1))))
+
+
+def test_patch_merging_is_monai_and_equals_the_official_computation():
+    """VMUNet's merging is MONAI's PatchMergingV2 (2D); with the weights copied it equals VM-UNet/VMamba's
+    PatchMerging2D: x0=[0::2, 0::2], x1=[1::2, 0::2], x2=[0::2, 1::2], x3=[1::2, 1::2] concatenated, LayerNorm(4C),
+    Linear(4C, 2C) without bias, so official checkpoints map key for key."""
+    torch.manual_seed(0)
+    net = VMUNet(1, 1, **TINY)
+    assert all(isinstance(m, PatchMergingV2) for m in net.downsample)
+    merge = net.downsample[1]
+    dim = TINY["dims"][1]
+    norm, reduction = nn.LayerNorm(4 * dim), nn.Linear(4 * dim, 2 * dim, bias=False)  # the official module's layers
+    with torch.no_grad():
+        for p in (*merge.parameters(), *norm.parameters(), *reduction.parameters()):
+            p.uniform_(-1, 1)
+    norm.load_state_dict(merge.norm.state_dict())
+    reduction.load_state_dict(merge.reduction.state_dict())
+    x = torch.randn(2, 4, 6, dim)  # channels-last, H != W
+    x0, x1, x2, x3 = x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]
+    ref = reduction(norm(torch.cat([x0, x1, x2, x3], -1)))
+    assert torch.equal(merge(x), ref)
+    assert sorted(merge.state_dict()) == ["norm.bias", "norm.weight", "reduction.weight"]
+    with pytest.raises(ValueError, match="double"):
+        VMUNet(1, 1, dims=(8, 24), depths=(1, 1), depths_decoder=(1, 1))
 
 
 def test_learns_a_mask():

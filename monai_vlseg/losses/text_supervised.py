@@ -5,20 +5,22 @@
 - :class:`CLIPContrastiveLoss` — the symmetric InfoNCE of CLIP (Radford et al. 2021) on a (B, B) image-to-text logit
   matrix; trains the small offline CLIP on image-text pairs before the segmentation stage.
 - :class:`TextSupervisedLoss` — the objective of Phi_I and Phi_T given :class:`monai_vlseg.nets.tifcmamba.TIFCMamba`'s
-  training output: CLIP contrastive alignment of the masked image I-hat with the masked text T-hat, the region-level
-  image-text mutual alignment, and the priors that keep the masks from being trivial (see the class docstring).
+  training output (:class:`monai_vlseg.nets.tifcmamba.TIFCOutput`): CLIP contrastive alignment of the masked image
+  I-hat with the masked text T-hat, the region-level image-text mutual alignment, and the priors that keep the masks
+  from being trivial (see the class docstring).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from monai_vlseg.losses.cacl import soft_info_nce
+from monai_vlseg.nets.tifcmamba import TIFCOutput
 
 __all__ = ["CLIPContrastiveLoss", "TextSupervisedLoss", "colour_affinity_loss", "info_nce", "rgb_to_lab"]
 
@@ -173,24 +175,14 @@ class TextSupervisedLoss(nn.Module):
         l_bg = -(torch.log((1 - m_i).clamp(min=1e-6)) * bg_px).sum((1, 2, 3)) / bg_px.sum((1, 2, 3)).clamp(min=1)
         return (l_fg + l_bg).mean()
 
-    def terms(self, out: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def terms(self, out: TIFCOutput) -> dict[str, torch.Tensor]:
         """The unweighted terms."""
-        fg_i, bg_i, fg_t, e_t = (
-            out["fg_image"],
-            out["bg_image"],
-            out["fg_text"],
-            out["text"],
-        )
-        con = 0.5 * (
-            info_nce(fg_i, fg_t, self.t)
-            + info_nce(fg_t, torch.cat([fg_i, bg_i]), self.t)
-        )
+        fg_i, bg_i, fg_t, e_t = out.fg_image, out.bg_image, out.fg_text, out.text
+        con = 0.5 * (info_nce(fg_i, fg_t, self.t) + info_nce(fg_t, torch.cat([fg_i, bg_i]), self.t))
         mut = 0.5 * (
-            info_nce(out["fg_region"], e_t, self.t)
-            + info_nce(e_t, torch.cat([out["fg_region"], out["bg_region"]]), self.t)
+            info_nce(out.fg_region, e_t, self.t) + info_nce(e_t, torch.cat([out.fg_region, out.bg_region]), self.t)
         )
-        m_i, m_t = out["mask_image"], out["mask_text"]
-        sim = out["region_sim"]
+        m_i, m_t, sim = out.mask_image, out.mask_text, out.region_sim
         if self.map_mode == "seeds":
             l_map = self._seed_loss(m_i, sim)
         else:
@@ -202,31 +194,24 @@ class TextSupervisedLoss(nn.Module):
         log_a = torch.log(m_i.mean((1, 2, 3)).clamp(min=1e-6))
         k = max(1, math.ceil(self.area_min * m_i[0].numel()))
         area_lo = -torch.log(m_i.flatten(1).topk(k, dim=1).values.clamp(min=1e-6)).mean()
-        tm = out["token_mask"]
+        tm = out.token_mask
         n_tok = tm.sum().clamp(min=1.0)
-        kw = (
-            F.binary_cross_entropy(
-                m_t.clamp(1e-6, 1 - 1e-6), out["keyword_tokens"], reduction="none"
-            )
-            * tm
-        ).sum()
+        kw = (F.binary_cross_entropy(m_t.clamp(1e-6, 1 - 1e-6), out.keyword_tokens, reduction="none") * tm).sum()
         return {
             "contrast": con,
             "mutual": mut,
             "map": l_map,
             "area": area_lo + F.relu(log_a - self.log_area_max).mean(),
             "binary": (m_i * (1 - m_i)).mean(),
-            "pairwise": colour_affinity_loss(m_i, out["image"]),
+            "pairwise": colour_affinity_loss(m_i, out.image),
             "keyword": kw / n_tok,
             "text_sparsity": (m_t * tm).sum() / n_tok,
         }
 
-    def forward(
-        self, out: Mapping[str, torch.Tensor], target: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        if not isinstance(out, Mapping):
+    def forward(self, out: TIFCOutput, target: torch.Tensor | None = None) -> torch.Tensor:
+        if not isinstance(out, TIFCOutput):
             raise TypeError(
-                "TextSupervisedLoss needs the dict that TIFCMamba returns in text-supervised training "
+                "TextSupervisedLoss needs the TIFCOutput that TIFCMamba returns in text-supervised training "
                 f"(network_def#text_supervised=true, network in train mode), got {type(out).__name__}"
             )
         terms = self.terms(out)

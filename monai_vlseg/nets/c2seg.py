@@ -10,8 +10,6 @@ The paper gives no equation numbers in the text we follow; comments name the qua
 from __future__ import annotations
 
 import math
-import os
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -23,6 +21,7 @@ from monai.utils import convert_to_tensor
 from monai_vlseg.nets.blocks.attention import MultiHeadAttention
 from monai_vlseg.nets.blocks.kan import KANLinear, OverlapPatchEmbed, TokenizedKANBlock
 from monai_vlseg.nets.blocks.text_encoder import FrozenTextEncoder
+from monai_vlseg.utils import load_checkpoint
 
 __all__ = [
     "CLIP_TEXT_MODEL",
@@ -393,20 +392,23 @@ class C2SegPretrainNet(nn.Module):
 
 
 def load_encoder_checkpoint(network: nn.Module, path: str | None, required: bool = False) -> nn.Module:
-    """Load a stage-1 image-encoder checkpoint (a state dict of ``network.encoder``) into ``network`` and return it.
+    """Load a stage-1 image-encoder checkpoint (a state dict of ``network.encoder``, or ``{"encoder": ...}``) into
+    ``network`` with :func:`monai_vlseg.utils.load_checkpoint` and return ``network``.
 
     A missing file (or ``path`` None/empty) warns and leaves the encoder randomly initialised, unless ``required``,
     which raises ``FileNotFoundError``. A file that does not fit the encoder raises ``ValueError`` naming the file.
     """
-    if not path or not os.path.isfile(path):
-        msg = (
-            f"stage-1 encoder checkpoint '{path}' not found: run configs/pretrain.json first "
-            "(python -m monai.bundle run pretraining --config_file bundles/c2seg/configs/pretrain.json)"
-        )
-        if required:
-            raise FileNotFoundError(msg + ", or set require_pretrained_encoder to false.")
-        warnings.warn(msg + "; training stage 2 with a randomly initialised image encoder.", stacklevel=2)
-        return network
+    hint = (
+        "run configs/pretrain.json first "
+        "(python -m monai.bundle run pretraining --config_file bundles/c2seg/configs/pretrain.json)"
+    )
+    hint += (
+        ", or set require_pretrained_encoder to false."
+        if required
+        else "; training stage 2 with a randomly initialised image encoder."
+    )
+    load_checkpoint(network.encoder, path, required=required, keys=("encoder", "model"), hint=hint)
+    return network
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "encoder" in state and isinstance(state["encoder"], dict):
         state = state["encoder"]

@@ -20,7 +20,8 @@ The diffusion backbone is MONAI's :class:`~monai.networks.nets.DiffusionModelUNe
 from __future__ import annotations
 
 import math
-import warnings
+import os
+import pickle
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,11 +32,11 @@ from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDPMScheduler
 from monai.utils import convert_to_tensor
 from torch import nn
-from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from monai_vlseg.nets.blocks.text_encoder import FrozenTextEncoder
 from monai_vlseg._lazy import lazy_exports
-from monai_vlseg.utils import load_pretrained
+from monai_vlseg.nets.blocks.clip import SMALL_CLIP_VISION, CLIPImageEncoder
+from monai_vlseg.nets.blocks.text_encoder import FrozenTextEncoder
+from monai_vlseg.utils import load_checkpoint
 
 __all__ = [
     "PAPER_UNET",
@@ -59,20 +60,6 @@ PAPER_UNET: dict[str, Any] = {
     "norm_num_groups": 32,
     "resblock_updown": True,
 }
-
-#: Offline default image tower: a small randomly initialised CLIP vision transformer (224 px, 16 px patches).
-SMALL_CLIP_VISION: dict[str, Any] = {
-    "hidden_size": 256,
-    "intermediate_size": 1024,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "image_size": 224,
-    "patch_size": 16,
-}
-
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
 
 class _StopForward(Exception):
     """Raised by the last feature hook: the decoder blocks after it are not needed."""
@@ -108,47 +95,15 @@ def _decoder_block_channels(unet: DiffusionModelUNet, index: int) -> int:
     return int(list(reversed(unet.block_out_channels))[level])
 
 
-class CLIPImageEncoder(nn.Module):
-    """Frozen CLIP vision tower returning its token features (CLS + patches), the keys/values of CPRFL (eq. 1).
-
-    Args:
-        model_name_or_path: HuggingFace id (``openai/clip-vit-base-patch16``, local cache only) or local folder;
-            None builds ``config`` with random weights (the offline default).
-        config: CLIPVisionConfig fields for the random tower (default :data:`SMALL_CLIP_VISION`).
-        frozen: no gradients and eval mode always.
-    """
-
-    def __init__(self, model_name_or_path: str | None = None, config: dict | None = None, frozen: bool = True) -> None:
-        super().__init__()
-        if model_name_or_path:
-            self.model = load_pretrained(CLIPVisionModel, model_name_or_path)
-        else:
-            self.model = CLIPVisionModel(CLIPVisionConfig(**{**SMALL_CLIP_VISION, **(config or {})}))
-        self.frozen = frozen
-        if frozen:
-            self.model.requires_grad_(False)
-            self.model.eval()
-        self.register_buffer("mean", torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_CLIP_STD).view(1, 3, 1, 1), persistent=False)
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.model.config.hidden_size)
-
-    def train(self, mode: bool = True) -> CLIPImageEncoder:
-        super().train(mode)
-        if self.frozen:
-            self.model.eval()
-        return self
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """image: (B, 1 or 3, H, W) in [0, 1]; returns (B, 1 + M, hidden_size)."""
-        size = int(self.model.config.image_size)
-        x = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
-        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            return self.model(pixel_values=x).last_hidden_state
+def _is_bare_unet_checkpoint(path: str) -> bool:
+    """Whether ``path`` holds a bare ``DiffusionModelUNet`` state dict (no ``unet.`` prefix); read memory-mapped."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
+        return False  # load_checkpoint reports the unreadable file
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]
+    return isinstance(state, Mapping) and len(state) > 0 and not any(str(k).startswith("unet.") for k in state)
 
 
 class CPRFL(nn.Module):
@@ -473,41 +428,24 @@ class LCPDN(nn.Module):
             fused.append(F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False))
         return self.classifier(torch.cat(fused, dim=1))  # eq. 11, pixel classifier
 
-    def load_diffusion_checkpoint(self, path: str, map_location: str | torch.device = "cpu") -> None:
-        """Load a stage-1 checkpoint (state dict of :class:`PromptedDiffusionUNet`, or ``{"model": ...}``)."""
-        try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-        except (OSError, RuntimeError) as err:
-            raise ValueError(f"diffusion checkpoint '{path}' could not be read: {err}") from None
-        if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
-            state = state["model"]
-        if not isinstance(state, Mapping):
-            raise ValueError(f"diffusion checkpoint '{path}' holds no state dict.")
-        if not any(str(k).startswith("unet.") for k in state):  # a bare DiffusionModelUNet state dict
-            state = {f"unet.{k}": v for k, v in state.items()}
-        try:
-            missing, unexpected = self.diffusion.load_state_dict(state, strict=False)
-        except RuntimeError as err:  # shape mismatches
-            first = str(err).strip().splitlines()
-            raise ValueError(f"diffusion checkpoint '{path}' does not match this UNet: {first[-1].strip()}") from None
-        bad = [k for k in missing if k.startswith("unet.")]
-        if bad or unexpected:
-            raise ValueError(
-                f"diffusion checkpoint '{path}' does not match this UNet: {len(bad)} missing UNet weights "
-                f"(e.g. {bad[:2]}), {len(unexpected)} unexpected (e.g. {list(unexpected)[:2]})."
-            )
+    def load_diffusion_checkpoint(
+        self, path: str | None, required: bool = True, map_location: str | torch.device = "cpu"
+    ) -> LCPDN:
+        """Load a stage-1 checkpoint strictly with :func:`monai_vlseg.utils.load_checkpoint` and return self.
 
-
-def warn_if_untrained_diffusion(path: str | None) -> None:
-    """Warn that stage 2 runs on a random UNet when no stage-1 checkpoint is found (used by the bundle config)."""
-    import os
-
-    if not path or not os.path.isfile(path):
-        warnings.warn(
-            f"no diffusion checkpoint at '{path}': the frozen UNet is random. Run stage 1 first "
-            "(configs/pretrain_diffusion.json) or set diffusion_ckpt to a pretrained DiffusionModelUNet checkpoint.",
-            stacklevel=2,
+        The file holds a :class:`PromptedDiffusionUNet` state dict (or ``{"model": ...}``, what stage 1 saves), or a
+        bare ``DiffusionModelUNet`` state dict (loaded into the UNet alone). ``required=False``: a missing file warns
+        that the frozen UNet stays random.
+        """
+        target: nn.Module = self.diffusion
+        if path and os.path.isfile(path) and _is_bare_unet_checkpoint(path):
+            target = self.diffusion.unet
+        hint = (
+            "the frozen UNet is random. Run stage 1 first (configs/pretrain_diffusion.json) or set diffusion_ckpt "
+            "to a pretrained DiffusionModelUNet checkpoint."
         )
+        load_checkpoint(target, path, required=required, hint=hint, map_location=map_location)
+        return self
 
 
 # moved to monai_vlseg.engines in 0.2 (MONAI keeps prepare-batch and inferers beside its engines)

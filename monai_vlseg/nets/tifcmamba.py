@@ -5,9 +5,10 @@
 Pan, Huang & Zheng, "MAMBA-Based Weakly Supervised Medical Image Segmentation with Cross-Modal Textual Information",
 MICCAI 2025 (poster; no public code). Components, with the poster's notation:
 
-- :class:`CLIPTowers` — CLIP image encoder E_I and text encoder E_T (HuggingFace ``CLIPModel``); frozen during
-  segmentation training. ``openai/clip-vit-base-patch16`` by id (local cache / folder only), or a small random CLIP
-  config that the bundle first trains contrastively on the image-text pairs (no masks; see the bundle docs).
+- :class:`~monai_vlseg.nets.blocks.clip.CLIPTowers` — CLIP image encoder E_I and text encoder E_T (HuggingFace
+  ``CLIPModel``); frozen during segmentation training. ``openai/clip-vit-base-patch16`` by id (local cache / folder
+  only), or a small random CLIP config that the bundle first trains contrastively on the image-text pairs (no masks;
+  see the bundle docs).
 - :class:`BiDF` — Bi-Dimension Fusion: text expanded over the image grid and fused per patch, [image, image-text,
   text] concatenated on channels, then spatial fusion (2D selective scan, SS2D) and channel fusion (1D selective
   scan over the channel axis) give F_fuse.
@@ -21,17 +22,18 @@ MICCAI 2025 (poster; no public code). Components, with the poster's notation:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from monai.utils import convert_to_tensor
 from torch import nn
-from transformers import CLIPConfig, CLIPModel
 
 from monai_vlseg.nets.blocks.attention import MultiHeadAttention
+from monai_vlseg.nets.blocks.clip import SMALL_CLIP, CLIPTowers
 from monai_vlseg.nets.blocks.mamba import SS2D, MambaLayer, VSSBlock
-from monai_vlseg.utils import load_pretrained
 
 __all__ = [
     "SMALL_CLIP",
@@ -40,6 +42,7 @@ __all__ = [
     "CLIPTowers",
     "TIFCImageSegmenter",
     "TIFCMamba",
+    "TIFCOutput",
     "TIFCTextSegmenter",
     "TrivialPrior",
 ]
@@ -50,189 +53,12 @@ TIFC_CONFIGS: dict[str, dict[str, Any]] = {
     "S": {"dims": (64, 128, 256, 512), "depths": (2, 2, 2, 2)},
     "B": {"dims": (96, 192, 384, 768), "depths": (2, 2, 2, 2)},
 }
-#: offline default CLIP: a small random config (trained in the bundle's CLIP stage). vocab = the default tokenizer's.
-SMALL_CLIP: dict[str, Any] = {
-    "projection_dim": 128,
-    "text_config": {
-        "vocab_size": 30522,
-        "hidden_size": 128,
-        "intermediate_size": 256,
-        "num_hidden_layers": 3,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 64,
-        "bos_token_id": 101,
-        "eos_token_id": 102,
-        "pad_token_id": 0,
-    },
-    "vision_config": {
-        "hidden_size": 128,
-        "intermediate_size": 256,
-        "num_hidden_layers": 3,
-        "num_attention_heads": 4,
-        "image_size": 64,
-        "patch_size": 8,
-    },
-}
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """x: (B, L, C), mask (B, L) -> (B, C)."""
     if mask is None:
         return x.mean(1)
     m = mask.to(x.dtype).unsqueeze(-1)
     return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
-
-
-class CLIPTowers(nn.Module):
-    """CLIP image and text towers (E_I, E_T) with the inputs TIFCMamba needs.
-
-    Args:
-        model_name_or_path: a CLIP id (``openai/clip-vit-base-patch16``) in the local HF cache or a local folder;
-            ``None`` builds a random CLIP from ``config`` (offline default, to be trained by the bundle's CLIP stage).
-        config: ``CLIPConfig`` keyword arguments for ``model_name_or_path=None`` (default :data:`SMALL_CLIP`).
-        frozen: parameters without gradients, eval mode kept by ``train()``; gradients still flow to the INPUTS
-            (I-hat, T-hat) so the segmenters learn through the frozen towers.
-        attn_implementation: HF attention backend ("eager" works with the soft text masks everywhere).
-    """
-
-    def __init__(
-        self,
-        model_name_or_path: str | None = None,
-        config: Mapping[str, Any] | None = None,
-        frozen: bool = True,
-        attn_implementation: str = "eager",
-    ) -> None:
-        super().__init__()
-        if model_name_or_path in (None, "", "random"):
-            cfg = CLIPConfig(**dict(config or SMALL_CLIP))
-            cfg._attn_implementation = attn_implementation
-            self.model = CLIPModel(cfg)
-        else:
-            self.model = load_pretrained(
-                CLIPModel, model_name_or_path, attn_implementation=attn_implementation
-            )
-        self.register_buffer(
-            "mean", torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1), persistent=False
-        )
-        self.register_buffer(
-            "std", torch.tensor(_CLIP_STD).view(1, 3, 1, 1), persistent=False
-        )
-        self.set_frozen(frozen)
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.model.config.projection_dim)
-
-    @property
-    def text_hidden(self) -> int:
-        return int(self.model.config.text_config.hidden_size)
-
-    @property
-    def image_size(self) -> int:
-        return int(self.model.config.vision_config.image_size)
-
-    @property
-    def eos_token_id(self) -> int:
-        return int(self.model.config.text_config.eos_token_id)
-
-    def set_frozen(self, frozen: bool = True) -> CLIPTowers:
-        """Freeze (segmentation stage) or unfreeze (CLIP stage); returns self for configs."""
-        self.frozen = frozen
-        self.model.requires_grad_(not frozen)
-        self.train(self.training)
-        return self
-
-    def train(self, mode: bool = True) -> CLIPTowers:
-        super().train(mode)
-        if self.frozen:
-            self.model.eval()
-        return self
-
-    def word_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Context-free token embeddings (B, L, H) of the text tower (no position, no attention)."""
-        return self.model.text_model.embeddings.token_embedding(input_ids)
-
-    def special_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, L) bool: the start token (position 0) and the EOS tokens."""
-        first = torch.arange(input_ids.shape[1], device=input_ids.device) == 0
-        return first[None] | (input_ids == self.eos_token_id)
-
-    def _pixels(self, image: torch.Tensor) -> torch.Tensor:
-        """[0, 1] image (B, C, H, W) -> CLIP input (3 channels, CLIP size, CLIP normalisation)."""
-        if image.shape[1] == 1:
-            image = image.expand(-1, 3, -1, -1)
-        s = self.image_size
-        if tuple(image.shape[-2:]) != (s, s):
-            image = F.interpolate(
-                image, size=(s, s), mode="bilinear", align_corners=False
-            )
-        return (image - self.mean) / self.std
-
-    def encode_image(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """image in [0, 1] -> (global embedding (B, E), patch embeddings (B, P, E)); not normalised."""
-        vm = self.model.vision_model
-        hidden = vm(pixel_values=self._pixels(image)).last_hidden_state
-        hidden = vm.post_layernorm(hidden)
-        proj = self.model.visual_projection(hidden)
-        return proj[:, 0], proj[:, 1:]
-
-    def encode_text(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_weights: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids -> (text embedding (B, E) at the EOS token, token hidden states (B, L, H)).
-
-        ``token_weights`` (B, L) in [0, 1] soft-masks the token embeddings (T-hat, Eq. of the text mask): a token
-        with weight w enters as ``w * emb(token) + (1 - w) * emb(pad)``; differentiable in the weights.
-        """
-        tm = self.model.text_model
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        emb = tm.embeddings.token_embedding(input_ids)
-        if token_weights is not None:
-            pad_id = self.model.config.text_config.pad_token_id or 0
-            pad = tm.embeddings.token_embedding.weight[pad_id]
-            w = token_weights.to(emb.dtype).unsqueeze(-1)
-            emb = w * emb + (1 - w) * pad
-        hidden = tm.embeddings(inputs_embeds=emb)
-        n = input_ids.shape[1]
-        causal = torch.ones(n, n, dtype=torch.bool, device=hidden.device).tril()
-        allowed = causal[None] & attention_mask.bool()[:, None, :]
-        allowed = (
-            allowed | torch.eye(n, dtype=torch.bool, device=hidden.device)[None]
-        )  # no all-masked rows
-        mask4d = torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device)
-        mask4d = mask4d.masked_fill(~allowed, torch.finfo(hidden.dtype).min)[:, None]
-        hidden = tm.encoder(
-            inputs_embeds=hidden, attention_mask=mask4d
-        ).last_hidden_state
-        hidden = tm.final_layer_norm(hidden)
-        eos = (input_ids == self.eos_token_id) & attention_mask.bool()
-        # the EOS token; a truncated text without EOS uses its last real token
-        last = attention_mask.long().sum(1).clamp(min=1) - 1
-        pos = torch.where(eos.any(1), eos.int().argmax(1), last)
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), pos]
-        return self.model.text_projection(pooled), hidden
-
-    def forward(
-        self,
-        image: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        keyword_ids: torch.Tensor | None = None,
-        keyword_mask: torch.Tensor | None = None,
-    ):
-        """CLIP stage: (B, B) image-to-text logits ``scale * cos(E_I(x_i), E_T(t_j))``; with the keyword phrases
-        too, (2, B, B): the descriptions' and the keywords' logits (the keyword W_T is a text of the same image)."""
-        img = F.normalize(self.encode_image(image)[0], dim=-1)
-        scale = self.model.logit_scale.exp().clamp(max=100)
-        texts = [(input_ids, attention_mask)] + ([(keyword_ids, keyword_mask)] if keyword_ids is not None else [])
-        logits = [scale * img @ F.normalize(self.encode_text(i, m)[0], dim=-1).t() for i, m in texts]
-        return logits[0] if len(logits) == 1 else torch.stack(logits)
 
 
 class BiDF(nn.Module):
@@ -497,26 +323,74 @@ class TIFCTextSegmenter(nn.Module):
         return logits.masked_fill(~token_mask.bool(), -1e4)
 
 
+@dataclass(eq=False)
+class TIFCOutput(Mapping):
+    """What :class:`TIFCMamba` returns in text-supervised training, read by
+    :class:`monai_vlseg.losses.text_supervised.TextSupervisedLoss` by attribute. B: batch, C: image channels,
+    H x W: image size, L: description tokens, E: CLIP embedding width, P: CLIP patches.
+
+    It is also a read-only mapping of its field names, so MONAI's engines handle it like the dict a network may
+    return (``decollate_batch`` splits it into one dict per image, ``from_engine`` reads keys).
+    """
+
+    #: (B, 1, H, W) mask logits of M_I (what eval mode returns alone).
+    pred: torch.Tensor
+    #: (B, C, H, W) the input image in [0, 1] (the colour-affinity term reads it).
+    image: torch.Tensor
+    #: (B, 1, H, W) M_I = sigmoid(pred).
+    mask_image: torch.Tensor
+    #: (B, L) M_T of Phi_T in [0, 1] (0 on padding).
+    mask_text: torch.Tensor
+    #: (B, E) e^T: CLIP embedding of the description (or the learned empty prompt).
+    text: torch.Tensor
+    #: (B, E) CLIP image embedding of I-hat (image under M_I, background filled).
+    fg_image: torch.Tensor
+    #: (B, E) CLIP image embedding of the complement image (image under 1 - M_I).
+    bg_image: torch.Tensor
+    #: (B, E) CLIP text embedding of T-hat (tokens weighted by M_T).
+    fg_text: torch.Tensor
+    #: (B, E) CLIP patch embeddings of the full image pooled inside M_I.
+    fg_region: torch.Tensor
+    #: (B, E) the same pooled outside M_I.
+    bg_region: torch.Tensor
+    #: (B, P) cosine of each CLIP patch embedding with e^T (CLIP's region-text map, no gradient).
+    region_sim: torch.Tensor
+    #: (B, L) 1 where a description token is one of the keyword's content tokens (the weak target of Phi_T).
+    keyword_tokens: torch.Tensor
+    #: (B, L) 1 on the description's content tokens (not padding, start or end).
+    token_mask: torch.Tensor
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._names():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
 class TIFCMamba(nn.Module):
     """TIFCMamba: text-supervised segmentation (image segmenter Phi_I, text segmenter Phi_T, CLIP towers).
 
     ``forward(image, input_ids, attention_mask, keyword_ids, keyword_mask)`` returns the mask logits M_I
     (B, 1, H, W) in eval mode (and in training when ``text_supervised`` is False, e.g. the fully supervised
-    comparison). In text-supervised training it returns a dict for
-    :class:`monai_vlseg.losses.text_supervised.TextSupervisedLoss`:
-    ``pred`` (logits), ``image`` (the input, for the colour-affinity term), ``mask_image`` / ``mask_text`` (M_I, M_T in [0, 1]), ``text`` (e^T of the description),
-    ``fg_image`` / ``bg_image`` (E_I of I-hat and of the complement image), ``fg_text`` (E_T of T-hat),
-    ``fg_region`` / ``bg_region`` (mask-pooled CLIP patch embeddings of the full image: region-level alignment),
-    ``region_sim`` (B, P) cosine of each CLIP patch embedding with e^T (CLIP's region-text map, no gradient),
-    ``keyword_tokens`` (B, L) 0/1 membership of each description token in the keyword, ``token_mask``.
-    Without text (``input_ids`` None) a learned empty prompt replaces e^T and the keyword tokens.
+    comparison). In text-supervised training it returns a :class:`TIFCOutput` (the logits as ``pred``, the masks
+    M_I and M_T, and the CLIP embeddings of I-hat, T-hat and the mask-pooled regions) for
+    :class:`monai_vlseg.losses.text_supervised.TextSupervisedLoss`. Without text (``input_ids`` None) a learned empty prompt replaces e^T and the keyword tokens.
 
     Args:
         in_channels: image channels.
         size: ``"T"``, ``"S"`` or ``"B"`` (:data:`TIFC_CONFIGS`); ``dims``/``depths`` override it.
         clip_model: CLIP id/folder or None (random :data:`SMALL_CLIP`-like config, ``clip_config``).
         clip_config: CLIPConfig kwargs for ``clip_model=None``.
-        text_supervised: return the alignment dict in training (False: logits, for mask supervision).
+        text_supervised: return a :class:`TIFCOutput` in training (False: logits, for mask supervision).
         feature_dim: width of the last decoder feature before its projection to the CLIP embedding.
         fusion_spatial, fusion_channel: BiDF ablation switches (the poster's fusion table).
         text_hidden: Phi_T inner width.
@@ -649,14 +523,14 @@ class TIFCMamba(nn.Module):
         attention_mask: torch.Tensor | None = None,
         keyword_ids: torch.Tensor | None = None,
         keyword_mask: torch.Tensor | None = None,
-    ):
+    ) -> torch.Tensor | TIFCOutput:
+        """image (B, C, H, W) in [0, 1], description and keyword tokens (B, L) -> mask logits (B, 1, H, W), or a
+        :class:`TIFCOutput` in text-supervised training."""
         if image.shape[1] != self.in_channels:
             raise ValueError(
                 f"expected {self.in_channels} image channels, got {image.shape[1]}."
             )
-        image = (
-            image.as_tensor() if hasattr(image, "as_tensor") else image
-        )  # MetaTensor -> plain tensor
+        image = convert_to_tensor(image, track_meta=False)  # MONAI engines pass MetaTensors; keep the net plain
         b = image.shape[0]
         e_t, tok, kw, kw_mask, attn = self._text(
             input_ids, attention_mask, keyword_ids, keyword_mask, b
@@ -707,21 +581,21 @@ class TIFCMamba(nn.Module):
         special = self.clip.special_tokens(input_ids)
         weights = torch.where(special, torch.ones_like(m_t), m_t) * attn
         fg_text, _ = self.clip.encode_text(input_ids, attn, token_weights=weights)
-        return {
-            "pred": logits,
-            "image": image,
-            "mask_image": m_i,
-            "mask_text": m_t,
-            "text": e_t,
-            "fg_image": fg_image,
-            "bg_image": bg_image,
-            "fg_text": fg_text,
-            "fg_region": fg_region,
-            "bg_region": bg_region,
-            "region_sim": region_sim,
-            "keyword_tokens": kw_tokens.to(m_t.dtype),
-            "token_mask": (attn.bool() & ~special).to(m_t.dtype),
-        }
+        return TIFCOutput(
+            pred=logits,
+            image=image,
+            mask_image=m_i,
+            mask_text=m_t,
+            text=e_t,
+            fg_image=fg_image,
+            bg_image=bg_image,
+            fg_text=fg_text,
+            fg_region=fg_region,
+            bg_region=bg_region,
+            region_sim=region_sim,
+            keyword_tokens=kw_tokens.to(m_t.dtype),
+            token_mask=(attn.bool() & ~special).to(m_t.dtype),
+        )
 
 
 class TrivialPrior(nn.Module):

@@ -5,7 +5,9 @@ Layout as in the official code (JCruan519/VM-UNet, ``models/vmunet/vmamba.py``, 
 
 - patch embedding: ``Conv 4x4 stride 4 -> LayerNorm`` to 96 channels (channels-last tokens);
 - encoder: four stages of visual state-space (VSS) blocks, depths [2, 2, 2, 2] at widths 96 / 192 / 384 / 768, each
-  stage but the last ending in a patch merging (2x2 neighbours concatenated, ``LayerNorm(4C) -> Linear(4C, 2C)``);
+  stage but the last ending in a patch merging (2x2 neighbours concatenated, ``LayerNorm(4C) -> Linear(4C, 2C)``):
+  MONAI's :class:`~monai.networks.nets.swin_unetr.PatchMergingV2`, whose 2D concatenation order (0,0), (1,0),
+  (0,1), (1,1) and parameter names (``norm``, ``reduction``) are the official ones;
 - VSS block: ``x + DropPath(SS2D(LN(x)))`` with no MLP; SS2D reads the map along four orders
   (:data:`~monai_vlseg.ops.cross_scan.CROSS_2D`) with grouped B/C, sums them, ``LayerNorm`` and ``SiLU(z)`` gate
   (the foundation's :class:`~monai_vlseg.nets.blocks.mamba.VSSBlock` / ``SS2D``);
@@ -21,13 +23,14 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-from monai.data import MetaTensor
 from monai.networks.layers import trunc_normal_
+from monai.networks.nets.swin_unetr import PatchMergingV2
+from monai.utils import convert_to_tensor
 from torch.utils.checkpoint import checkpoint
 
 from monai_vlseg.nets.blocks.mamba import VSSBlock
 
-__all__ = ["PatchEmbed2D", "PatchMerging2D", "PatchExpand2D", "VSSLayer", "VMUNet"]
+__all__ = ["PatchEmbed2D", "PatchExpand2D", "VSSLayer", "VMUNet"]
 
 
 class PatchEmbed2D(nn.Module):
@@ -43,21 +46,6 @@ class PatchEmbed2D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
-
-
-class PatchMerging2D(nn.Module):
-    """2x down-sampling of a channels-last map: the four pixels of each 2x2 cell concatenated (order (0,0), (1,0),
-    (0,1), (1,1) as in the official code), ``LayerNorm(4C) -> Linear(4C, out_dim)`` (no bias; out_dim = 2C)."""
-
-    def __init__(self, dim: int, out_dim: int | None = None) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(4 * dim)
-        self.reduction = nn.Linear(4 * dim, out_dim or 2 * dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C) -> (B, H/2, W/2, out_dim); H and W must be even."""
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
-        return self.reduction(self.norm(x))
 
 
 class PatchExpand2D(nn.Module):
@@ -129,7 +117,8 @@ class VMUNet(nn.Module):
             to reuse ImageNet weights, here the patch embedding takes ``in_channels`` directly).
         out_channels: output channels (logits; 1 with a sigmoid for a binary mask as in the paper's ISIC setting,
             or the number of classes including background with a softmax).
-        dims: encoder widths (96, 192, 384, 768); the decoder uses them in reverse order.
+        dims: encoder widths (96, 192, 384, 768), each twice the one before (patch merging doubles the width); the
+            decoder uses them in reverse order.
         depths: VSS blocks per encoder stage ([2, 2, 2, 2] in the paper's ISIC configuration).
         depths_decoder: VSS blocks per decoder stage, deepest first ([2, 2, 2, 1]).
         patch_size: patch embedding size (4) and the final expanding factor.
@@ -166,6 +155,8 @@ class VMUNet(nn.Module):
             )
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"in_channels and out_channels must be positive, got {in_channels}, {out_channels}.")
+        if any(b != 2 * a for a, b in zip(dims[:-1], dims[1:])):
+            raise ValueError(f"VMUNet dims must double from stage to stage (patch merging C -> 2C), got {dims}.")
         if dims[0] % patch_size:
             raise ValueError(f"dims[0]={dims[0]} must be divisible by patch_size={patch_size} for the final expanding.")
         self.in_channels, self.out_channels, self.patch_size = in_channels, out_channels, patch_size
@@ -178,7 +169,7 @@ class VMUNet(nn.Module):
         self.encoder = nn.ModuleList(
             VSSLayer(dims[i], depths[i], dpr[sum(depths[:i]) : sum(depths[: i + 1])], **ssm) for i in range(n)
         )
-        self.downsample = nn.ModuleList(PatchMerging2D(dims[i], dims[i + 1]) for i in range(n - 1))
+        self.downsample = nn.ModuleList(PatchMergingV2(dims[i], spatial_dims=2) for i in range(n - 1))
         dec_dims = dims[::-1]
         self.upsample = nn.ModuleList(PatchExpand2D(dec_dims[i - 1], dec_dims[i], 2) for i in range(1, n))
         self.decoder = nn.ModuleList(
@@ -203,8 +194,7 @@ class VMUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, H, W) -> (B, out_channels, H, W) logits."""
-        if isinstance(x, MetaTensor):  # MONAI's batches: plain tensors through the scan (its buffers use new_empty)
-            x = x.as_tensor()
+        x = convert_to_tensor(x, track_meta=False)  # MONAI's batches: plain tensors through the scan (new_empty buffers)
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"VMUNet expects (B, {self.in_channels}, H, W) images, got shape {tuple(x.shape)}.")
         h, w = x.shape[-2:]

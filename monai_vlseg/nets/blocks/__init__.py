@@ -1,11 +1,14 @@
 """Blocks shared by the monai-vlseg networks (written once, imported by every network)."""
 
 from .attention import MultiHeadAttention, sinusoidal_positions
+from .clip import CLIPImageEncoder, CLIPTowers
 from .kan import KAN, KANLinear, OverlapPatchEmbed, TokenizedKANBlock
 from .mamba import SS2D, MambaLayer, SelectiveSSM, VSSBlock
 from .text_encoder import FrozenTextEncoder
 
 __all__ = [
+    "CLIPImageEncoder",
+    "CLIPTowers",
     "KAN",
     "FrozenTextEncoder",
     "KANLinear",

@@ -1,0 +1,247 @@
+"""The six bundles share one config skeleton (each bundle stays self-contained: no shared base config). This test
+holds the skeleton equal across them; the intended differences are listed once, in DIFFERENCES, each with its reason.
+A bundle that drifts (a renamed key, a handler added to one bundle only, another output folder, another spelling of a
+``_target_``) fails here, and so does an entry of DIFFERENCES that no longer describes a real difference."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import defaultdict
+from typing import Any
+
+import pytest
+from monai.bundle import ConfigParser
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUNDLES = ("ua_vls", "c2seg", "lcpdn", "tifcmamba", "vm_unet", "segmamba_ct")
+TEXT_KEYS = {"text_model", "text_len", "empty_text", "prepare_batch"}
+
+#: The only intended differences: (bundle, aspect) -> (value, reason). Aspects: "text" (False: a text-free bundle),
+#: "<file> missing" / "<file> extra" (top-level keys of that config file), "train handlers" / "validate handlers"
+#: (``_target_`` sets: (missing, extra)), "evaluate metrics" (extra, missing), "stage-1 config" (its file name).
+DIFFERENCES: dict[tuple[str, str], tuple[Any, str]] = {
+    ("vm_unet", "text"): (False, "image-only network: no text model, tokens or shuffled-text evaluation"),
+    ("segmamba_ct", "text"): (False, "image-only 3D CT network: no text model, tokens or shuffled-text evaluation"),
+    ("segmamba_ct", "train.json missing"): (
+        {"image_size", "in_channels"}, "3D CT: resampled to pixdim and cropped to patch_size; one HU channel"),
+    ("segmamba_ct", "inference.json missing"): ({"image_size", "in_channels", "dicom_seg"}, "3D CT (see train.json); writes NIfTI masks and an overlay"),
+    ("segmamba_ct", "validate inferer"): ("SlidingWindowInferer", "3D volumes are inferred patch-wise with a sliding window"),
+    ("segmamba_ct", "evaluate metrics"): (
+        ({"val_dice_liver", "val_dice_lesion"}, {"val_count_accuracy", "val_laterality_accuracy"}),
+        "multi-class liver/lesion output: per-class Dice; no text, so no text-mask consistency"),
+    ("vm_unet", "evaluate.json extra"): (
+        {"text_consistency", "laterality_left_on_image_right"},
+        "text-free network on datasets that may carry texts: the consistency metrics run only when every image has one"),
+    ("c2seg", "evaluate.json extra"): (
+        {"network"}, "evaluation loads model.pt whole: skip the stage-1 encoder checkpoint (and its warning)"),
+    ("lcpdn", "train.json missing"): (
+        {"lr_scheduler", "min_epochs", "patience"}, "TextDiff's recipe: constant learning rate, fixed epoch count"),
+    ("lcpdn", "train handlers"): (
+        ({"LrScheduleHandler", "monai_vlseg.handlers.EarlyStopAfterHandler"}, set()), "constant learning rate, no early stop"),
+    ("tifcmamba", "train.json missing"): (
+        {"val_interval", "min_epochs", "patience", "empty_text"},
+        "text-supervised: no masks in training, so no validation or early stop; every image needs its text"),
+    ("tifcmamba", "inference.json missing"): ({"empty_text", "dicom_seg"}, "every image needs its text; RGB endoscopy frames, no DICOM SEG"),
+    ("tifcmamba", "train handlers"): (
+        ({"ValidationHandler", "monai_vlseg.handlers.EarlyStopAfterHandler"}, {"CheckpointSaver"}),
+        "text-supervised: no mask validation during training, the last epoch is saved"),
+    ("tifcmamba", "validate handlers"): (
+        ({"TensorBoardStatsHandler", "CheckpointSaver"}, set()),
+        "train.json's validate section only serves evaluate.json (never run in training)"),
+    ("tifcmamba", "multi_gpu_train.json missing"): (
+        {"validate#sampler", "validate#dataloader#sampler", "validate#evaluator#val_handlers"}, "no validation during training"),
+    ("tifcmamba", "multi_gpu_train.json extra"): (
+        {"clip#network", "clip#optimizer#params", "clip#trainer#train_handlers", "train#dataloader#drop_last"},
+        "the CLIP stage runs under DDP too; equal batches on every rank for the in-batch contrastive loss"),
+    ("c2seg", "stage-1 config"): ("pretrain.json", "two-stage: CaCL pre-training of the image encoder"),
+    ("lcpdn", "stage-1 config"): ("pretrain_diffusion.json", "two-stage: DDPM training of the diffusion UNet"),
+}  # fmt: skip
+
+#: top-level keys every train.json / inference.json has (text keys only in text-guided bundles); evaluate.json and
+#: multi_gpu_train.json are override files and must have exactly theirs.
+SKELETON = {
+    "train.json": {
+        "imports", "bundle_root", "ckpt_dir", "output_dir", "dataset_dir", "datalist", "device", "amp", "num_workers",
+        "image_size", "in_channels", "batch_size", "learning_rate", "max_epochs", "min_epochs", "patience",
+        "val_interval", "cache_rate", "network_def", "network", "loss", "optimizer", "lr_scheduler", "train",
+        "validate", "initialize", "run", "training",
+    },
+    "inference.json": {
+        "imports", "bundle_root", "ckpt_path", "output_dir", "dataset_dir", "datalist", "data_split", "input_dir",
+        "device", "amp", "image_size", "in_channels", "output_ext", "dicom_seg", "network_def", "network",
+        "preprocessing", "dataset", "dataloader", "inferer", "postprocessing", "handlers", "evaluator", "initialize",
+        "run", "inference",
+    },
+    "evaluate.json": {
+        "eval_split", "output_dir", "validate#dataset#data", "validate#dataset#cache_rate", "validate#handlers",
+        "validate#additional_metrics", "initialize", "run", "evaluating",
+    },
+    "multi_gpu_train.json": {
+        "device", "network", "train#sampler", "train#dataloader#sampler", "train#dataloader#shuffle",
+        "train#trainer#train_handlers", "validate#sampler", "validate#dataloader#sampler",
+        "validate#evaluator#val_handlers", "initialize", "run", "finalize",
+    },
+}  # fmt: skip
+EXACT = ("evaluate.json", "multi_gpu_train.json")
+TRAIN_HANDLERS = {
+    "LrScheduleHandler", "ValidationHandler", "monai_vlseg.handlers.EarlyStopAfterHandler", "StatsHandler",
+    "TensorBoardStatsHandler", "ignite.handlers.ProgressBar",
+}  # fmt: skip
+VALIDATE_HANDLERS = {"StatsHandler", "TensorBoardStatsHandler", "CheckpointSaver"}
+EVALUATE_HANDLERS = ["CheckpointLoader", "StatsHandler", "MetricsSaver"]
+EVALUATE_METRICS = {"val_mean_iou", "val_hd95", "val_count_accuracy", "val_laterality_accuracy"}
+#: the same expression in every multi_gpu_train.json.
+DDP_VALUES = {
+    "device": "$monai_vlseg.bundle.ddp_device()",
+    "train#trainer#train_handlers": "$monai_vlseg.bundle.rank_zero_handlers(@train#handlers)",
+    "finalize": ["$monai_vlseg.bundle.ddp_finalize()"],
+}
+
+
+def _diff(bundle: str, aspect: str, default: Any = None) -> Any:
+    return DIFFERENCES.get((bundle, aspect), (default, ""))[0]
+
+
+def _load(bundle: str, name: str) -> dict[str, Any]:
+    with open(os.path.join(REPO_ROOT, "bundles", bundle, "configs", name), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _targets(items: list[dict[str, Any]]) -> set[str]:
+    return {h["_target_"] for h in items}
+
+
+def _parser(bundle: str, *names: str) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([os.path.join(REPO_ROOT, "bundles", bundle, "configs", n) for n in names])
+    parser["bundle_root"] = "/B"
+    return parser
+
+
+@pytest.mark.parametrize("name", sorted(SKELETON))
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_top_level_keys(bundle, name):
+    keys = set(_load(bundle, name))
+    text = _diff(bundle, "text", True)
+    expected = set(SKELETON[name]) | (TEXT_KEYS if text and name not in EXACT else set())
+    if name == "evaluate.json" and text:
+        expected |= {"shuffle_text", "shuffle"}  # the shuffled-text control of text-guided bundles
+    missing, extra = _diff(bundle, f"{name} missing", set()), _diff(bundle, f"{name} extra", set())
+    assert missing <= expected and not missing & keys, f"stale DIFFERENCES entry: {bundle} {name} missing {missing & keys}"
+    assert not extra & expected and extra <= keys, f"stale DIFFERENCES entry: {bundle} {name} extra {extra - keys}"
+    expected = (expected - missing) | extra
+    assert expected <= keys, f"{bundle}/{name} lacks {sorted(expected - keys)}"
+    if name in EXACT:
+        assert keys == expected, f"{bundle}/{name} has unlisted keys {sorted(keys - expected)}"
+    if not text:
+        assert not TEXT_KEYS & keys, f"text-free {bundle}/{name} has {sorted(TEXT_KEYS & keys)}"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_handlers(bundle):
+    train = _load(bundle, "train.json")
+    missing, extra = _diff(bundle, "train handlers", (set(), set()))
+    assert _targets(train["train"]["handlers"]) == (TRAIN_HANDLERS - missing) | extra
+    missing, extra = _diff(bundle, "validate handlers", (set(), set()))
+    assert _targets(train["validate"]["handlers"]) == (VALIDATE_HANDLERS - missing) | extra
+    assert [h["_target_"] for h in _load(bundle, "evaluate.json")["validate#handlers"]] == EVALUATE_HANDLERS
+    inferer = train["validate"]["inferer"]["_target_"]
+    assert inferer == _diff(bundle, "validate inferer", "SimpleInferer")
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_output_folders(bundle):
+    """Checkpoints in models/, training logs and evaluation results in eval/, inference masks in outputs/."""
+    train = _parser(bundle, "train.json")
+    assert train.get_parsed_content("ckpt_dir") == "/B/models"
+    assert train.get_parsed_content("output_dir") == "/B/eval"
+    evaluate = _parser(bundle, "train.json", "evaluate.json")
+    assert evaluate.get_parsed_content("output_dir").startswith("/B/eval/test")
+    assert _load(bundle, "evaluate.json")["validate#handlers"][0]["load_path"] == "$@ckpt_dir + '/model.pt'"
+    infer = _parser(bundle, "inference.json")
+    assert infer.get_parsed_content("output_dir") == "/B/outputs"
+    assert infer.get_parsed_content("ckpt_path") == "/B/models/model.pt"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_evaluate_metrics(bundle):
+    """Dice is the key metric; IoU, HD95 (and text-mask consistency) are added by evaluate.json."""
+    key = _load(bundle, "train.json")["validate"]["key_metric"]
+    assert list(key) == ["val_mean_dice"] and key["val_mean_dice"]["_target_"] == "MeanDice"
+    metrics = _load(bundle, "evaluate.json")["validate#additional_metrics"]
+    extra, missing = _diff(bundle, "evaluate metrics", (set(), set()))
+    assert set(metrics) == (EVALUATE_METRICS - missing) | extra
+    assert metrics["val_mean_iou"]["_target_"] == "MeanIoUHandler"
+    assert metrics["val_hd95"]["_target_"] == "HausdorffDistance" and metrics["val_hd95"]["percentile"] == 95
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_multi_gpu_set_up(bundle):
+    ddp = _load(bundle, "multi_gpu_train.json")
+    for key, value in DDP_VALUES.items():
+        assert ddp[key] == value, (bundle, key)
+    assert ddp["initialize"][0] == "$monai_vlseg.bundle.ddp_init(@device)"
+    assert ddp["network"]["_target_"] == "torch.nn.parallel.DistributedDataParallel"
+    if "validate#evaluator#val_handlers" in ddp:
+        assert ddp["validate#evaluator#val_handlers"] == "$monai_vlseg.bundle.rank_zero_handlers(@validate#handlers)"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_stage1_configs(bundle):
+    """Two-stage bundles have one stage-1 config besides the common files; the others none."""
+    common = {"train.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "metadata.json", "demo.json"}
+    optional = {"tifcmamba": {"supervised.json"}, "lcpdn": {"low_data.json"}}  # variants of train.json, not stages
+    files = {f for f in os.listdir(os.path.join(REPO_ROOT, "bundles", bundle, "configs")) if f.endswith(".json")}
+    stage1 = _diff(bundle, "stage-1 config")
+    assert files - common - optional.get(bundle, set()) == ({stage1} if stage1 else set())
+
+
+def test_one_spelling_per_target():
+    """A class is named the same way in every config (not ``pkg.X`` here and ``pkg.module.X`` there)."""
+    spellings: dict[str, set[str]] = defaultdict(set)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            target = node.get("_target_")
+            if isinstance(target, str):
+                spellings[target.rsplit(".", 1)[-1]].add(target)
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    for bundle in BUNDLES:
+        for name in os.listdir(os.path.join(REPO_ROOT, "bundles", bundle, "configs")):
+            if name.endswith(".json"):
+                walk(_load(bundle, name))
+    assert {k: v for k, v in spellings.items() if len(v) > 1} == {}
+
+
+def test_differences_name_real_bundles_and_have_reasons():
+    for (bundle, aspect), (_, reason) in DIFFERENCES.items():
+        assert bundle in BUNDLES and reason.strip(), (bundle, aspect)
+
+
+def test_no_comprehensions_or_statement_chains_in_expressions():
+    """Config expressions call named functions (monai_vlseg.bundle, monai_vlseg.utils) instead of holding
+    comprehensions or ``;``-chained statements a reader must decode."""
+    found = []
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{where}#{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{where}#{i}")
+        elif isinstance(node, str) and node.startswith("$") and (re.search(r"\bfor\b.+\bin\b", node) or ";" in node):
+            found.append(f"{where}: {node}")
+
+    for bundle in BUNDLES:
+        for name in os.listdir(os.path.join(REPO_ROOT, "bundles", bundle, "configs")):
+            if name.endswith(".json"):
+                walk(_load(bundle, name), f"{bundle}/{name}")
+    assert found == []
