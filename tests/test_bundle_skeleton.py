@@ -39,13 +39,13 @@ DIFFERENCES: dict[tuple[str, str], tuple[Any, str]] = {
     ("lcpdn", "train.json missing"): (
         {"lr_scheduler", "min_epochs", "patience"}, "TextDiff's recipe: constant learning rate, fixed epoch count"),
     ("lcpdn", "train handlers"): (
-        ({"LrScheduleHandler", "monai_vlseg.handlers.EarlyStopAfterHandler"}, set()), "constant learning rate, no early stop"),
+        ({"LrScheduleHandler", "monai_vlseg.engines.EarlyStopAfterHandler"}, set()), "constant learning rate, no early stop"),
     ("tifcmamba", "train.json missing"): (
         {"val_interval", "min_epochs", "patience", "empty_text"},
         "text-supervised: no masks in training, so no validation or early stop; every image needs its text"),
     ("tifcmamba", "inference.json missing"): ({"empty_text", "dicom_seg"}, "every image needs its text; RGB endoscopy frames, no DICOM SEG"),
     ("tifcmamba", "train handlers"): (
-        ({"ValidationHandler", "monai_vlseg.handlers.EarlyStopAfterHandler"}, {"CheckpointSaver"}),
+        ({"ValidationHandler", "monai_vlseg.engines.EarlyStopAfterHandler"}, {"CheckpointSaver"}),
         "text-supervised: no mask validation during training, the last epoch is saved"),
     ("tifcmamba", "validate handlers"): (
         ({"TensorBoardStatsHandler", "CheckpointSaver"}, set()),
@@ -86,7 +86,7 @@ SKELETON = {
 }  # fmt: skip
 EXACT = ("evaluate.json", "multi_gpu_train.json")
 TRAIN_HANDLERS = {
-    "LrScheduleHandler", "ValidationHandler", "monai_vlseg.handlers.EarlyStopAfterHandler", "StatsHandler",
+    "LrScheduleHandler", "ValidationHandler", "monai_vlseg.engines.EarlyStopAfterHandler", "StatsHandler",
     "TensorBoardStatsHandler", "ignite.handlers.ProgressBar",
 }  # fmt: skip
 VALIDATE_HANDLERS = {"StatsHandler", "TensorBoardStatsHandler", "CheckpointSaver"}
