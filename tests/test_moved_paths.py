@@ -72,3 +72,24 @@ def test_old_command_line_runs_the_new_module(tmp_path):
 
 def test_version_is_past_the_old_layout():
     assert tuple(int(v) for v in monai_vlseg.__version__.split(".")[:2]) >= (0, 2)
+
+
+def test_configs_scripts_and_docs_use_the_new_paths():
+    """Only the 0.1 shims and the table of moved paths in docs/architecture.md may name a 0.1 path."""
+    import glob
+    import re
+
+    old = re.compile(
+        r"monai_vlseg\.data\b(?!list)|monai_vlseg\.handlers\b|nets\.lcpdn\.PromptedDiffusion|"
+        r"metrics(?:\.consistency)?\.TextMaskConsistencyHandler"
+    )
+    files = [*glob.glob(os.path.join(ROOT, "bundles", "*", "configs", "*.json")),
+             *glob.glob(os.path.join(ROOT, "bundles", "*", "docs", "*.md")), *glob.glob(os.path.join(ROOT, "scripts", "*.py")),
+             os.path.join(ROOT, "README.md"), *glob.glob(os.path.join(ROOT, "docs", "*.md"))]  # fmt: skip
+    stale = []
+    for path in files:
+        if path.endswith("architecture.md"):
+            continue
+        with open(path, encoding="utf-8") as f:
+            stale += [f"{os.path.relpath(path, ROOT)}:{i}" for i, line in enumerate(f, 1) if old.search(line)]
+    assert not stale, f"0.1 module paths in {stale}"
