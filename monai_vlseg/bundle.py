@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import pathlib
 import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -15,18 +16,23 @@ import torch
 from monai.data import load_decathlon_datalist
 from torch import nn
 
+from monai_vlseg.datalist import load_datalist
+from monai_vlseg.files import atomic_write_bytes
 from monai_vlseg.io.dicom import dicom_files_in, is_dicom_file
 from monai_vlseg.utils import load_checkpoint
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "TEXT_CONDITIONS",
     "all_have_text",
     "as_flag",
     "channel_output_transform",
+    "condition_items",
     "ddp_device",
     "ddp_finalize",
     "ddp_init",
     "eval_datalist",
+    "evaluate_text_conditions",
     "find_bundle_root",
     "image_meta",
     "inference_datalist",
@@ -185,8 +191,9 @@ def ddp_finalize() -> None:
 
 def shuffle_texts(items: Sequence[Mapping[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
     """The same items with their texts permuted across images (a derangement where possible): the control that
-    shows whether a text-guided model uses the text."""
-    items = [dict(it) for it in items]
+    shows whether a text-guided model uses the text. Each item keeps its own report as ``reference_text``, against
+    which the text-mask consistency metrics score it."""
+    items = [{**it, "reference_text": it.get("text")} for it in items]
     n = len(items)
     if n < 2:
         return items
@@ -203,7 +210,7 @@ def shuffle_texts(items: Sequence[Mapping[str, Any]], seed: int = 0) -> list[dic
 def eval_datalist(datalist: str, split: str = "test", shuffle_text: Any = False) -> list[dict[str, Any]]:
     """The labelled items of ``split`` of a datalist JSON for evaluation; with ``shuffle_text`` (a switch, see
     :func:`as_flag`) their texts are permuted across images by :func:`shuffle_texts`."""
-    items = load_decathlon_datalist(datalist, is_segmentation=True, data_list_key=split)
+    items = load_datalist(datalist, split)
     return shuffle_texts(items) if as_flag(shuffle_text) else list(items)
 
 
@@ -254,13 +261,87 @@ def run_clip_stage(
     return network
 
 
+#: the text conditions :func:`evaluate_text_conditions` knows: the image's own report, the reports permuted across
+#: images, the same findings in other wording, and reports that also negate findings (``<split>_reworded`` /
+#: ``<split>_negated`` sections of the datalist, e.g. the chest demo's).
+TEXT_CONDITIONS: tuple[str, ...] = ("right", "shuffled", "reworded", "negated")
+
+
+def condition_items(datalist: str, split: str, condition: str) -> list[dict[str, Any]] | None:
+    """The evaluation items of ``split`` under one text ``condition`` (see :data:`TEXT_CONDITIONS`); ``None`` when
+    the datalist has no section for it (``<split>_reworded`` / ``<split>_negated``)."""
+    if condition not in TEXT_CONDITIONS:
+        raise ValueError(f"unknown text condition {condition!r}; expected some of {TEXT_CONDITIONS}.")
+    section = {"reworded": f"{split}_reworded", "negated": f"{split}_negated"}.get(condition, split)
+    with open(datalist, encoding="utf-8") as f:
+        if section not in json.load(f):
+            return None
+    items = load_datalist(datalist, section)
+    return shuffle_texts(items) if condition == "shuffled" else items
+
+
+def evaluate_text_conditions(
+    evaluator: Any, datalist: str, split: str, conditions: Sequence[str], output_dir: str, **extra: Any
+) -> dict[str, Any]:
+    """Run ``evaluator`` once per text condition on ``split`` of ``datalist`` and write ``<output_dir>/summary.json``:
+    the metrics of each condition under ``"conditions"`` (and those of the first at the top level), with
+    ``extra`` fields. The per-image CSVs of the evaluator's ``MetricsSaver`` stay in ``output_dir`` for the first
+    condition and go to ``<output_dir>/<condition>/`` for the others. Conditions without a datalist section are
+    listed under ``"not_available"``."""
+    dataset = evaluator.data_loader.dataset
+    output_dir = os.path.abspath(output_dir)
+    results: dict[str, Any] = {}
+    first: Mapping[str, Any] = {}
+    kept: dict[str, bytes] = {}
+    missing = []
+    for condition in conditions:
+        items = condition_items(datalist, split, condition)
+        if items is None:
+            missing.append(condition)
+            continue
+        if hasattr(dataset, "set_data"):
+            dataset.set_data(items)
+        else:
+            dataset.data = items
+        evaluator.state.epoch_length = len(evaluator.data_loader)
+        evaluator.run()
+        first = first or dict(evaluator.state.metrics)
+        results[condition] = {**_metric_values(evaluator.state.metrics), "num_images": len(items)}
+        # the evaluator's MetricsSaver writes its per-image CSVs into output_dir: the first condition's stay there,
+        # the others' go to output_dir/<condition>/
+        csvs = glob.glob(os.path.join(output_dir, "*.csv"))
+        if len(results) == 1:
+            kept = {f: pathlib.Path(f).read_bytes() for f in csvs}
+            continue
+        folder = os.path.join(output_dir, condition)
+        os.makedirs(folder, exist_ok=True)
+        for f in csvs:
+            os.replace(f, os.path.join(folder, os.path.basename(f)))
+        for f, data in kept.items():
+            atomic_write_bytes(f, data)
+    num_images = results[next(iter(results))]["num_images"] if results else 0
+    return save_metrics_summary(
+        first, os.path.join(output_dir, "summary.json"), split=split, num_images=num_images, conditions=results,
+        not_available=missing, **extra,
+    )  # fmt: skip
+
+
+def _metric_values(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Metrics as floats; one that scored no image (NaN) is listed under ``"absent"`` instead of given a value."""
+    values: dict[str, Any] = {}
+    absent = []
+    for k, v in metrics.items():
+        f = float(v)
+        if f != f:
+            absent.append(k)
+        else:
+            values[k] = f
+    return {**values, "absent": absent}
+
+
 def save_metrics_summary(metrics: Mapping[str, Any], path: str, **extra: Any) -> dict[str, Any]:
-    """Write the evaluator's aggregated metrics (plus ``extra`` fields) as JSON and return them."""
-    summary = {k: float(v) for k, v in metrics.items()}
-    summary.update(extra)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(tmp, path)
+    """Write the evaluator's aggregated metrics (plus ``extra`` fields) as JSON, atomically, and return them; a metric
+    that scored no image is listed under ``"absent"``, not written as 0 or NaN."""
+    summary = {**_metric_values(metrics), **extra}
+    atomic_write_bytes(path, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
     return summary

@@ -16,7 +16,7 @@ from monai.bundle import ConfigParser
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLES = ("ua_vls", "c2seg", "lcpdn", "tifcmamba", "vm_unet", "segmamba_ct")
-TEXT_KEYS = {"text_model", "text_len", "empty_text", "prepare_batch"}
+TEXT_KEYS = {"text_model", "text_len", "empty_text", "prepare_batch", "report_parser", "keep_reported_findings"}
 
 #: The only intended differences: (bundle, aspect) -> (value, reason). Aspects: "text" (False: a text-free bundle),
 #: "<file> missing" / "<file> extra" (top-level keys of that config file), "train handlers" / "validate handlers"
@@ -75,7 +75,7 @@ SKELETON = {
         "run", "inference",
     },
     "evaluate.json": {
-        "eval_split", "output_dir", "validate#dataset#data", "validate#dataset#cache_rate", "validate#handlers",
+        "eval_split", "output_dir", "text_conditions", "validate#dataset#data", "validate#dataset#cache_rate", "validate#handlers",
         "validate#additional_metrics", "initialize", "run", "evaluating",
     },
     "multi_gpu_train.json": {
@@ -91,7 +91,9 @@ TRAIN_HANDLERS = {
 }  # fmt: skip
 VALIDATE_HANDLERS = {"StatsHandler", "TensorBoardStatsHandler", "CheckpointSaver"}
 EVALUATE_HANDLERS = ["CheckpointLoader", "StatsHandler", "MetricsSaver"]
-EVALUATE_METRICS = {"val_mean_iou", "val_hd95", "val_count_accuracy", "val_laterality_accuracy"}
+EVALUATE_METRICS = {"val_mean_iou", "val_hd95", "val_empty_predictions", "val_count_accuracy", "val_laterality_accuracy"}
+#: metrics of text-guided bundles only
+TEXT_METRICS = {"val_negated_area"}
 #: the same expression in every multi_gpu_train.json.
 DDP_VALUES = {
     "device": "$monai_vlseg.bundle.ddp_device()",
@@ -172,9 +174,11 @@ def test_evaluate_metrics(bundle):
     assert list(key) == ["val_mean_dice"] and key["val_mean_dice"]["_target_"] == "MeanDice"
     metrics = _load(bundle, "evaluate.json")["validate#additional_metrics"]
     extra, missing = _diff(bundle, "evaluate metrics", (set(), set()))
-    assert set(metrics) == (EVALUATE_METRICS - missing) | extra
+    text = TEXT_METRICS if _diff(bundle, "text", True) else set()
+    assert set(metrics) == ((EVALUATE_METRICS | text) - missing) | extra
     assert metrics["val_mean_iou"]["_target_"] == "MeanIoUHandler"
-    assert metrics["val_hd95"]["_target_"] == "HausdorffDistance" and metrics["val_hd95"]["percentile"] == 95
+    hd95 = metrics["val_hd95"]["metric_fn"]  # empty predictions count as misses
+    assert hd95["_target_"] == "monai_vlseg.metrics.HausdorffDistanceMissMetric" and hd95["percentile"] == 95
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
 from ignite.engine import Engine, Events
 from monai.handlers import EarlyStopHandler, IgniteMetricHandler
 
@@ -87,7 +88,8 @@ class NegatedAreaHandler(IgniteMetricHandler):
     """Ignite handler of :class:`~monai_vlseg.metrics.consistency.NegatedAreaMetric`: the fraction of the findings a
     report negates that the prediction covers. Items carry the mask file of those findings under ``mask_key`` (the
     chest demo's ``test_negated`` split); it is read and resized (nearest) to the prediction's grid here, so the
-    evaluate transforms need not change. Items without one are not scored."""
+    evaluate transforms need not change. Items without one score NaN (not scored), so the per-image details keep one
+    row per image."""
 
     def __init__(self, pred_key: str = "pred", mask_key: str = "negated_label", save_details: bool = True) -> None:
         self.pred_key, self.mask_key = pred_key, mask_key
@@ -97,12 +99,13 @@ class NegatedAreaHandler(IgniteMetricHandler):
         from monai.transforms import LoadImage, Resize
 
         preds, items = _preds_and_items(engine, self.pred_key)
-        pairs = [(p, b[self.mask_key]) for p, b in zip(preds, items) if b.get(self.mask_key)]
-        if not pairs:
-            return
         load = LoadImage(image_only=True, ensure_channel_first=True)
-        masks = [Resize(p.shape[1:], mode="nearest")(load(path) > 0).to(p.device) for p, path in pairs]
-        self.update(([p for p, _ in pairs], masks))
+        masks = [
+            Resize(p.shape[1:], mode="nearest")(load(b[self.mask_key]) > 0).to(p.device) if b.get(self.mask_key)
+            else torch.zeros_like(p[:1])
+            for p, b in zip(preds, items)
+        ]  # fmt: skip
+        self.update((preds, masks))
 
 
 def _preds_and_items(engine: Any, pred_key: str) -> tuple[list, list[dict]]:

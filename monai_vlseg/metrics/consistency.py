@@ -159,8 +159,8 @@ class TextMaskConsistencyMetric(CumulativeIterationMetric):
 
     def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor:
         data = self.get_buffer()
-        if not isinstance(data, torch.Tensor):
-            raise ValueError("no scores to aggregate yet.")
+        if not isinstance(data, torch.Tensor):  # no image was scored: absent
+            return torch.tensor(float("nan"))
         f, not_nans = do_metric_reduction(data, reduction or self.reduction)
         return torch.where(not_nans > 0, f, torch.full_like(f, float("nan")))  # nothing stated: absent, not 0.0
 
@@ -191,8 +191,8 @@ class NegatedAreaMetric(CumulativeIterationMetric):
 
     def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor:
         data = self.get_buffer()
-        if not isinstance(data, torch.Tensor):
-            raise ValueError("no scores to aggregate yet.")
+        if not isinstance(data, torch.Tensor):  # no image was scored: absent
+            return torch.tensor(float("nan"))
         f, not_nans = do_metric_reduction(data, reduction or self.reduction)
         return torch.where(not_nans > 0, f, torch.full_like(f, float("nan")))
 
