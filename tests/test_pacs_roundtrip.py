@@ -102,18 +102,26 @@ def test_pacs_round_trip_stores_seg_over_radiograph(orthanc, tiny_bundle_files, 
     src = pydicom.dcmread(RG1, stop_before_pixels=True)
     study = str(src.StudyInstanceUID)
 
+    bundle_args = ["--url", orthanc["dicomweb"], "--study", study, "--bundle", "bundles/ua_vls",
+                   "--config_overrides", tiny_bundle_files["overrides"], "--ckpt", tiny_bundle_files["ckpt"]]  # fmt: skip
+    client = DICOMwebClient(url=orthanc["dicomweb"])
+    # a report that names no lung zone: the mask is not what the text asked for, so nothing reaches the PACS
+    res = run_script(*bundle_args, "--text", "Bilateral pulmonary infection, two infected areas.")
+    assert res.returncode == 1 and "need review" in res.stderr and "no lung zone" in res.stderr, res.stderr[-2000:]
+    assert [s["00080060"]["Value"][0] for s in client.search_for_series(study_instance_uid=study)] == ["CR"]
+
     out = tmp_path / "out"
-    res = run_script("--url", orthanc["dicomweb"], "--study", study, "--bundle", "bundles/ua_vls",
-                     "--config_overrides", tiny_bundle_files["overrides"], "--ckpt", tiny_bundle_files["ckpt"],
-                     "--text", "Bilateral pulmonary infection, two infected areas.",
-                     "--output_dir", str(out))  # fmt: skip
+    text = "Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung."
+    res = run_script(*bundle_args, "--text", text, "--output_dir", str(out))
     assert res.returncode == 0, res.stderr[-4000:]
+    with open(out / "report_review.csv", encoding="utf-8") as f:
+        review = f.read()
+    assert "False" in review and "upper left; lower right" in review and text not in review
     printed = res.stdout.split()
     assert len(printed) == 1 and pydicom.uid.UID(printed[0]).is_valid, res.stdout
     local = pydicom.dcmread(out / f"{src.SOPInstanceUID}_seg.dcm")
     assert local.SOPInstanceUID == printed[0]
 
-    client = DICOMwebClient(url=orthanc["dicomweb"])
     series = client.search_for_series(study_instance_uid=study)
     modalities = {s["0020000E"]["Value"][0]: s["00080060"]["Value"][0] for s in series}
     assert sorted(modalities.values()) == ["CR", "SEG"]
@@ -128,6 +136,13 @@ def test_pacs_round_trip_stores_seg_over_radiograph(orthanc, tiny_bundle_files, 
     assert frame.ReferencedSOPInstanceUID == src.SOPInstanceUID
     assert (seg.Rows, seg.Columns, int(seg.NumberOfFrames)) == (src.Rows, src.Columns, 1)
     np.testing.assert_array_equal(seg.pixel_array, local.pixel_array)  # the frame the script wrote, bit for bit
+    assert not str(seg.SeriesDescription).startswith("NEEDS REVIEW")
+
+    # asked for, a flagged mask is stored, marked for review in its series description
+    res = run_script(*bundle_args, "--text", "Opacity in the left lung.", "--store-flagged")
+    assert res.returncode == 0, res.stderr[-2000:]
+    flagged = client.retrieve_instance(study, *_seg_series_and_uid(client, study, res.stdout.split()[0]))
+    assert str(flagged.SeriesDescription).startswith("NEEDS REVIEW")
 
     # clear errors naming the server and the UID
     res = run_script("--url", orthanc["dicomweb"], "--study", "1.2.3.4.5.6789", "--text", "x")
@@ -136,3 +151,11 @@ def test_pacs_round_trip_stores_seg_over_radiograph(orthanc, tiny_bundle_files, 
     dead = f"http://127.0.0.1:{_free_port()}/dicom-web"
     res = run_script("--url", dead, "--study", study, "--text", "x")
     assert res.returncode == 1 and f"DICOMweb server {dead} is unreachable" in res.stderr, res.stderr
+
+
+def _seg_series_and_uid(client: DICOMwebClient, study: str, sop_uid: str) -> tuple[str, str]:
+    """(series UID, SOP instance UID) of the stored instance ``sop_uid`` of ``study``."""
+    for inst in client.search_for_instances(study_instance_uid=study):
+        if inst["00080018"]["Value"][0] == sop_uid:
+            return inst["0020000E"]["Value"][0], sop_uid
+    raise AssertionError(f"{sop_uid} not stored in study {study}")
