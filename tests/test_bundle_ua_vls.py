@@ -75,6 +75,14 @@ def test_evaluate_writes_metrics(bundle):
     with open(out / "val_mean_dice_raw.csv") as f:
         rows = list(csv.reader(f))
     assert len(rows) == 1 + 4 and rows[1][0].endswith(".png")
+    # one run, four texts: the reworded reports read to the same findings, so they give the very same masks
+    cond = summary["conditions"]
+    assert set(cond) == {"right", "shuffled", "reworded", "negated"} and summary["not_available"] == []
+    assert cond["reworded"]["val_mean_dice"] == cond["right"]["val_mean_dice"] == summary["val_mean_dice"]
+    assert all(c["num_images"] == 4 for c in cond.values())
+    assert 0.0 <= cond["negated"]["val_negated_area"] <= 1.0 or "val_negated_area" in cond["negated"]["absent"]
+    assert "val_negated_area" in cond["right"]["absent"]  # no negated findings: absent, not 0.0
+    assert summary["val_empty_predictions"] >= 0 and (out / "negated" / "val_negated_area_raw.csv").is_file()
 
 
 @pytest.mark.parametrize("mode", ["datalist", "folder_one_text"])
@@ -102,6 +110,14 @@ def test_inference_writes_masks_in_input_geometry(bundle, tmp_path, mode):
         else:
             assert arr.shape == (128, 128)
     assert np.asarray(Image.open(out / overlays[0])).shape[-1] == 3
+    with open(out / "report_review.csv", encoding="utf-8") as f:
+        review = {os.path.basename(r["image"]): r for r in csv.DictReader(f)}
+    assert len(review) == expected
+    if mode == "folder_one_text":  # the shared text names no lung zone: flagged; the .txt beside case2 names one
+        assert review["case one.png"]["needs_review"] == "True" and "no lung zone" in review["case one.png"]["report_warnings"]
+        assert review["case2.png"]["needs_review"] == "False" and review["case2.png"]["report_zones"] == "upper left"
+    else:
+        assert all(r["needs_review"] == "False" for r in review.values())
 
 
 def test_inference_missing_text_is_an_error(bundle, tmp_path):
