@@ -248,6 +248,10 @@ def test_monailabel_serves_text_guided_masks(tmp_path):
         result = json.loads(body)
         assert status == 200 and result["text"] == TEXT_B and result["text_source"] == "request"
         assert result["label_names"] == {"lesion": 1}
+        assert result["needs_review"] is False and result["report_zones"] == "lower left"
+        status, body = infer(base, "cxr", {"text": "Verschattung im linken Unterfeld."}, output="json")
+        result = json.loads(body)
+        assert status == 200 and result["needs_review"] is True and "not in English" in result["report_warnings"]
         # no text anywhere: a clear client error, not a mask from the empty prompt
         status, body = infer(base, "notext", {})
         assert status == 400 and "no text prompt" in json.loads(body)["detail"]

@@ -38,6 +38,7 @@ from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
 from monailabel.utils.others.generic import strtobool
 
 from monai_vlseg.transforms import SaveOverlayd
+from monai_vlseg.transforms.report import REVIEW_FIELDS
 from monai_vlseg.transforms.text import EMPTY_TEXT_POLICIES, TokenizeTextd, normalize_text
 
 __all__ = ["TextBundleInferTask", "SqueezeSingleSliced", "text_beside_image"]
@@ -213,7 +214,7 @@ class TextBundleInferTask(BundleInferTask):
         text, source = self.resolve_text(request)
         request[self.text_param] = text
         request[self.text_key] = text
-        logger.info(f"Text prompt ({source}): {text!r}")
+        logger.info(f"Text prompt from {source}: {len(text)} characters")  # a report can name the patient: no text
         label, result = super().__call__(request, callbacks)
         result = dict(result or {})
         result["text"] = text
@@ -285,7 +286,11 @@ class TextBundleInferTask(BundleInferTask):
     def writer(self, data: dict[str, Any], extension=None, dtype=None):
         if dtype is None and not data.get("result_dtype"):
             dtype = "uint8"  # label values; PNG writers take no float images
-        return super().writer(data, extension=extension, dtype=dtype)
+        result_file, result_json = super().writer(data, extension=extension, dtype=dtype)
+        # what the bundle's PrepareReportd could not ground reaches the client (never the report text)
+        review = {k: data[k] for k in REVIEW_FIELDS if k in data}
+        review = {k: (v.item() if hasattr(v, "item") else v) for k, v in review.items()}
+        return result_file, {**(result_json or {}), **review}
 
     def _check_checkpoint(self) -> None:
         """Fail at start-up, with a hint, when ``models/model.pt`` does not fit ``network_def``."""
