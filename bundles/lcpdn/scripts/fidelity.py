@@ -1,7 +1,7 @@
 """Fidelity figures of the LCPDN paper configuration (train.json's network_def with the paper's encoder shapes):
 trainable parameters vs the paper's 4.52M, and inference time per 256x256 image (three UNet passes).
 
-    OMP_NUM_THREADS=1 python bundles/lcpdn/docs/fidelity.py [--device cpu|cuda] [--repeats 2]
+    OMP_NUM_THREADS=1 python bundles/lcpdn/scripts/fidelity.py [--device cpu|cuda] [--repeats 2]
 
 Encoders are built with random weights in the shapes of openai/clip-vit-base-patch16 and Bio_ClinicalBERT
 (BERT-base), so the counts and times equal those of the real towers without downloading them.
