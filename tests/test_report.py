@@ -200,3 +200,13 @@ def test_keep_reported_findings_cuts_the_mask_to_the_named_sides_and_counts():
     assert torch.equal(out, pred)
     assert torch.equal(keep({"pred": pred, "report_zones": ""})["pred"], pred)  # nothing read: unchanged
     assert torch.equal(keep({"pred": pred})["pred"], pred)
+
+
+def test_a_canonical_text_cut_at_its_end_loses_no_finding_and_is_not_flagged():
+    prep = PrepareReportd(parser="chest", tokenizer="default", max_length=24)
+    four = "Bilateral pulmonary infection, four infected areas, middle left lung, lower left lung, upper right lung and middle right lung."
+    out = prep({"text": four})
+    assert out["dropped_tokens"] > 0 and "every finding read is still in the text" in out["report_warnings"]
+    assert out["needs_review"] is False
+    short = PrepareReportd(parser="chest", tokenizer="default", max_length=12)({"text": four})
+    assert short["needs_review"] is True and "did not fit text_len=12" in short["report_warnings"]

@@ -445,7 +445,8 @@ class PrepareReportd(MapTransform):
     :func:`fit_to_budget` with the tokenizer of ``tokenizer`` (when given). It writes, per item:
 
     - ``needs_review`` (bool): the text is not English, names no finding the model can ground, names a side without
-      a zone, or states a count that differs from the zones named; the mask then should not go to a PACS unreviewed.
+      a zone, states a count that differs from the zones named, or lost tokens to ``max_length`` (unless every
+      finding read is still in what the network reads); the mask then should not go to a PACS unreviewed.
     - ``report_warnings`` (str): the reasons, ``"; "``-joined (``""`` when none); they never quote the report.
     - ``dropped_tokens`` (int): tokens that did not fit ``max_length``.
     - ``report_zones`` (str): the zones read with ``parser="chest"`` (``"upper left; lower right"``).
@@ -493,21 +494,34 @@ class PrepareReportd(MapTransform):
         body, _ = deidentify(findings_text(raw), identifiers)
         if not is_english(body):
             warnings.append("report is not in English (the text tower's language)")
+        zones: list[str] = []
         if self.parser == "chest":
             found = parse_chest_findings(body)
             warnings += found.warnings
-            out["report_zones"] = "; ".join(found.zones)
-            if found.zones:
-                body = chest_zone_sentence(found.zones)
+            zones = found.zones
+            out["report_zones"] = "; ".join(zones)
+            if zones:
+                body = chest_zone_sentence(zones)
             else:
                 warnings.append("no lung zone with a finding could be read from the report")
+        notes: list[str] = []
         if self._tokenize is not None:
             body, dropped = fit_to_budget(body, self._count_tokens, self.max_length)
             if dropped:
-                warnings.append(f"{dropped} token(s) of the report did not fit text_len={self.max_length}")
+                message = f"{dropped} token(s) of the report did not fit text_len={self.max_length}"
+                if zones and parse_chest_findings(self._truncated(body)).zones == zones:
+                    notes.append(message + " (every finding read is still in the text)")  # nothing lost: no review
+                else:
+                    warnings.append(message)
             out["dropped_tokens"] = dropped
-        out.update(text=body, needs_review=bool(warnings), report_warnings="; ".join(warnings))
+        out.update(text=body, needs_review=bool(warnings), report_warnings="; ".join(warnings + notes))
         return out
+
+    def _truncated(self, text: str) -> str:
+        """``text`` as the network reads it: tokenised to ``max_length`` and decoded."""
+        tok = self._tokenize.tokenizer
+        ids = tok(text, truncation=True, max_length=self.max_length)["input_ids"]
+        return tok.decode(ids, skip_special_tokens=True)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
