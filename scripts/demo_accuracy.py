@@ -426,6 +426,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}  # fmt: skip
             print(f"[{name}] {row['error']}", file=sys.stderr, flush=True)
         row["machine"] = machine
+        previous = rows.get(name, {})
+        if args.skip_train and "error" not in row and previous.get("train_command"):
+            # the checkpoint is the last run's: its training figures stay with the row
+            for k in ("train_time_s", "stage1_time_s", "load_avg_after_training", "machine"):
+                if k in previous:
+                    row[k] = previous[k]
+            row["note"] = (f"re-evaluated {row['date']} with --skip-train; trained {previous.get('date', '?')}"
+                           + (f"; {previous['note']}" if previous.get("note") else ""))  # fmt: skip
         rows[name] = row
         with open(store + ".tmp", "w", encoding="utf-8") as f:
             json.dump({"rows": rows}, f, indent=2)

@@ -198,6 +198,15 @@ def test_keep_reported_findings_cuts_the_mask_to_the_named_sides_and_counts():
     assert out[0, 40:56, 5:20].all() and not out[0, 44:50, 40:46].any() and not out[0, 8:20, 30:40].any()
     out = keep({"pred": pred, "report_zones": "upper left; lower left; middle right"})["pred"]
     assert torch.equal(out, pred)
+    # same side, the level decides, not the size: "lower left" keeps the smaller, lower component
+    out = keep({"pred": pred, "report_zones": "lower left"})["pred"]
+    assert out[0, 44:50, 40:46].all() and not out[0, 40:56, 5:20].any()
+    three = torch.zeros(1, 64, 64)
+    for y0 in (4, 26, 48):  # one component per level on the patient's left
+        three[0, 40:50, y0 : y0 + 8] = 1
+    three[0, 40:52, 26:36] = 1  # the middle one is the largest
+    out = keep({"pred": three, "report_zones": "upper left; lower left"})["pred"]
+    assert out[0, 40:50, 4:12].all() and out[0, 40:50, 48:56].all() and not out[0, 40:52, 26:36].any()
     assert torch.equal(keep({"pred": pred, "report_zones": ""})["pred"], pred)  # nothing read: unchanged
     assert torch.equal(keep({"pred": pred})["pred"], pred)
 

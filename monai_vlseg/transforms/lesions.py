@@ -10,6 +10,7 @@ readers put the image's columns first (``(x, y)``), so the image's left-right ax
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -58,8 +59,13 @@ def mask_laterality(labels: np.ndarray, num: int, lateral_axis: int = 0, left_on
 
 
 class KeepReportedFindingsd(MapTransform):
-    """Cut a binary prediction to what the report names: on each patient side keep the largest components, as many
-    as the report names zones on that side, and nothing on a side it does not name.
+    """Cut a binary prediction to what the report names: on each patient side keep as many components as the report
+    names zones there, those whose height fits the named levels best, and nothing on a side it does not name.
+
+    Which components: on a side with ``k`` named zones and ``m > k`` components, the ``k`` whose vertical rank among
+    the ``m`` (top to bottom, scaled to 0..1) is closest to the named levels (upper 0, middle 0.5, lower 1), ties
+    broken by the height in the image (upper, middle, lower thirds) and then by size. With one component per zone,
+    the rank is the level, whatever the size of the lungs in the image.
 
     The zones come from :class:`~monai_vlseg.transforms.report.PrepareReportd` (``report_zones``, e.g.
     ``"upper left; lower right"``); an item without them (no parser, or nothing read) is left as it is, so the step
@@ -68,9 +74,12 @@ class KeepReportedFindingsd(MapTransform):
     Args:
         keys: binary prediction key(s), channel-first (channel 0 is the mask; with more channels the last one).
         zones_key: item key of the report's zones.
-        lateral_axis, left_on_image_right: the image's left-right axis and side convention (see the module).
+        lateral_axis, left_on_image_right: the image's left-right axis and side convention (see the module); the
+            other spatial axis of a 2D image runs from its top to its bottom.
         min_area_fraction: smaller components are noise and removed as well.
     """
+
+    _LEVEL = {"upper": 0.0, "middle": 0.5, "lower": 1.0}
 
     def __init__(
         self,
@@ -85,22 +94,44 @@ class KeepReportedFindingsd(MapTransform):
         self.zones_key, self.lateral_axis = zones_key, lateral_axis
         self.left_on_image_right, self.min_area_fraction = left_on_image_right, min_area_fraction
 
+    def _choose(self, ids: list[int], levels: list[str], heights: np.ndarray, sizes: np.ndarray) -> list[int]:
+        """The components of ``ids`` (one side) that fit the named ``levels`` best (see the class docstring)."""
+        if len(ids) <= len(levels):
+            return ids
+        order = sorted(ids, key=lambda c: heights[c])
+        rank = {c: i / (len(order) - 1) for i, c in enumerate(order)}
+
+        def cost(chosen: tuple[int, ...]) -> tuple[float, float, float]:
+            pairs = list(zip(sorted(chosen, key=lambda c: heights[c]), sorted(levels, key=self._LEVEL.get)))
+            return (
+                round(sum(abs(rank[c] - self._LEVEL[lv]) for c, lv in pairs), 6),
+                sum(abs(heights[c] - (0.3 + 0.4 * self._LEVEL[lv])) for c, lv in pairs),
+                -float(sum(sizes[c] for c in chosen)),
+            )
+
+        return list(min(itertools.combinations(ids, len(levels)), key=cost))
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        zones = [z.strip() for z in str(d.get(self.zones_key) or "").split(";") if z.strip()]
+        zones = [z.split() for z in str(d.get(self.zones_key) or "").split(";") if len(z.split()) == 2]
         if not zones:
             return d
-        wanted = {side: sum(z.endswith(side) for z in zones) for side in ("left", "right")}
         for key in self.key_iterator(d):
             pred = d[key]
             channel = pred[-1]
             labels, n = mask_lesions(channel, self.min_area_fraction)
             sides = component_sides(labels, n, self.lateral_axis, self.left_on_image_right)
             sizes = np.bincount(labels.ravel(), minlength=n + 1)
+            heights = np.zeros(n + 1)
+            if n and labels.ndim == 2:
+                vertical = 1 - self.lateral_axis
+                centres = ndimage.center_of_mass(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+                heights[1:] = [c[vertical] / max(labels.shape[vertical] - 1, 1) for c in centres]
             keep = np.zeros(n + 1, dtype=bool)
-            for side, k in wanted.items():
-                ids = sorted((i + 1 for i, s in enumerate(sides) if s == side), key=lambda c: -sizes[c])
-                keep[ids[:k]] = True
+            for side in ("left", "right"):
+                levels = [lv for lv, s in zones if s == side]
+                ids = [i + 1 for i, s in enumerate(sides) if s == side]
+                keep[self._choose(ids, levels, heights, sizes) if levels else []] = True
             kept = torch.as_tensor(keep[labels], device=channel.device)
             out = pred.clone()
             out[-1] = channel * kept.to(channel.dtype)
