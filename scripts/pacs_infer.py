@@ -233,7 +233,8 @@ def pacs_infer(url: str, bundle: str, study: str | None = None, accession: str |
         text = study_report_text(client, url, study_uid, series)
         if not text.strip():
             raise PacsError(f"no --text given and study {study_uid} on {url} has no SR report with TEXT items")
-        logger.info("using the study's SR: %d characters after de-identification", len(text))
+        chars = len(text)  # the SR can name the patient: its length is logged, never its words
+        logger.info("using the study's SR: %d characters after de-identification", chars)
     with tempfile.TemporaryDirectory(prefix="pacs_infer_") as tmp:
         input_dir = os.path.join(tmp, "input")
         download_images(client, url, study_uid, series, input_dir)

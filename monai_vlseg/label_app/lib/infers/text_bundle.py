@@ -214,7 +214,8 @@ class TextBundleInferTask(BundleInferTask):
         text, source = self.resolve_text(request)
         request[self.text_param] = text
         request[self.text_key] = text
-        logger.info(f"Text prompt from {source}: {len(text)} characters")  # a report can name the patient: no text
+        chars = len(text)  # a report can name the patient: its length is logged, never its words
+        logger.info(f"Text prompt from {source}: {chars} characters")
         label, result = super().__call__(request, callbacks)
         result = dict(result or {})
         result["text"] = text
