@@ -210,8 +210,10 @@ def shuffle_texts(items: Sequence[Mapping[str, Any]], seed: int = 0) -> list[dic
 def eval_datalist(datalist: str, split: str = "test", shuffle_text: Any = False) -> list[dict[str, Any]]:
     """The labelled items of ``split`` of a datalist JSON for evaluation; with ``shuffle_text`` (a switch, see
     :func:`as_flag`) their texts are permuted across images by :func:`shuffle_texts`."""
-    items = load_datalist(datalist, split)
-    return shuffle_texts(items) if as_flag(shuffle_text) else list(items)
+    items = condition_items(datalist, split, "shuffled" if as_flag(shuffle_text) else "right")
+    if items is None:
+        raise ValueError(f"datalist {datalist} has no '{split}' section to evaluate.")
+    return items
 
 
 def unlabelled_datalist(datalist: str, split: str = "training") -> list[dict[str, Any]]:
