@@ -26,21 +26,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# MONAI Label server env, kept apart from .venv: monailabel 0.8.5 wants torch 2.14.1 + torchvision 0.29.1.
-# One pip call so that the resolver sees monailabel's and this package's requirements together; then the pydicom 3
-# shim that monailabel's pydicom-seg import needs (monai_vlseg/label_app/compat.py).
+# MONAI Label server env: a thin layer over .venv (monai_vlseg/label_app/env.py). monailabel 0.8.5 imports
+# torchvision, whose PyPI build needs torch 2.14.1 (+ its CUDA libraries), so the layer holds those, monailabel and
+# the few requirements .venv lacks; everything else is read from .venv (~4.5 GB instead of a full second env).
 LABEL_VENV := .venv-label
-LABEL_PY := $(LABEL_VENV)/bin/python
 LABEL_STAMP := $(LABEL_VENV)/.monailabel-installed
-LABEL_SPEC ?= torch==2.14.1 torchvision==0.29.1 monailabel==0.8.5
 
 .PHONY: label
 
 label: $(LABEL_STAMP)
 
-$(LABEL_STAMP): pyproject.toml
-	$(PYTHON) -m venv $(LABEL_VENV)
-	$(LABEL_PY) -m pip install -q --upgrade pip
-	$(LABEL_PY) -m pip install -q $(LABEL_SPEC) -e .
-	$(LABEL_PY) -m monai_vlseg.label_app.compat
+$(LABEL_STAMP): pyproject.toml monai_vlseg/label_app/env.py $(STAMP)
+	$(PY) -m monai_vlseg.label_app.env --label-env $(LABEL_VENV)
 	touch $(LABEL_STAMP)
