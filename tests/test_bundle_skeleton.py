@@ -63,14 +63,15 @@ DIFFERENCES: dict[tuple[str, str], tuple[Any, str]] = {
 #: multi_gpu_train.json are override files and must have exactly theirs.
 SKELETON = {
     "train.json": {
-        "imports", "bundle_root", "ckpt_dir", "output_dir", "dataset_dir", "datalist", "device", "amp", "num_workers",
+        "imports", "bundle_root", "ckpt_dir", "output_dir", "dataset_dir", "datalist", "device", "amp", "torch_threads",
+        "num_workers",
         "image_size", "in_channels", "batch_size", "learning_rate", "max_epochs", "min_epochs", "patience",
         "val_interval", "cache_rate", "network_def", "network", "loss", "optimizer", "lr_scheduler", "train",
         "validate", "initialize", "run", "training",
     },
     "inference.json": {
         "imports", "bundle_root", "ckpt_path", "output_dir", "dataset_dir", "datalist", "data_split", "input_dir",
-        "device", "amp", "image_size", "in_channels", "output_ext", "dicom_seg", "network_def", "network",
+        "device", "amp", "torch_threads", "image_size", "in_channels", "output_ext", "dicom_seg", "network_def", "network",
         "preprocessing", "dataset", "dataloader", "inferer", "postprocessing", "handlers", "evaluator", "initialize",
         "run", "inference",
     },
