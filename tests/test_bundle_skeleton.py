@@ -71,7 +71,7 @@ SKELETON = {
     },
     "inference.json": {
         "imports", "bundle_root", "ckpt_path", "output_dir", "dataset_dir", "datalist", "data_split", "input_dir",
-        "device", "amp", "torch_threads", "image_size", "in_channels", "output_ext", "dicom_seg", "network_def", "network",
+        "device", "amp", "torch_threads", "input_check", "image_size", "in_channels", "output_ext", "dicom_seg", "network_def", "network",
         "preprocessing", "dataset", "dataloader", "inferer", "postprocessing", "handlers", "evaluator", "initialize",
         "run", "inference",
     },

@@ -175,3 +175,34 @@ def test_ua_vls_inference_on_dicom_writes_png_and_seg(ua_vls_root, tmp_path):
     assert segment.SegmentAlgorithmName == "UA-VLS text-guided lesion segmentation"
     np.testing.assert_array_equal(ds.pixel_array.astype(bool), png > 0)  # SEG and PNG mask agree pixel for pixel
     assert dciodvfy_errors(out / "RG1_seg.dcm") == []
+    review = (out / "report_review.csv").read_text().splitlines()
+    assert review[0].endswith(",input_warnings") and review[1].endswith(",")  # a chest CR: no input warning
+
+
+def test_ua_vls_inference_flags_a_ct_slice_and_a_hand_radiograph(ua_vls_root, tmp_path):
+    """A chest-X-ray model given a CT slice or a CR of a hand (issue 18.5): masks are still written, but the SEG
+    series says NEEDS REVIEW and the review CSV names the reason."""
+    import csv
+
+    src_dir = tmp_path / "in"
+    src_dir.mkdir()
+    shutil.copy(data_file("CT_small.dcm"), src_dir / "ct.dcm")
+    shutil.copy(data_file("RG3_UNCI.dcm"), src_dir / "hand.dcm")
+    out = tmp_path / "out"
+    wf = ConfigWorkflow(
+        workflow_type="infer", config_file=os.path.join(CONFIGS, "inference.json"),
+        meta_file=os.path.join(CONFIGS, "metadata.json"), logging_file=os.path.join(CONFIGS, "logging.conf"),
+        bundle_root=str(ua_vls_root), output_dir=str(out), input_dir=str(src_dir), image_size=[64, 64],
+        text="Opacity in the lower left lung.", dicom_seg=True, **TINY_NET,
+    )  # fmt: skip
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    for stem in ("ct", "hand"):
+        assert pydicom.dcmread(out / f"{stem}_seg.dcm").SeriesDescription.startswith("NEEDS REVIEW"), stem
+    with open(out / "report_review.csv", encoding="utf-8") as f:
+        review = {os.path.basename(r["image"]): r for r in csv.DictReader(f)}
+    assert review["ct.dcm"]["needs_review"] == review["hand.dcm"]["needs_review"] == "True"
+    assert "DICOM Modality CT" in review["ct.dcm"]["input_warnings"]
+    assert "BodyPartExamined EXTREMITY" in review["hand.dcm"]["input_warnings"]
+    assert review["ct.dcm"]["report_zones"] == "lower left"  # the text itself was fine

@@ -649,7 +649,7 @@ class DicomReader(ImageReader):
             MetaKeys.SPACE: first.space,
             "filename_or_obj": first.paths[0] if len(first.paths) == 1 else os.path.dirname(first.paths[0]),
         }
-        for kw in ("Modality", "StudyInstanceUID", "SeriesInstanceUID", "PhotometricInterpretation"):
+        for kw in ("Modality", "BodyPartExamined", "StudyInstanceUID", "SeriesInstanceUID", "PhotometricInterpretation"):
             if kw in hdr:
                 meta[kw] = str(hdr.get(kw))
         if len(first.paths) == 1 and "SOPInstanceUID" in hdr:

@@ -4,8 +4,10 @@ set) and image/mask handling."""
 from .image import (
     BinarizeMask,
     BinarizeMaskd,
+    CheckInputd,
     EnsureChannels,
     EnsureChannelsd,
+    InputSpec,
     SaveOverlayd,
 )
 from .keywords import SelectKeywords, SelectKeywordsd
@@ -22,8 +24,10 @@ from .text import (
 __all__ = [
     "BinarizeMask",
     "BinarizeMaskd",
+    "CheckInputd",
     "EnsureChannels",
     "EnsureChannelsd",
+    "InputSpec",
     "KeepReportedFindingsd",
     "PrepareReportd",
     "RandTextDropoutd",

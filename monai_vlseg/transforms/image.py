@@ -4,7 +4,10 @@ PNG for a person to look at."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -14,7 +17,9 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
-__all__ = ["EnsureChannels", "EnsureChannelsd", "BinarizeMask", "BinarizeMaskd", "SaveOverlayd"]
+__all__ = [
+    "EnsureChannels", "EnsureChannelsd", "BinarizeMask", "BinarizeMaskd", "SaveOverlayd", "InputSpec", "CheckInputd",
+]  # fmt: skip
 
 
 def _source_name(img: Any) -> str:
@@ -59,6 +64,101 @@ class EnsureChannelsd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.converter(d[key])
+        return d
+
+
+def _norm_code(value: Any) -> str:
+    """A DICOM code string compared without case, spaces or separators (``"Chest "`` = ``"CHEST"``,
+    ``"ABDOMEN_PELVIS"`` = ``"ABDOMENPELVIS"``)."""
+    return re.sub(r"[^A-Z0-9]", "", str(value).upper())
+
+
+class InputSpec:
+    """What a bundle was trained on, read from its ``metadata.json`` (``network_data_format.inputs.<key>``):
+
+    - ``dicom_modality``: the DICOM Modality codes of its training images (e.g. ``["CR", "DX"]``);
+    - ``body_part``: the BodyPartExamined values it covers (empty: any);
+    - ``format``: ``"hounsfield"`` (CT in HU: air is about -1000) or ``"magnitude"`` (no strongly negative values);
+    - ``num_channels``: 1 for a grey-scale model.
+
+    Args:
+        metadata: the bundle's ``metadata.json`` (path) or its parsed content.
+        key: the input of ``network_data_format.inputs`` to read.
+    """
+
+    def __init__(self, metadata: str | os.PathLike | Mapping[str, Any], key: str = "image") -> None:
+        if isinstance(metadata, (str, os.PathLike)):
+            with open(metadata, encoding="utf-8") as f:
+                metadata = json.load(f)
+        spec = dict(metadata.get("network_data_format", {}).get("inputs", {}).get(key, {}))
+        self.modalities: tuple[str, ...] = tuple(_norm_code(m) for m in spec.get("dicom_modality", ()))
+        self.body_parts: tuple[str, ...] = tuple(_norm_code(b) for b in spec.get("body_part", ()))
+        self.format: str = str(spec.get("format", "magnitude"))
+        self.num_channels: int | None = spec.get("num_channels")
+        self.description: str = str(spec.get("modality", "/".join(self.modalities) or "its training data"))
+
+    def problems(self, img: Any) -> list[str]:
+        """Why ``img`` (channel first, with the reader's meta) may not be what the model was trained on."""
+        meta = getattr(img, "meta", None) or {}
+        found: list[str] = []
+        modality = meta.get("Modality")
+        if modality and self.modalities and _norm_code(modality) not in self.modalities:
+            found.append(f"DICOM Modality {modality}, the model was trained on {'/'.join(self.modalities)}")
+        part = meta.get("BodyPartExamined")
+        if part and self.body_parts and _norm_code(part) not in self.body_parts:
+            found.append(f"BodyPartExamined {part}, the model was trained on {'/'.join(self.body_parts)}")
+        x = torch.as_tensor(img).float()
+        if x.numel():
+            lo = float(x.min())
+            if self.format == "hounsfield" and lo >= -100.0:
+                found.append(f"lowest value {lo:g}: not a CT in Hounsfield units (air is about -1000 HU)")
+            elif self.format != "hounsfield" and lo < -100.0:
+                found.append(f"values down to {lo:g} look like CT Hounsfield units, the model reads {self.description}")
+            if self.num_channels == 1 and x.shape[0] in (3, 4):
+                rgb = x[:3]
+                spread = float((rgb.amax(0) - rgb.amin(0)).abs().mean())
+                if spread > 0.02 * max(float(rgb.max() - rgb.min()), 1e-6):
+                    found.append(f"a colour image, the model reads grey-scale {self.description}")
+        return found
+
+
+class CheckInputd(MapTransform):
+    """Flag inputs that do not look like what the bundle was trained on (issue 18.5): a DICOM Modality or
+    BodyPartExamined outside :class:`InputSpec`, CT Hounsfield units given to a radiograph model (or no HU given to a
+    CT model), a colour photograph given to a grey-scale model. Such an item gets ``needs_review = True`` and the
+    reasons in ``input_warnings``; the warning names the file (never the report). Place it after
+    ``EnsureChannelFirstd``; :class:`~monai_vlseg.transforms.report.PrepareReportd` keeps the flag.
+
+    Args:
+        keys: the image key.
+        metadata: the bundle's ``metadata.json`` (path or content), see :class:`InputSpec`.
+        on_mismatch: ``"flag"`` (warn and flag the output), ``"error"`` (raise, naming the file), ``"off"``.
+    """
+
+    def __init__(
+        self, keys: KeysCollection = "image", metadata: str | os.PathLike | Mapping[str, Any] | None = None,
+        on_mismatch: str = "flag", allow_missing_keys: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__(keys, allow_missing_keys)
+        if on_mismatch not in ("flag", "error", "off"):
+            raise ValueError(f"on_mismatch must be 'flag', 'error' or 'off', got {on_mismatch!r}")
+        self.on_mismatch = on_mismatch
+        self.spec = InputSpec(metadata or {}, key=self.keys[0] if isinstance(self.keys[0], str) else "image")
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.on_mismatch == "off":
+            return d
+        for key in self.key_iterator(d):
+            found = self.spec.problems(d[key])
+            if not found:
+                continue
+            message = f"{_source_name(d[key])}: " + "; ".join(found)
+            if self.on_mismatch == "error":
+                raise ValueError(message + " (set input_check to 'flag' to segment it anyway, flagged for review)")
+            logging.getLogger("monai_vlseg").warning("%s; the output is flagged needs_review", message)
+            d["needs_review"] = True
+            d["input_warnings"] = "; ".join(filter(None, [d.get("input_warnings", ""), *found]))
         return d
 
 

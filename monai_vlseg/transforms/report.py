@@ -528,13 +528,17 @@ class PrepareReportd(MapTransform):
         identifiers = d.get(self.identifiers_key) if self.identifiers_key else None
         for key in self.key_iterator(d):
             prepared = self.prepare(d[key], identifiers)
+            prepared["needs_review"] = bool(prepared["needs_review"] or d.get("needs_review"))  # e.g. CheckInputd's
             d[key] = prepared.pop("text") or ""
             d.update(prepared)
         return d
 
 
-#: the item fields :class:`PrepareReportd` writes and :class:`SaveReportReviewd` stores, in CSV column order.
-REVIEW_FIELDS: tuple[str, ...] = ("needs_review", "report_warnings", "dropped_tokens", "report_zones")
+#: the item fields :class:`PrepareReportd` (and :class:`~monai_vlseg.transforms.image.CheckInputd`:
+#: ``input_warnings``) write and :class:`SaveReportReviewd` stores, in CSV column order.
+REVIEW_FIELDS: tuple[str, ...] = (
+    "needs_review", "report_warnings", "dropped_tokens", "report_zones", "input_warnings",
+)  # fmt: skip
 
 
 class SaveReportReviewd(MapTransform):

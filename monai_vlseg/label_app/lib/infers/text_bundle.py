@@ -148,7 +148,9 @@ class TextBundleInferTask(BundleInferTask):
 
         const = self.const if isinstance(self.const, BundleConstants) else BundleConstants()
         with open(os.path.join(path, "configs", const.metadata_json())) as f:
-            data_format = json.load(f)["network_data_format"]
+            metadata = json.load(f)
+        data_format = metadata["network_data_format"]
+        self.bundle_config["_meta_"] = metadata  # as `monai.bundle run` has it: CheckInputd, SaveDicomSegd read it
         self.extra_input_keys: list[str] = list(data_format["inputs"])[1:]
         pred = next(iter(data_format["outputs"].values()))
         if pred.get("num_channels") == 1:
