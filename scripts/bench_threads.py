@@ -118,7 +118,11 @@ def main() -> None:
         lines.append(f"| {hogs} | {setting} | {threads} | {sec:.3f} | {ratio} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    if args.out:
+    if args.out:  # replace the block between the markers when the file has them (docs/threads.md), else write it
+        begin, end = "<!-- bench_threads -->\n", "<!-- /bench_threads -->\n"
+        old = open(args.out, encoding="utf-8").read() if os.path.isfile(args.out) else ""
+        if begin in old and end in old:
+            text = old[: old.index(begin) + len(begin)] + text + old[old.index(end) :]
         with open(args.out, "w", encoding="utf-8") as f:
             f.write(text)
 
