@@ -80,6 +80,8 @@ def test_inference_writes_label_maps_in_input_geometry(bundle, tmp_path, image_f
     assert seg.shape == src.shape  # back on the input's own voxel grid
     np.testing.assert_allclose(seg.affine, src.affine, atol=1e-3)
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
+    review = (out / "report_review.csv").read_text().splitlines()  # a CT in HU (Modality CT): nothing flagged
+    assert len(review) == 2 and review[1].split(",")[1] == "False", review
 
 
 def test_verify_net_in_out(bundle):
