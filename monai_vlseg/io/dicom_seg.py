@@ -109,9 +109,19 @@ def _binary(mask: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def _monai_to_frames(
-    mask: np.ndarray, affine: np.ndarray, src_shape: tuple[int, ...], src_affine: np.ndarray, name: str
+    mask: np.ndarray,
+    affine: np.ndarray,
+    src_shape: tuple[int, ...],
+    src_affine: np.ndarray,
+    name: str,
+    offsets: np.ndarray | None = None,
 ) -> np.ndarray:
-    """A MONAI-layout mask (x, y[, z]) onto the source grid, as DICOM frames (slices, rows, columns)."""
+    """A MONAI-layout mask (x, y[, z]) onto the source grid, as DICOM frames (slices, rows, columns).
+
+    ``offsets``: of a series whose slices are not on the regular grid ``src_affine`` / ``src_shape`` describes, each
+    slice's distance (mm) from the grid's origin along its third axis; frame k is then the mask at slice k's own
+    position (nearest voxel), never at a grid position.
+    """
     from monai.data.utils import to_affine_nd
     from monai.transforms import SpatialResample
 
@@ -127,6 +137,18 @@ def _monai_to_frames(
     same_grid = mask.shape == tuple(src_shape) and np.allclose(
         to_affine_nd(nd, affine), to_affine_nd(nd, src_affine), atol=1e-3, rtol=1e-4
     )
+    if offsets is not None:  # one resampling per source slice, onto that slice's plane
+        img = MetaTensor(torch.as_tensor(mask[None], dtype=torch.float32), affine=torch.as_tensor(affine))
+        step = src_affine[:3, 2] / np.linalg.norm(src_affine[:3, 2])
+        frames = []
+        for off in offsets:
+            plane = np.array(src_affine, dtype=np.float64)
+            plane[:3, 3] += step * float(off)
+            out = SpatialResample(mode="nearest", padding_mode="zeros")(
+                img, dst_affine=torch.as_tensor(plane), spatial_size=(*src_shape[:2], 1)
+            )
+            frames.append(out[0, ..., 0].cpu().numpy().T > 0.5)
+        return np.stack(frames, 0)
     if not same_grid:
         logger.info("%s: resampling the mask %s onto the source grid %s", name, mask.shape, src_shape)
         img = MetaTensor(torch.as_tensor(mask[None], dtype=torch.float32), affine=torch.as_tensor(affine))
@@ -191,6 +213,7 @@ def write_dicom_seg(
     arr = _to_numpy(mask)
     first_path, first = headers[0]
     has_for = "FrameOfReferenceUID" in first
+    offsets = None  # of source slices off the regular grid
     if len(headers) > 1:
         geom = series_geometry(headers)
         if geom.skipped:
@@ -198,7 +221,10 @@ def write_dicom_seg(
             raise DicomReadError(path, f"source slice cannot be placed in the series: {reason}")
         if layout == "monai":
             headers = list(zip(geom.paths, geom.datasets, strict=True))
+            for dup, kept in geom.duplicates:
+                logger.warning("%s: at the position of %s; the SEG references only the latter", dup, kept)
         src_shape, src_affine, dz = geom.shape, geom.affine, geom.spacing[2]
+        offsets = None if geom.regular else geom.offsets
     else:
         src_affine, spacing = _image_geometry(first, pixel_spacing(first, first_path))
         src_shape, dz = (int(first.Columns), int(first.Rows)), spacing[2]
@@ -207,7 +233,7 @@ def write_dicom_seg(
             raise ValueError("layout='monai' needs the mask's affine (a MetaTensor or `affine`).")
         aff = np.asarray(_to_numpy(affine), dtype=np.float64)
         target = src_affine if str(space) == SpaceKeys.LPS.value else _LPS_TO_RAS @ src_affine
-        frames = _monai_to_frames(_binary(arr, threshold), aff, src_shape, target, output_path)
+        frames = _monai_to_frames(_binary(arr, threshold), aff, src_shape, target, output_path, offsets)
     else:
         frames = _binary(arr, threshold)
         frames = frames[None] if frames.ndim == 2 else frames
@@ -233,7 +259,7 @@ def write_dicom_seg(
         kwargs["pixel_measures"] = hd.PixelMeasuresSequence(
             pixel_spacing=list(pixel_spacing(first, first_path)),
             slice_thickness=thick[0] if thick is not None and thick[0] > 0 else float(dz),
-            spacing_between_slices=float(dz) if len(headers) > 1 else None,
+            spacing_between_slices=float(dz) if len(headers) > 1 and offsets is None else None,
         )
     key = segment_label.strip().lower()
     default_cat, default_type = _PROPERTY_CODES.get(key, _PROPERTY_CODES["lesion"])
