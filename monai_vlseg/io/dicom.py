@@ -676,7 +676,7 @@ class _Delegated:
 
 
 class _Refused:
-    """A DICOM input :meth:`DicomReader.read` refused; :meth:`DicomReader.get_data` raises its error."""
+    """A series :meth:`DicomReader.read` refused; :meth:`DicomReader.get_data` raises its error."""
 
     def __init__(self, error: DicomReadError) -> None:
         self.error = error
@@ -688,9 +688,9 @@ class DicomReader(ImageReader):
     Give it to ``LoadImage(d)`` as ``reader="monai_vlseg.io.DicomReader"`` (or an instance). A DICOM file gives a 2D
     image (x, y); a folder of slices gives a 3D volume (x, y, z) of one series; several inputs are stacked as channels,
     as MONAI's readers do. Anything that is not DICOM (PNG, NIfTI, ...) is passed to the reader that MONAI's
-    ``LoadImage`` would pick by suffix, so one config loads both. A DICOM input it refuses raises its
-    :class:`DicomReadError` from ``get_data``, so that ``LoadImage`` does not hand it to another reader (ITK's would
-    stack a series with a missing slice on a regular grid).
+    ``LoadImage`` would pick by suffix, so one config loads both. A series it refuses raises its
+    :class:`DicomReadError` from ``get_data``, so that ``LoadImage`` does not hand the folder to ITK's series reader
+    (which would stack a series with a missing slice on a regular grid).
 
     Args:
         voi: False (modality values, e.g. HU), True (the file's VOI LUT/window to [0, 1]) or (centre, width).
@@ -745,10 +745,7 @@ class DicomReader(ImageReader):
         names = ensure_tuple(data)
         dicom = [_looks_dicom(n) for n in names]
         if all(dicom):
-            try:
-                return [self._load(os.fspath(n)) for n in names]
-            except DicomReadError as err:  # raised by get_data: LoadImage would hand the input to ITK's reader
-                return _Refused(err)
+            return [self._load(os.fspath(n)) for n in names]
         if any(dicom):
             raise ValueError(f"DicomReader: cannot stack DICOM and non-DICOM inputs together: {list(map(str, names))}")
         reader = self._other_reader(names) if self.fallback else None
@@ -756,22 +753,26 @@ class DicomReader(ImageReader):
             raise DicomReadError(names[0], "not a DICOM file or folder of DICOM files")
         return _Delegated(reader, reader.read(data, **kwargs))
 
-    def _load(self, path: str) -> DicomImage:
+    def _load(self, path: str) -> DicomImage | _Refused:
         kw = dict(voi=self.voi, invert_monochrome1=self.invert_monochrome1, affine_lps_to_ras=self.affine_lps_to_ras)
         if os.path.isdir(path):
             files = dicom_files_in(path)
             if len(files) != 1:  # a series; a folder with one file (e.g. a DICOMweb-retrieved radiograph) is 2D
-                return load_dicom_series(
-                    files, irregular_slices=self.irregular_slices, max_slice_gap=self.max_slice_gap, **kw
-                )
+                try:
+                    return load_dicom_series(
+                        files, irregular_slices=self.irregular_slices, max_slice_gap=self.max_slice_gap, **kw
+                    )
+                except DicomReadError as err:  # raised by get_data: LoadImage would hand it to ITK's series reader
+                    return _Refused(err)
             path = files[0]
         return load_dicom_image(path, **kw)
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
         if isinstance(img, _Delegated):
             return img.reader.get_data(img.obj)
-        if isinstance(img, _Refused):
-            raise img.error
+        for im in img:
+            if isinstance(im, _Refused):
+                raise im.error
         images: list[DicomImage] = list(img)
         first = images[0]
         if any(im.array.shape != first.array.shape for im in images):

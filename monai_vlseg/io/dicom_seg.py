@@ -134,21 +134,21 @@ def _monai_to_frames(
         mask = mask[..., None]
     if mask.ndim != nd:
         raise ValueError(f"{name}: mask of shape {mask.shape} does not fit the {nd}D source grid {src_shape}")
+    if offsets is not None:  # nearest mask voxel of each pixel of each source slice, at the slice's own plane
+        from scipy.ndimage import map_coordinates
+
+        to_mask = np.linalg.inv(np.asarray(affine, dtype=np.float64))
+        src = np.asarray(src_affine, dtype=np.float64)
+        i, j = np.meshgrid(np.arange(src_shape[0]), np.arange(src_shape[1]), indexing="ij")
+        plane = np.einsum("ab,bxy->axy", (to_mask @ src)[:3, [0, 1, 3]], np.stack([i, j, np.ones_like(i)]))
+        normal = to_mask[:3, :3] @ (src[:3, 2] / np.linalg.norm(src[:3, 2]))  # mask voxels per mm along the normal
+        data = np.ascontiguousarray(mask, dtype=np.uint8)
+        frames = [map_coordinates(data, plane + (normal * float(off))[:, None, None], order=0, mode="grid-constant")
+                  for off in offsets]  # fmt: skip
+        return np.stack(frames, 0).transpose(0, 2, 1) > 0
     same_grid = mask.shape == tuple(src_shape) and np.allclose(
         to_affine_nd(nd, affine), to_affine_nd(nd, src_affine), atol=1e-3, rtol=1e-4
     )
-    if offsets is not None:  # one resampling per source slice, onto that slice's plane
-        img = MetaTensor(torch.as_tensor(mask[None], dtype=torch.float32), affine=torch.as_tensor(affine))
-        step = src_affine[:3, 2] / np.linalg.norm(src_affine[:3, 2])
-        frames = []
-        for off in offsets:
-            plane = np.array(src_affine, dtype=np.float64)
-            plane[:3, 3] += step * float(off)
-            out = SpatialResample(mode="nearest", padding_mode="zeros")(
-                img, dst_affine=torch.as_tensor(plane), spatial_size=(*src_shape[:2], 1)
-            )
-            frames.append(out[0, ..., 0].cpu().numpy().T > 0.5)
-        return np.stack(frames, 0)
     if not same_grid:
         logger.info("%s: resampling the mask %s onto the source grid %s", name, mask.shape, src_shape)
         img = MetaTensor(torch.as_tensor(mask[None], dtype=torch.float32), affine=torch.as_tensor(affine))
@@ -187,7 +187,9 @@ def write_dicom_seg(
         segment_label: SegmentLabel, e.g. the bundle's output ``channel_def``.
         affine: the mask's 4x4 affine for ``layout="monai"`` when ``mask`` is not a MetaTensor.
         layout: ``"monai"``: MONAI layout (optional channel, x, y[, z]) with an affine (RAS unless the MetaTensor says
-            LPS); the mask is resampled (nearest) onto the source grid when its grid differs.
+            LPS); the mask is resampled (nearest) onto the source grid when its grid differs, and over a series whose
+            slices are not on a regular grid (a missing slice, irregular spacing) each frame is the mask at its own
+            slice's position. Source slices at one position are referenced once (a warning names the others).
             ``"dicom"``: frames as the source pixels, (rows, columns) or (slices, rows, columns) with frame ``i`` over
             ``sources[i]`` in the given order. ``"auto"``: ``"monai"`` for a MetaTensor or when ``affine`` is given.
         threshold: probability cut for float masks.
