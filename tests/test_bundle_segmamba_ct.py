@@ -13,6 +13,10 @@ import torch
 from monai.bundle import ConfigParser, verify_net_in_out
 
 from bundle_testing import BundleConfigs, check_bundle_layout, run_ddp_training
+from monai.data import MetaTensor
+from test_dicom_io import RAMP_LEVEL, RAMP_ORIGIN, SLICES, ramp_mask, write_ramp_series
+
+from monai_vlseg.io import DicomReadError
 
 from monai_vlseg.datasets.synthetic.ct import generate_demo_ct_dataset
 
@@ -82,6 +86,42 @@ def test_inference_writes_label_maps_in_input_geometry(bundle, tmp_path, image_f
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
     review = (out / "report_review.csv").read_text().splitlines()  # a CT in HU (Modality CT): nothing flagged
     assert len(review) == 2 and review[1].split(",")[1] == "False", review
+
+
+@pytest.mark.parametrize("case", ["missing", "irregular", "duplicate"])
+def test_inference_mask_lines_up_with_each_slice_of_an_off_grid_series(tmp_path, case):
+    """inference.json's pre- and postprocessing around a stand-in network (a threshold of the analytic object) on a
+    series with a missing slice, irregular spacing or a slice stored twice: the NIfTI mask, read at each source slice's
+    patient position, holds the object's cross-section there."""
+    offsets = SLICES["regular" if case == "duplicate" else case]
+    folder = tmp_path / "series" / case
+    write_ramp_series(folder, offsets, duplicate=4 if case == "duplicate" else None)
+    parser = ConfigParser()
+    parser.read_config(cfg("inference.json"))
+    parser.update({"output_dir": str(tmp_path / "out"), "overlay": False, "pixdim": [1.0, 1.0, 1.0]})
+    d = parser.get_parsed_content("preprocessing")({"image": str(folder)})
+    lo, hi = parser.get_parsed_content("hu_window")
+    obj = d["image"][0] > (RAMP_LEVEL - lo) / (hi - lo)  # the HU window scaled to [0, 1]
+    d["pred"] = MetaTensor(torch.stack([~obj, obj, torch.zeros_like(obj)]).float(), meta=d["image"].meta)
+    d = parser.get_parsed_content("postprocessing")(d)
+    nii = nib.load(tmp_path / "out" / f"{case}_seg.nii.gz")
+    seg, inv = np.asarray(nii.dataobj), np.linalg.inv(nii.affine)
+    planes = np.arange(seg.shape[2]) * abs(nii.affine[2, 2])
+    i, j = np.mgrid[:32, :32]
+    for z in offsets:
+        ras = np.stack([-(RAMP_ORIGIN[0] + i), -(RAMP_ORIGIN[1] + j), np.full(i.shape, RAMP_ORIGIN[2] + z)], -1)
+        vox = np.rint(ras @ inv[:3, :3].T + inv[:3, 3]).astype(int)
+        assert (vox >= 0).all() and (vox < seg.shape).all()
+        frame = seg[vox[..., 0], vox[..., 1], vox[..., 2]] == 1
+        # the ramp grows with z: the mask lies between its cross-sections at z -/+ (the distance to the mask's nearest
+        # plane + half the 1 mm pixdim the stand-in network saw)
+        h = float(np.min(np.abs(planes - z))) + 0.5 + 1e-4
+        assert not (ramp_mask(z - h) & ~frame).any() and not (frame & ~ramp_mask(z + h)).any(), z
+    if case == "missing":  # the config's reader option refuses the series instead
+        parser["irregular_slices"] = "error"
+        with pytest.raises(RuntimeError, match="LoadImaged") as err:  # MONAI's Compose names the transform
+            parser.get_parsed_content("preprocessing", lazy=False)({"image": str(folder)})
+        assert isinstance(err.value.__cause__, DicomReadError) and "gap of 4.000 mm" in str(err.value.__cause__)
 
 
 def test_verify_net_in_out(bundle):

@@ -19,6 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless, gen
 
 from monai_vlseg.datalist import load_datalist
 from monai_vlseg.io import DicomReader, DicomReadError, build_dicom_datalist, load_dicom_image, load_dicom_series
+from monai_vlseg.io.series import write_dicom_series
 
 CT_UID = "1.2.826.0.1.3680043.8.498.1"  # prefix of the synthetic study
 
@@ -260,6 +261,132 @@ def test_series_sorting_spacing_and_gap(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# series whose slices are not on one regular grid: a missing slice, irregular spacing, a slice stored twice
+
+RAMP_ORIGIN = np.array([-16.0, -20.0, -30.0])  # LPS mm of pixel (0, 0) of the first slice
+RAMP_LEVEL = 40.5  # HU: the "object" is where the ramp is above it (never equal to a stored integer HU)
+#: slice offsets (mm from the first slice) of the test series
+SLICES = {
+    "regular": np.arange(0.0, 21.0, 2.0),
+    "missing": np.array([0, 2, 4, 6, 8, 12, 14, 16, 18, 20.0]),  # a 4 mm gap in a 2 mm series
+    "irregular": np.cumsum([0, 2, 2, 3, 3, 2, 1.5, 2, 2]),
+}
+
+
+def ramp_hu(lps: np.ndarray) -> np.ndarray:
+    """The analytic object, HU at LPS positions (..., 3): linear in z, so that linear interpolation along the slice
+    normal is exact and any placement error shows (8 HU per mm)."""
+    d = np.asarray(lps, dtype=np.float64) - RAMP_ORIGIN
+    return 8.0 * d[..., 2] + 4.0 * d[..., 0] - 2.0 * d[..., 1] - 100.0
+
+
+def ramp_slice(z: float, size: int = 32) -> np.ndarray:
+    """The object (x, y) on the axial slice ``z`` mm above RAMP_ORIGIN (1 mm pixels)."""
+    i, j = np.mgrid[:size, :size]
+    return ramp_hu(np.stack([RAMP_ORIGIN[0] + i, RAMP_ORIGIN[1] + j, np.full(i.shape, RAMP_ORIGIN[2] + z)], -1))
+
+
+def ramp_mask(z: float, size: int = 32) -> np.ndarray:
+    """The object's cross-section (x, y) on the slice ``z`` mm above RAMP_ORIGIN."""
+    return ramp_slice(z, size) > RAMP_LEVEL
+
+
+def write_ramp_series(folder, offsets, size: int = 32, duplicate: int | None = None, changed: bool = False):
+    """A CT series of the ramp (1 mm pixels, axial) with slices at ``offsets`` mm above RAMP_ORIGIN; slice
+    ``duplicate`` is stored a second time as IM_COPY (``changed``: with other pixel values). Returns the paths in slice
+    order (without the copy)."""
+    vol = np.stack([np.rint(ramp_slice(z, size)) for z in offsets], -1).astype(np.int16)
+    paths = write_dicom_series(vol, (1.0, 1.0, 2.0), RAMP_ORIGIN, folder, superior_first=False)
+    for path, z in zip(paths, offsets, strict=True):  # the slices' true positions
+        ds = pydicom.dcmread(path)
+        ds.ImagePositionPatient = [float(v) for v in RAMP_ORIGIN + [0.0, 0.0, z]]
+        ds.SliceLocation = float(RAMP_ORIGIN[2] + z)
+        del ds.SpacingBetweenSlices
+        ds.save_as(path, enforce_file_format=True)
+    if duplicate is not None:
+        ds = pydicom.dcmread(paths[duplicate])
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.InstanceNumber = 999
+        if changed:
+            ds.PixelData = (ds.pixel_array + 1).astype(np.uint16).tobytes()
+        ds.save_as(os.path.join(folder, "IM_COPY"), enforce_file_format=True)
+    return paths
+
+
+def voxel_lps(affine_ras: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """LPS position of every voxel (x, y, z, 3) of a volume with a RAS affine."""
+    ijk = np.stack(np.meshgrid(*map(np.arange, shape), indexing="ij"), -1).astype(np.float64)
+    ras = ijk @ affine_ras[:3, :3].T + affine_ras[:3, 3]
+    return ras * [-1.0, -1.0, 1.0]
+
+
+@pytest.mark.parametrize("case", ["missing", "irregular"])
+def test_series_off_grid_is_resampled_at_the_true_positions(tmp_path, case):
+    folder = tmp_path / case
+    paths = write_ramp_series(folder, SLICES[case])
+    vol = load_dicom_series(folder)
+    # every voxel holds the object's value at the voxel's patient position (the ramp is linear: interpolation is exact)
+    np.testing.assert_allclose(vol.array, ramp_hu(voxel_lps(vol.affine, vol.array.shape)), atol=1e-3)
+    span = SLICES[case][-1]
+    n = vol.array.shape[2]
+    assert vol.spacing[2] == pytest.approx(span / (n - 1)) and abs(vol.spacing[2] - 2.0) < 0.1
+    np.testing.assert_allclose(vol.affine[:3, 3], RAMP_ORIGIN * [-1, -1, 1])  # first slice, never extrapolated
+    last = vol.affine[:3, 3] + (n - 1) * vol.affine[:3, 2]
+    np.testing.assert_allclose(last, (RAMP_ORIGIN + [0, 0, span]) * [-1, -1, 1])  # the last slice
+    np.testing.assert_allclose(vol.source_positions, SLICES[case])
+    assert vol.paths == paths and any("resampled" in w for w in vol.warnings)
+    if case == "missing":  # grid slices on a source slice are that slice, unchanged; the missing one is between
+        assert n == 11
+        stored = np.stack([pydicom.dcmread(p).pixel_array.T.astype(np.int32) - 1024 for p in paths], -1)
+        np.testing.assert_array_equal(vol.array[..., [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]], stored)
+        assert any("gap of 4.000 mm" in w and os.path.basename(paths[5]) in w for w in vol.warnings)
+    meta = LoadImage(reader=DicomReader(), image_only=True)(str(folder)).meta
+    assert [float(v) for v in meta["source_slice_positions"].split()] == pytest.approx(SLICES[case])
+
+
+def test_series_gap_wider_than_max_slice_gap_and_error_mode(tmp_path):
+    folder = tmp_path / "series_a"
+    write_ramp_series(folder, SLICES["missing"])
+    refuse = LoadImage(reader=DicomReader(irregular_slices="error"), image_only=True)  # not handed on to ITK's reader
+    for call in (lambda: load_dicom_series(folder, irregular_slices="error"), lambda: refuse(str(folder))):
+        with pytest.raises(DicomReadError) as err:
+            call()
+        msg = str(err.value)
+        assert msg.startswith(f"{folder}: slices are not on a regular grid: gap of 4.000 mm between IM0005 and "
+                              "IM0006 (slice spacing 2.000 mm)"), msg  # fmt: skip
+    regular = tmp_path / "regular"
+    write_ramp_series(regular, SLICES["regular"])
+    assert load_dicom_series(regular, irregular_slices="error").array.shape == (32, 32, 11)
+    with pytest.raises(ValueError, match="irregular_slices"):
+        DicomReader(irregular_slices="nearest")
+    # two missing slices (6 mm in a 2 mm series): refused unless max_slice_gap allows it
+    wide = tmp_path / "series_b"
+    write_ramp_series(wide, np.array([0, 2, 4, 6, 12, 14, 16, 18.0]))
+    with pytest.raises(DicomReadError, match=r"series_b: gap of 6.000 mm between IM0004 and IM0005 is wider than "
+                                             r"max_slice_gap 2 x the slice spacing 2.000 mm"):  # fmt: skip
+        load_dicom_series(wide)
+    vol = load_dicom_series(wide, max_slice_gap=3)
+    assert vol.array.shape == (32, 32, 10)
+    np.testing.assert_allclose(vol.array, ramp_hu(voxel_lps(vol.affine, vol.array.shape)), atol=1e-3)
+
+
+def test_series_duplicate_slices(tmp_path):
+    same, other = tmp_path / "same", tmp_path / "other"
+    paths = write_ramp_series(same, SLICES["regular"], duplicate=4)
+    vol = load_dicom_series(same)  # the same image twice: one slice, and a warning naming the copy
+    assert vol.array.shape == (32, 32, 11) and vol.paths == paths
+    np.testing.assert_array_equal(vol.array, np.rint(ramp_hu(voxel_lps(vol.affine, vol.array.shape))))
+    assert any("IM_COPY" in w and "dropped as a duplicate" in w and "IM0005" in w for w in vol.warnings)
+    assert not vol.skipped and getattr(vol, "source_positions", None) is None  # not a file error, not resampled
+    write_ramp_series(other, SLICES["regular"], duplicate=4, changed=True)
+    with pytest.raises(DicomReadError) as err:  # different pixels at one position: never a silent pick
+        load_dicom_series(other)
+    assert str(err.value).startswith(f"{other}: IM_COPY and IM0005 are at the same slice position with different "
+                                     "pixel data")  # fmt: skip
+    assert {os.path.basename(p) for p, _ in err.value.details} == {"IM_COPY", "IM0005"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # export folder -> datalist
 
 
@@ -319,7 +446,10 @@ def test_export_csv_join_dicomdir_and_bad_slice(tmp_path):
     texts = {it["modality"]: it["text"] for it in res.items}
     assert texts == {"CT": "Bilateral ground-glass opacities.", "CR": "Right lower lobe consolidation."}
     ct = next(it for it in res.items if it["modality"] == "CT")
-    assert nib.load(ct["image"]).shape == (s["cols"], s["rows"], 4)
+    nii = nib.load(ct["image"])  # the undecodable slice leaves a gap: interpolated, never closed up
+    assert nii.shape == (s["cols"], s["rows"], 5) and len(ct["dicom_sources"]) == 4
+    np.testing.assert_allclose(nii.affine, s["affine_ras"], atol=1e-4)
+    assert any("resampled" in w for w in res.warnings)
     assert any("no pixel data" in e["reason"] for e in res.errors) and len(res.errors) == 1
     assert all("/cd/" in p.replace(os.sep, "/") for p in ct["dicom_sources"])  # files of the DICOMDIR tree
     with pytest.raises(ValueError, match="reports.csv: no column 'AccessionNumber'"):

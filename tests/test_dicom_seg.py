@@ -15,7 +15,8 @@ from monai.bundle import ConfigWorkflow
 from monai.data import MetaTensor
 from PIL import Image
 from test_bundle_ua_vls import TINY_NET, save_tiny_checkpoint
-from test_dicom_io import RG1, data_file, make_ct_series
+from test_dicom_io import RAMP_LEVEL, RAMP_ORIGIN, RG1, SLICES, data_file, make_ct_series, ramp_hu, ramp_mask, voxel_lps
+from test_dicom_io import write_ramp_series
 
 from monai_vlseg.io import DicomReader, SaveDicomSegd, load_dicom_series, read_dicom_seg, write_dicom_seg
 
@@ -108,6 +109,51 @@ def test_seg_over_ct_series_lines_up(tmp_path):
     np.testing.assert_array_equal(back.array[..., 0].astype(bool), mask.transpose(2, 1, 0))
     with pytest.raises(ValueError, match="do not match the sources"):
         write_dicom_seg(np.zeros((3, 24, 20)), vol.paths, tmp_path / "bad.dcm")
+
+
+def check_seg_frames(out, paths, offsets, plane_offsets=None):
+    """One SEG frame per source slice, referencing it, at its position, holding the object's cross-section there (or,
+    with ``plane_offsets``, at the nearest of those planes: the grid the mask was computed on)."""
+    ds, seg = pydicom.dcmread(out), hd.seg.segread(out)
+    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    assert {str(u[2]) for u in seg.get_source_image_uids()} == {str(s.SOPInstanceUID) for s in sources}
+    assert int(ds.NumberOfFrames) == len(paths)
+    frame_pos = {f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID:
+                 [float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient]
+                 for f in ds.PerFrameFunctionalGroupsSequence}  # fmt: skip
+    for src, z in zip(sources, offsets, strict=True):
+        frame = seg.get_pixels_by_source_instance([src.SOPInstanceUID])[0, ..., 0].astype(bool).T  # (x, y)
+        np.testing.assert_allclose(frame_pos[src.SOPInstanceUID], [float(v) for v in src.ImagePositionPatient])
+        if plane_offsets is None:
+            np.testing.assert_array_equal(frame, ramp_mask(z))
+        else:  # the ramp grows with z: the frame lies between the cross-sections at z -/+ the distance to the plane
+            h = float(np.min(np.abs(plane_offsets - z))) + 1e-4
+            assert not (ramp_mask(z - h) & ~frame).any() and not (frame & ~ramp_mask(z + h)).any(), z
+    return ds
+
+
+@pytest.mark.parametrize("case", ["missing", "irregular", "duplicate"])
+def test_seg_over_off_grid_series_puts_each_frame_at_its_slice(tmp_path, case):
+    offsets = SLICES["regular" if case == "duplicate" else case]
+    folder = tmp_path / case
+    paths = write_ramp_series(folder, offsets, duplicate=4 if case == "duplicate" else None)
+    # a mask in patient space on another grid (0.5 mm along z, so every slice position is one of its planes)
+    grid = np.diag([-1.0, -1.0, 0.5, 1.0])
+    grid[:3, 3] = RAMP_ORIGIN * [-1, -1, 1]
+    shape = (32, 32, int(offsets[-1] / 0.5) + 1)
+    mask = ramp_hu(voxel_lps(grid, shape)) > RAMP_LEVEL
+    pred = MetaTensor(torch.as_tensor(mask[None].astype(np.float32)), affine=torch.as_tensor(grid))
+    out = write_dicom_seg(pred, str(folder), tmp_path / "seg_patient_grid.dcm")
+    ds = check_seg_frames(out, paths, offsets)
+    measures = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert ("SpacingBetweenSlices" in measures) == (case == "duplicate")  # no single spacing to claim otherwise
+    assert dciodvfy_errors(out) == []
+    # the mask computed on the volume the reader built (resampled onto a regular grid when off-grid)
+    vol = load_dicom_series(folder)
+    pred = MetaTensor(torch.as_tensor((vol.array > RAMP_LEVEL)[None].astype(np.float32)),
+                      affine=torch.as_tensor(vol.affine))  # fmt: skip
+    out = write_dicom_seg(pred, str(folder), tmp_path / "seg_read_grid.dcm")
+    check_seg_frames(out, paths, offsets, plane_offsets=np.arange(vol.array.shape[2]) * vol.spacing[2])
 
 
 def test_read_third_party_seg_liver():

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .dicom import (
+    IRREGULAR_SLICES,
     PROJECTION_MODALITIES,
     VOLUME_MODALITIES,
     DicomImage,
@@ -33,6 +34,7 @@ from .series import write_dicom_series
 _EXPORT_NAMES = ("DicomExportResult", "build_dicom_datalist", "read_reports_csv", "scan_dicom_folder", "sr_text")
 
 __all__ = [
+    "IRREGULAR_SLICES",
     "PROJECTION_MODALITIES",
     "VOLUME_MODALITIES",
     "DicomImage",

@@ -20,6 +20,11 @@ export-folder builder :mod:`monai_vlseg.io.ingest`):
 Arrays follow MONAI's reader convention: spatial axes (x = column, y = row[, z = slice]), affine in RAS (as MONAI's
 ITK/pydicom readers with ``affine_lps_to_ras=True``) or LPS. Series slices are sorted by ImagePositionPatient along the
 slice normal and the slice spacing comes from the positions, never from SliceThickness.
+
+A series whose slices are not on one regular grid (a missing slice, irregular spacing) is never stacked as if it were:
+by default (``irregular_slices="resample"``) it is interpolated linearly along the normal onto a regular grid from
+its first to its last slice, and the affine describes that grid; ``"error"`` refuses it. Two slices at one position
+are one slice when their pixels are equal and an error when they differ.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 __all__ = [
+    "IRREGULAR_SLICES",
     "PROJECTION_MODALITIES",
     "VOLUME_MODALITIES",
     "DicomReadError",
@@ -67,6 +73,8 @@ VOLUME_MODALITIES: tuple[str, ...] = ("CT", "MR", "PT")
 _GREY = ("MONOCHROME1", "MONOCHROME2")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: what :func:`load_dicom_series` does with a series whose slices are not on a regular grid.
+IRREGULAR_SLICES: tuple[str, ...] = ("resample", "error")
 
 
 class DicomReadError(ValueError):
@@ -82,15 +90,24 @@ class DicomReadError(ValueError):
 
 @dataclass
 class SeriesGeometry:
-    """Sorted slice order and the voxel grid of a series (headers only, no pixel data)."""
+    """Sorted slice order and the voxel grid of a series (headers only, no pixel data).
+
+    When the slices are on a regular grid, slice k of the grid is ``paths[k]``. Otherwise (``regular`` False) the grid
+    is the regular one from the first to the last slice that :func:`load_dicom_series` resamples onto, and
+    ``offsets`` says where each source slice lies on it.
+    """
 
     paths: list[str]  # in slice order (ascending position along the normal)
     datasets: list[Dataset]
-    shape: tuple[int, ...]  # (columns, rows, slices)
-    affine: np.ndarray  # 4x4, LPS
+    shape: tuple[int, ...]  # (columns, rows, slices) of the grid
+    affine: np.ndarray  # 4x4, LPS, of the grid
     spacing: tuple[float, float, float]  # (x, y, z) in mm; z from the slice positions
     warnings: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    offsets: np.ndarray = field(default_factory=lambda: np.zeros(1))  # mm along the normal from the first slice
+    regular: bool = True  # the slices are the grid's slices
+    slice_spacing: float = 1.0  # mm: the median distance between neighbouring slices
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (path, path kept at its position)
 
 
 @dataclass
@@ -105,6 +122,8 @@ class DicomImage:
     space: str = SpaceKeys.RAS.value
     warnings: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: of a resampled series: each source slice's distance (mm) from the volume origin along the slice axis; else None
+    source_positions: np.ndarray | None = None
 
     @property
     def header(self) -> Dataset:
@@ -356,9 +375,10 @@ def series_geometry(
     """Sort the slices of one series and derive its voxel grid (from headers; no pixel data is read).
 
     Slices whose size, orientation or pixel spacing differ from the majority, or that lack ImagePositionPatient /
-    ImageOrientationPatient, are skipped (and listed); a slice at a duplicate position is skipped. The slice spacing is
-    the median distance between neighbouring positions along the slice normal; gaps (> 1.5 x that spacing) and
-    irregular spacing are reported as warnings.
+    ImageOrientationPatient, are skipped (and listed); slices at an already taken position are listed in
+    ``duplicates``. The slice spacing is the median distance between neighbouring positions along the slice normal.
+    When a distance differs from it (a gap, irregular spacing), ``regular`` is False, a warning names the slices, and
+    the grid spans the first to the last slice with ``round(span / median) + 1`` slices.
 
     Args:
         headers: (path, dataset) pairs of one series; datasets may lack pixel data.
@@ -393,11 +413,10 @@ def series_geometry(
     rc = kept[0][2]
     normal = np.cross(rc[0], rc[1])
     kept.sort(key=lambda u: (float(u[3] @ normal), int(u[1].get("InstanceNumber") or 0), u[0]))
-    unique = [kept[0]]
+    unique, duplicates = [kept[0]], []
     for u in kept[1:]:
         if abs(float((u[3] - unique[-1][3]) @ normal)) < position_tol:
-            pos = [round(float(v), 3) for v in u[3]]
-            skipped.append((u[0], f"duplicate slice position {pos} (kept {unique[-1][0]})"))
+            duplicates.append((u[0], unique[-1][0]))
         else:
             unique.append(u)
     first_path, first_ds = unique[0][0], unique[0][1]
@@ -406,33 +425,55 @@ def series_geometry(
     if len(spacings) > 1:
         _note(notes, f"{first_path}: PixelSpacing differs between slices {sorted(map(str, spacings))}; using the first")
     positions = np.array([u[3] for u in unique])
+    offsets = (positions - positions[0]) @ normal
+    n_grid, regular = len(unique), True
     if len(unique) > 1:
-        dist = np.diff(positions @ normal)
-        dz = float(np.median(dist))
-        gaps = np.nonzero(dist > 1.5 * dz)[0]
-        for g in gaps:
-            _note(notes, f"{unique[g + 1][0]}: gap of {dist[g]:.3f} mm before this slice (slice spacing {dz:.3f} mm); "
-                         "the volume assumes regular spacing")  # fmt: skip
-        if not len(gaps) and np.max(np.abs(dist - dz)) > 0.01 * dz + 1e-3:
-            _note(notes, f"{first_path}: irregular slice spacing ({dist.min():.3f}-{dist.max():.3f} mm); "
-                         f"using {dz:.3f}")  # fmt: skip
+        dist = np.diff(offsets)
+        step = float(np.median(dist))
+        off_grid = np.abs(dist - step) > 0.01 * step + position_tol
+        for g in np.nonzero(dist > 1.5 * step)[0]:
+            _note(notes, f"{unique[g + 1][0]}: gap of {dist[g]:.3f} mm before this slice (slice spacing {step:.3f} mm)")
+        if off_grid.any() and not (dist > 1.5 * step).any():
+            _note(notes, f"{first_path}: irregular slice spacing ({dist.min():.3f}-{dist.max():.3f} mm; median "
+                         f"{step:.3f} mm)")  # fmt: skip
+        regular = not off_grid.any()
+        if regular:
+            dz = step
+        else:  # the regular grid from the first to the last slice nearest to the median spacing
+            n_grid = max(int(round(float(offsets[-1]) / step)), 1) + 1
+            dz = float(offsets[-1]) / (n_grid - 1)
         inplane = positions - np.outer(positions @ normal, normal)
         if np.max(np.linalg.norm(inplane - inplane[0], axis=1)) > 0.01 * max(sr, sc) * len(unique) + 1e-2:
             _note(notes, f"{first_path}: slices are not stacked along the normal (gantry tilt?); "
                          "the affine uses the slice normal")  # fmt: skip
     else:
         thickness = _floats(first_ds.get("SliceThickness"), 1)
-        dz = thickness[0] if thickness is not None and thickness[0] > 0 else 1.0
+        dz = step = thickness[0] if thickness is not None and thickness[0] > 0 else 1.0
         _note(notes, f"{first_path}: single-slice series; slice spacing {dz} mm from "
                      f"{'SliceThickness' if thickness else 'the 1.0 mm default'}")  # fmt: skip
     for path, reason in skipped:
         logger.warning("%s: skipped (%s)", path, reason)
     spacing = (sc, sr, dz)
     affine = _affine(rc[0], rc[1], spacing, positions[0], normal)
-    shape = (int(first_ds.Columns), int(first_ds.Rows), len(unique))
+    shape = (int(first_ds.Columns), int(first_ds.Rows), n_grid)
     return SeriesGeometry(
-        [u[0] for u in unique], [u[1] for u in unique], shape, affine, spacing, list(notes), skipped
-    )
+        [u[0] for u in unique], [u[1] for u in unique], shape, affine, spacing, list(notes), skipped,
+        offsets=offsets, regular=regular, slice_spacing=step, duplicates=duplicates,
+    )  # fmt: skip
+
+
+def _resample_slices(slices: Sequence[np.ndarray], offsets: np.ndarray, n: int, dz: float) -> np.ndarray:
+    """(n, rows, cols) float32: slice j at ``j * dz`` interpolated linearly between the two source slices around it
+    (``offsets``: ascending, from 0 to ``(n - 1) * dz``); a grid slice on a source slice is that slice."""
+    grid = np.minimum(np.arange(n) * dz, offsets[-1])
+    below = np.clip(np.searchsorted(offsets, grid, side="right") - 1, 0, len(offsets) - 2)
+    weight = np.clip((grid - offsets[below]) / np.diff(offsets)[below], 0.0, 1.0)
+    weight[np.isclose(weight, 0.0, atol=1e-6)], weight[np.isclose(weight, 1.0, atol=1e-6)] = 0.0, 1.0
+    out = np.empty((n, *slices[0].shape), dtype=np.float32)
+    for j, (k, w) in enumerate(zip(below, weight, strict=True)):
+        a, b = slices[k].astype(np.float32), slices[k + 1].astype(np.float32)
+        out[j] = a if w == 0.0 else b if w == 1.0 else (1.0 - w) * a + w * b
+    return out
 
 
 def _strip_pixels(ds: Dataset) -> Dataset:
@@ -474,11 +515,42 @@ def load_dicom_image(
     return DicomImage(np.ascontiguousarray(arr.T), affine, [path], [_strip_pixels(ds)], spacing[:2], space, notes)
 
 
+def _read_slice(path: str, voi: Any, invert_monochrome1: bool, notes: list[str]) -> np.ndarray:
+    ds = read_dataset(path)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames > 1:
+        raise DicomReadError(path, f"multi-frame image ({frames} frames) inside a single-frame series")
+    return dicom_pixels(ds, path, voi=voi, invert_monochrome1=invert_monochrome1, notes=notes)
+
+
+def _check_grid(geom: SeriesGeometry, irregular_slices: str, max_slice_gap: float) -> None:
+    """Raise when ``irregular_slices`` refuses the series' spacing, or a gap is wider than ``max_slice_gap``."""
+    if geom.regular:
+        return
+    folder = os.path.dirname(geom.paths[0])
+    dist = np.diff(geom.offsets)
+    g = int(np.argmax(np.abs(dist - geom.slice_spacing)))
+    what = (f"{'gap' if dist[g] > geom.slice_spacing else 'distance'} of {dist[g]:.3f} mm between "
+            f"{os.path.basename(geom.paths[g])} and {os.path.basename(geom.paths[g + 1])} (slice spacing "
+            f"{geom.slice_spacing:.3f} mm)")  # fmt: skip
+    if irregular_slices == "error":
+        raise DicomReadError(folder, f"slices are not on a regular grid: {what}; irregular_slices='error' refuses "
+                                     "the series ('resample' interpolates it onto a regular grid)")  # fmt: skip
+    g = int(np.argmax(dist))
+    if dist[g] > max_slice_gap * geom.slice_spacing * 1.01 + 1e-3:
+        raise DicomReadError(folder, f"gap of {dist[g]:.3f} mm between {os.path.basename(geom.paths[g])} and "
+                                     f"{os.path.basename(geom.paths[g + 1])} is wider than max_slice_gap "
+                                     f"{max_slice_gap:g} x the slice spacing {geom.slice_spacing:.3f} mm: slices "
+                                     "missing there are not invented")  # fmt: skip
+
+
 def load_dicom_series(
     paths: Sequence[PathLike] | PathLike,
     voi: bool | Sequence[float] = False,
     invert_monochrome1: bool = True,
     affine_lps_to_ras: bool = True,
+    irregular_slices: str = "resample",
+    max_slice_gap: float = 2.0,
 ) -> DicomImage:
     """The slices of one CT/MR/PT series as a 3D (x, y, z) volume.
 
@@ -486,13 +558,26 @@ def load_dicom_series(
         paths: the slice files (any order, any names), or a folder holding them.
         voi, invert_monochrome1: see :func:`dicom_pixels` (Rescale is applied per slice).
         affine_lps_to_ras: RAS affine (MONAI's default) instead of DICOM's LPS.
+        irregular_slices: what to do when the slices are not on one regular grid (a missing slice, irregular
+            spacing). ``"resample"``: interpolate linearly along the slice normal onto the regular grid from the first
+            to the last slice (spacing near the median slice distance; a grid slice on a source slice is that slice;
+            nothing is extrapolated); ``source_positions`` then says where the source slices lie.
+            ``"error"``: raise.
+        max_slice_gap: with ``"resample"``, the widest distance between neighbouring slices, in units of the median
+            slice distance, that is interpolated across (2: one missing slice); a wider gap raises.
 
     Unreadable, non-image or inconsistent slices are skipped and listed in ``skipped`` (never stopping the series);
-    gaps and irregular spacing are listed in ``warnings``.
+    gaps, irregular spacing, resampling and dropped duplicate slices (equal pixels at one position) are listed in
+    ``warnings``.
 
     Raises:
-        DicomReadError: no usable slice, or slices of more than one series.
+        DicomReadError: no usable slice, slices of more than one series, different pixels at one position, or
+            slices off a regular grid that ``irregular_slices`` / ``max_slice_gap`` refuse.
     """
+    if irregular_slices not in IRREGULAR_SLICES:
+        raise ValueError(f"irregular_slices must be one of {IRREGULAR_SLICES}, got {irregular_slices!r}.")
+    if not max_slice_gap >= 1.0:
+        raise ValueError(f"max_slice_gap must be >= 1 (slice spacings), got {max_slice_gap!r}.")
     if isinstance(paths, (str, os.PathLike)):
         paths = dicom_files_in(paths) if os.path.isdir(paths) else [paths]
     headers, skipped = [], []
@@ -515,30 +600,54 @@ def load_dicom_series(
     except DicomReadError as err:
         raise DicomReadError(err.path, err.reason, skipped + err.details) from None
     skipped += geom.skipped
-    slices, paths_ok, headers_ok = [], [], []
-    for p, hdr in zip(geom.paths, geom.datasets, strict=True):
+    slices: dict[str, np.ndarray] = {}
+    for p in geom.paths:
         try:
-            ds = read_dataset(p)
-            frames = int(ds.get("NumberOfFrames") or 1)
-            if frames > 1:
-                raise DicomReadError(p, f"multi-frame image ({frames} frames) inside a single-frame series")
-            slices.append(dicom_pixels(ds, p, voi=voi, invert_monochrome1=invert_monochrome1, notes=notes))
-            paths_ok.append(p)
-            headers_ok.append(hdr)
+            slices[p] = _read_slice(p, voi, invert_monochrome1, notes)
         except DicomReadError as err:
             skipped.append((err.path, err.reason))
             logger.warning("%s: skipped (%s)", err.path, err.reason)
+    for dup, kept in geom.duplicates:  # one position twice: the same image (dropped) or a conflict (error)
+        try:
+            pixels = _read_slice(dup, voi, invert_monochrome1, notes) if kept in slices else None
+        except DicomReadError as err:
+            pixels = None
+            skipped.append((err.path, err.reason))
+        if pixels is not None and not np.array_equal(pixels, slices[kept]):
+            reason = (f"{os.path.basename(dup)} and {os.path.basename(kept)} are at the same slice position with "
+                      "different pixel data (two acquisitions mixed in one series?); load them as separate series")
+            raise DicomReadError(os.path.dirname(dup), reason, skipped + [(dup, reason), (kept, reason)])
+        if pixels is not None:
+            _note(notes, f"{dup}: same position and pixel data as {kept}; dropped as a duplicate")
+        elif kept not in slices:
+            skipped.append((dup, f"duplicate slice position of the undecodable {kept}"))
     if not slices:
         raise DicomReadError(geom.paths[0], f"no slice of the series could be decoded ({skipped[-1][1]})", skipped)
-    if len(paths_ok) != len(geom.paths):  # re-derive the grid without the undecodable slices
-        geom = series_geometry(list(zip(paths_ok, headers_ok, strict=True)), [])
-    vol = np.stack(slices, 0)  # numpy promotes mixed slice dtypes (per-slice Rescale)
+    if len(slices) != len(geom.paths):  # re-derive the grid without the undecodable slices
+        kept_headers = [(p, h) for p, h in zip(geom.paths, geom.datasets, strict=True) if p in slices]
+        more: list[str] = []
+        geom = series_geometry(kept_headers, more)
+        notes += [m for m in more if m not in notes]
+    try:
+        _check_grid(geom, irregular_slices, max_slice_gap)
+    except DicomReadError as err:
+        raise DicomReadError(err.path, err.reason, skipped + err.details) from None
+    stack = [slices[p] for p in geom.paths]
+    source_positions = None
+    if geom.regular:
+        vol = np.stack(stack, 0)  # numpy promotes mixed slice dtypes (per-slice Rescale)
+    else:
+        n, dz = geom.shape[2], geom.spacing[2]
+        vol = _resample_slices(stack, geom.offsets, n, dz)
+        source_positions = geom.offsets.copy()
+        _note(notes, f"{os.path.dirname(geom.paths[0])}: {len(stack)} slices not on a regular grid; resampled "
+                     f"(linear along the slice normal) onto {n} slices at {dz:.3f} mm")  # fmt: skip
     vol = _compact(vol) if voi is False else vol.astype(np.float32)
     affine, space = geom.affine, SpaceKeys.LPS.value
     if affine_lps_to_ras:
         affine, space = _LPS_TO_RAS @ affine, SpaceKeys.RAS.value
     array = np.ascontiguousarray(vol.transpose(2, 1, 0))  # (z, rows, cols) -> (x, y, z)
-    return DicomImage(array, affine, geom.paths, geom.datasets, geom.spacing, space, notes, skipped)
+    return DicomImage(array, affine, geom.paths, geom.datasets, geom.spacing, space, notes, skipped, source_positions)
 
 
 def save_nifti(array: np.ndarray, affine: np.ndarray, path: PathLike) -> str:
@@ -566,19 +675,32 @@ class _Delegated:
         self.reader, self.obj = reader, obj
 
 
+class _Refused:
+    """A series :meth:`DicomReader.read` refused; :meth:`DicomReader.get_data` raises its error."""
+
+    def __init__(self, error: DicomReadError) -> None:
+        self.error = error
+
+
 class DicomReader(ImageReader):
     """MONAI image reader for DICOM radiographs and series with the pixel rules of this module.
 
     Give it to ``LoadImage(d)`` as ``reader="monai_vlseg.io.DicomReader"`` (or an instance). A DICOM file gives a 2D
     image (x, y); a folder of slices gives a 3D volume (x, y, z) of one series; several inputs are stacked as channels,
     as MONAI's readers do. Anything that is not DICOM (PNG, NIfTI, ...) is passed to the reader that MONAI's
-    ``LoadImage`` would pick by suffix, so one config loads both.
+    ``LoadImage`` would pick by suffix, so one config loads both. A series it refuses raises its
+    :class:`DicomReadError` from ``get_data``, so that ``LoadImage`` does not hand the folder to ITK's series reader
+    (which would stack a series with a missing slice on a regular grid).
 
     Args:
         voi: False (modality values, e.g. HU), True (the file's VOI LUT/window to [0, 1]) or (centre, width).
         invert_monochrome1: invert MONOCHROME1 images.
         affine_lps_to_ras: RAS affine (MONAI's convention) instead of DICOM's LPS.
         fallback: read non-DICOM inputs with MONAI's default readers (else they raise).
+        irregular_slices, max_slice_gap: a series whose slices are not on a regular grid is resampled onto one
+            (``"resample"``, the default) or refused (``"error"``); see :func:`load_dicom_series`. The meta data of a
+            resampled series holds ``source_slice_positions``: the source slices' distances (mm) from the origin along
+            the volume's third axis, as text ("0.000 2.000 6.000 ...", so that batches of different series collate).
     """
 
     def __init__(
@@ -587,12 +709,18 @@ class DicomReader(ImageReader):
         invert_monochrome1: bool = True,
         affine_lps_to_ras: bool = True,
         fallback: bool = True,
+        irregular_slices: str = "resample",
+        max_slice_gap: float = 2.0,
     ) -> None:
         super().__init__()
+        if irregular_slices not in IRREGULAR_SLICES:
+            raise ValueError(f"irregular_slices must be one of {IRREGULAR_SLICES}, got {irregular_slices!r}.")
         self.voi = voi
         self.invert_monochrome1 = invert_monochrome1
         self.affine_lps_to_ras = affine_lps_to_ras
         self.fallback = fallback
+        self.irregular_slices = irregular_slices
+        self.max_slice_gap = max_slice_gap
         self._fallback_readers: dict[str, ImageReader] = {}
 
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
@@ -625,18 +753,26 @@ class DicomReader(ImageReader):
             raise DicomReadError(names[0], "not a DICOM file or folder of DICOM files")
         return _Delegated(reader, reader.read(data, **kwargs))
 
-    def _load(self, path: str) -> DicomImage:
+    def _load(self, path: str) -> DicomImage | _Refused:
         kw = dict(voi=self.voi, invert_monochrome1=self.invert_monochrome1, affine_lps_to_ras=self.affine_lps_to_ras)
         if os.path.isdir(path):
             files = dicom_files_in(path)
             if len(files) != 1:  # a series; a folder with one file (e.g. a DICOMweb-retrieved radiograph) is 2D
-                return load_dicom_series(files, **kw)
+                try:
+                    return load_dicom_series(
+                        files, irregular_slices=self.irregular_slices, max_slice_gap=self.max_slice_gap, **kw
+                    )
+                except DicomReadError as err:  # raised by get_data: LoadImage would hand it to ITK's series reader
+                    return _Refused(err)
             path = files[0]
         return load_dicom_image(path, **kw)
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
         if isinstance(img, _Delegated):
             return img.reader.get_data(img.obj)
+        for im in img:
+            if isinstance(im, _Refused):
+                raise im.error
         images: list[DicomImage] = list(img)
         first = images[0]
         if any(im.array.shape != first.array.shape for im in images):
@@ -654,6 +790,8 @@ class DicomReader(ImageReader):
                 meta[kw] = str(hdr.get(kw))
         if len(first.paths) == 1 and "SOPInstanceUID" in hdr:
             meta["SOPInstanceUID"] = str(hdr.SOPInstanceUID)
+        if first.source_positions is not None:
+            meta["source_slice_positions"] = " ".join(f"{v:.3f}" for v in first.source_positions)
         if len(images) > 1:
             dtype = np.result_type(*[im.array.dtype for im in images])
             array = np.stack([im.array.astype(dtype, copy=False) for im in images], 0)

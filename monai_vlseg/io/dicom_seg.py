@@ -109,9 +109,19 @@ def _binary(mask: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def _monai_to_frames(
-    mask: np.ndarray, affine: np.ndarray, src_shape: tuple[int, ...], src_affine: np.ndarray, name: str
+    mask: np.ndarray,
+    affine: np.ndarray,
+    src_shape: tuple[int, ...],
+    src_affine: np.ndarray,
+    name: str,
+    offsets: np.ndarray | None = None,
 ) -> np.ndarray:
-    """A MONAI-layout mask (x, y[, z]) onto the source grid, as DICOM frames (slices, rows, columns)."""
+    """A MONAI-layout mask (x, y[, z]) onto the source grid, as DICOM frames (slices, rows, columns).
+
+    ``offsets``: of a series whose slices are not on the regular grid ``src_affine`` / ``src_shape`` describes, each
+    slice's distance (mm) from the grid's origin along its third axis; frame k is then the mask at slice k's own
+    position (nearest voxel), never at a grid position.
+    """
     from monai.data.utils import to_affine_nd
     from monai.transforms import SpatialResample
 
@@ -124,6 +134,18 @@ def _monai_to_frames(
         mask = mask[..., None]
     if mask.ndim != nd:
         raise ValueError(f"{name}: mask of shape {mask.shape} does not fit the {nd}D source grid {src_shape}")
+    if offsets is not None:  # nearest mask voxel of each pixel of each source slice, at the slice's own plane
+        from scipy.ndimage import map_coordinates
+
+        to_mask = np.linalg.inv(np.asarray(affine, dtype=np.float64))
+        src = np.asarray(src_affine, dtype=np.float64)
+        i, j = np.meshgrid(np.arange(src_shape[0]), np.arange(src_shape[1]), indexing="ij")
+        plane = np.einsum("ab,bxy->axy", (to_mask @ src)[:3, [0, 1, 3]], np.stack([i, j, np.ones_like(i)]))
+        normal = to_mask[:3, :3] @ (src[:3, 2] / np.linalg.norm(src[:3, 2]))  # mask voxels per mm along the normal
+        data = np.ascontiguousarray(mask, dtype=np.uint8)
+        frames = [map_coordinates(data, plane + (normal * float(off))[:, None, None], order=0, mode="grid-constant")
+                  for off in offsets]  # fmt: skip
+        return np.stack(frames, 0).transpose(0, 2, 1) > 0
     same_grid = mask.shape == tuple(src_shape) and np.allclose(
         to_affine_nd(nd, affine), to_affine_nd(nd, src_affine), atol=1e-3, rtol=1e-4
     )
@@ -165,7 +187,9 @@ def write_dicom_seg(
         segment_label: SegmentLabel, e.g. the bundle's output ``channel_def``.
         affine: the mask's 4x4 affine for ``layout="monai"`` when ``mask`` is not a MetaTensor.
         layout: ``"monai"``: MONAI layout (optional channel, x, y[, z]) with an affine (RAS unless the MetaTensor says
-            LPS); the mask is resampled (nearest) onto the source grid when its grid differs.
+            LPS); the mask is resampled (nearest) onto the source grid when its grid differs, and over a series whose
+            slices are not on a regular grid (a missing slice, irregular spacing) each frame is the mask at its own
+            slice's position. Source slices at one position are referenced once (a warning names the others).
             ``"dicom"``: frames as the source pixels, (rows, columns) or (slices, rows, columns) with frame ``i`` over
             ``sources[i]`` in the given order. ``"auto"``: ``"monai"`` for a MetaTensor or when ``affine`` is given.
         threshold: probability cut for float masks.
@@ -191,6 +215,7 @@ def write_dicom_seg(
     arr = _to_numpy(mask)
     first_path, first = headers[0]
     has_for = "FrameOfReferenceUID" in first
+    offsets = None  # of source slices off the regular grid
     if len(headers) > 1:
         geom = series_geometry(headers)
         if geom.skipped:
@@ -198,7 +223,10 @@ def write_dicom_seg(
             raise DicomReadError(path, f"source slice cannot be placed in the series: {reason}")
         if layout == "monai":
             headers = list(zip(geom.paths, geom.datasets, strict=True))
+            for dup, kept in geom.duplicates:
+                logger.warning("%s: at the position of %s; the SEG references only the latter", dup, kept)
         src_shape, src_affine, dz = geom.shape, geom.affine, geom.spacing[2]
+        offsets = None if geom.regular else geom.offsets
     else:
         src_affine, spacing = _image_geometry(first, pixel_spacing(first, first_path))
         src_shape, dz = (int(first.Columns), int(first.Rows)), spacing[2]
@@ -207,7 +235,7 @@ def write_dicom_seg(
             raise ValueError("layout='monai' needs the mask's affine (a MetaTensor or `affine`).")
         aff = np.asarray(_to_numpy(affine), dtype=np.float64)
         target = src_affine if str(space) == SpaceKeys.LPS.value else _LPS_TO_RAS @ src_affine
-        frames = _monai_to_frames(_binary(arr, threshold), aff, src_shape, target, output_path)
+        frames = _monai_to_frames(_binary(arr, threshold), aff, src_shape, target, output_path, offsets)
     else:
         frames = _binary(arr, threshold)
         frames = frames[None] if frames.ndim == 2 else frames
@@ -233,7 +261,7 @@ def write_dicom_seg(
         kwargs["pixel_measures"] = hd.PixelMeasuresSequence(
             pixel_spacing=list(pixel_spacing(first, first_path)),
             slice_thickness=thick[0] if thick is not None and thick[0] > 0 else float(dz),
-            spacing_between_slices=float(dz) if len(headers) > 1 else None,
+            spacing_between_slices=float(dz) if len(headers) > 1 and offsets is None else None,
         )
     key = segment_label.strip().lower()
     default_cat, default_type = _PROPERTY_CODES.get(key, _PROPERTY_CODES["lesion"])

@@ -5,7 +5,9 @@
 A research-PACS export (a plain tree with any file names, or a DICOMDIR) is scanned and grouped by study and series:
 
 - every single-frame grey CR/DX (and DX-like MG/XA/RF/SC/OT/IO/PX) image becomes one 2D item;
-- every CT/MR/PT series becomes one 3D item (slices sorted along the normal, spacing from the positions);
+- every CT/MR/PT series becomes one 3D item (slices sorted along the normal, spacing from the positions; a series
+  with a missing slice or irregular spacing is resampled onto a regular grid at its true positions, a wider gap or
+  two different images at one position is reported and skipped, see :func:`monai_vlseg.io.load_dicom_series`);
 
 each written as NIfTI (``<out>/images/<modality>_<uid hash>.nii.gz``: keeps 16-bit/HU values and the spacing, which
 a PNG would not; MONAI's ``LoadImaged`` reads it) with the pixel rules of :mod:`monai_vlseg.io.dicom`. The report text
