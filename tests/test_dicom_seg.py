@@ -193,21 +193,26 @@ def ua_vls_root(tmp_path_factory):
     return root
 
 
+def run_ua_vls_inference(root, src_dir, out, text):
+    """ua_vls inference.json (tiny network, 64², DICOM SEG on) over ``src_dir`` with one text for every image."""
+    wf = ConfigWorkflow(
+        workflow_type="infer", config_file=os.path.join(CONFIGS, "inference.json"),
+        meta_file=os.path.join(CONFIGS, "metadata.json"), logging_file=os.path.join(CONFIGS, "logging.conf"),
+        bundle_root=str(root), output_dir=str(out), input_dir=str(src_dir), image_size=[64, 64], text=text,
+        dicom_seg=True, **TINY_NET,
+    )  # fmt: skip
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return out
+
+
 def test_ua_vls_inference_on_dicom_writes_png_and_seg(ua_vls_root, tmp_path):
     src_dir = tmp_path / "in"
     src_dir.mkdir()
     shutil.copy(RG1, src_dir / "RG1.dcm")
     Image.fromarray(np.full((40, 30), 128, np.uint8)).save(src_dir / "plain.png")  # not DICOM: no SEG
-    out = tmp_path / "out"
-    wf = ConfigWorkflow(
-        workflow_type="infer", config_file=os.path.join(CONFIGS, "inference.json"),
-        meta_file=os.path.join(CONFIGS, "metadata.json"), logging_file=os.path.join(CONFIGS, "logging.conf"),
-        bundle_root=str(ua_vls_root), output_dir=str(out), input_dir=str(src_dir), image_size=[64, 64],
-        text="Bilateral pulmonary infection, two infected areas.", dicom_seg=True, **TINY_NET,
-    )  # fmt: skip
-    wf.initialize()
-    wf.run()
-    wf.finalize()
+    out = run_ua_vls_inference(ua_vls_root, src_dir, tmp_path / "out", "Bilateral pulmonary infection, two infected areas.")
     assert sorted(p for p in os.listdir(out) if p.endswith(".dcm")) == ["RG1_seg.dcm"]
     src = pydicom.dcmread(RG1, stop_before_pixels=True)
     png = np.asarray(Image.open(out / "RG1_seg.png"))
@@ -234,16 +239,7 @@ def test_ua_vls_inference_flags_a_ct_slice_and_a_hand_radiograph(ua_vls_root, tm
     src_dir.mkdir()
     shutil.copy(data_file("CT_small.dcm"), src_dir / "ct.dcm")
     shutil.copy(data_file("RG3_UNCI.dcm"), src_dir / "hand.dcm")
-    out = tmp_path / "out"
-    wf = ConfigWorkflow(
-        workflow_type="infer", config_file=os.path.join(CONFIGS, "inference.json"),
-        meta_file=os.path.join(CONFIGS, "metadata.json"), logging_file=os.path.join(CONFIGS, "logging.conf"),
-        bundle_root=str(ua_vls_root), output_dir=str(out), input_dir=str(src_dir), image_size=[64, 64],
-        text="Opacity in the lower left lung.", dicom_seg=True, **TINY_NET,
-    )  # fmt: skip
-    wf.initialize()
-    wf.run()
-    wf.finalize()
+    out = run_ua_vls_inference(ua_vls_root, src_dir, tmp_path / "out", "Opacity in the lower left lung.")
     for stem in ("ct", "hand"):
         assert pydicom.dcmread(out / f"{stem}_seg.dcm").SeriesDescription.startswith("NEEDS REVIEW"), stem
     with open(out / "report_review.csv", encoding="utf-8") as f:
