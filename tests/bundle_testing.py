@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -44,9 +45,12 @@ class BundleConfigs:
         return [os.path.join(self.dir, n) for n in names]
 
     def workflow(self, kind: str, *names: str, **overrides: Any) -> ConfigWorkflow:
+        # MONAI's parser writes `a#b` overrides into the dicts it was given: copy, so that a test cannot change the
+        # overrides of the next one
         return ConfigWorkflow(
-            workflow_type=kind, config_file=self(*names), meta_file=self.meta, logging_file=self.logging, **overrides
-        )
+            workflow_type=kind, config_file=self(*names), meta_file=self.meta, logging_file=self.logging,
+            **copy.deepcopy(overrides),
+        )  # fmt: skip
 
     def run(self, kind: str, *names: str, check: bool | None = None, **overrides: Any) -> ConfigWorkflow:
         """Initialise, check the model-zoo workflow properties (by default not for "eval": those are inference.json's,
