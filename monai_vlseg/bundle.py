@@ -381,6 +381,9 @@ def resuming(resume: Any) -> bool:
 
 
 def _resume_target(resume: Any) -> bool | str:
+    """False, True, or a run name / folder (``--resume 7`` reaches a config as the number 7: a run name)."""
+    if isinstance(resume, int) and not isinstance(resume, bool) and resume not in (0, 1):
+        return str(resume)
     if isinstance(resume, (str, os.PathLike)) and str(resume).strip().lower() not in _FLAG_WORDS:
         return os.fspath(resume)
     return False if resume is None else as_flag(resume)

@@ -183,6 +183,8 @@ def test_run_folder_names_new_runs_by_start_time_and_finds_the_run_to_resume(tmp
     with pytest.raises(FileNotFoundError, match="--resume nope"):
         mb.run_folder(str(tmp_path), resume="nope")
     assert mb.resuming("old") and mb.resuming("True") and not mb.resuming("false") and not mb.resuming(None)
+    _run(tmp_path, "7")
+    assert mb.run_folder(str(tmp_path), resume=7) == str(runs / "7")  # `--resume 7` reaches the config as a number
 
 
 def test_start_run_records_the_configuration_and_refuses_a_used_folder(tmp_path):

@@ -13,7 +13,9 @@ from monai.handlers import CheckpointLoader
 from monai.transforms import Compose, RandAffined, RandGaussianNoised
 from torch import nn
 
-from monai_vlseg.engines import EarlyStopAfterHandler, RandomStates, TrainingStateLoader, TrainingStateSaver
+from monai_vlseg.engines import (
+    EarlyStopAfterHandler, RandomStates, TrainingStateLoader, TrainingStateSaver, training_objects,
+)  # fmt: skip
 
 
 def _pipeline():
@@ -120,3 +122,13 @@ def test_saver_and_loader_resume_a_run_exactly(tmp_path):
     CheckpointLoader(str(last), {**objects, "trainer": again}).attach(again)
     again.run(loader, max_epochs=4)
     assert not all(torch.equal(v, objects["model"].state_dict()[k]) for k, v in want.items())
+
+
+def test_training_objects_add_the_trainer_its_scaler_and_random_states():
+    engine = Engine(lambda e, b: None)
+    engine.data_loader, engine.scaler = [1, 2], None  # amp off: MONAI's trainers have scaler None
+    assert set(training_objects({"model": nn.Linear(1, 1)}, engine)) == {"model", "trainer", "random"}
+    engine.scaler = torch.amp.GradScaler("cpu")
+    objects = training_objects({}, engine)
+    assert objects["scaler"] is engine.scaler and objects["trainer"] is engine
+    assert set(objects["scaler"].state_dict()) >= {"scale", "growth_factor"}
