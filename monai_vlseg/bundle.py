@@ -537,9 +537,10 @@ def check_model_config(ckpt_path: str, model_config: Mapping[str, Any], on_misma
         raise ValueError(f"config_mismatch must be 'error' or 'warn', got {on_mismatch!r}.")
     found = checkpoint_record(ckpt_path)
     if found is None:
+        sidecar = os.path.basename(_sidecar(ckpt_path))
         warnings.warn(
-            f"{ckpt_path} has no record of the configuration it was trained with ({os.path.basename(_sidecar(ckpt_path))}"
-            f" or {RUN_RECORD} beside it): image size, text length, channels and network_def are not checked.",
+            f"{ckpt_path} has no record of the configuration it was trained with ({sidecar} or {RUN_RECORD} beside "
+            "it): image size, text length, channels and network_def are not checked.",
             stacklevel=2,
         )
         return
@@ -564,7 +565,9 @@ def start_run(run_dir: str, model_config: Mapping[str, Any], resume: Any = False
             raise FileNotFoundError(f"--resume: {run_dir} holds no run ({RUN_RECORD} is missing).")
         problems = _mismatches(_read_json(record)["model_config"], model_config)
         if problems:
-            raise ValueError(f"--resume {run_dir}: this configuration differs from the run's ({record}): {'; '.join(problems)}.")
+            raise ValueError(
+                f"--resume {run_dir}: this configuration differs from the run's ({record}): {'; '.join(problems)}."
+            )
         logger.info(f"resuming run {run_dir}")
         return run_dir
     if _rank() != 0:  # rank 0 checks the folder and writes the record
@@ -574,19 +577,20 @@ def start_run(run_dir: str, model_config: Mapping[str, Any], resume: Any = False
             f"{run_dir} holds a run already: continue it with --resume true, or start another with a new --run_name."
         )
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    _write_json(record, {"run": os.path.basename(run_dir), "started": started, "model_config": _plain(dict(model_config))})
+    config = _plain(dict(model_config))
+    _write_json(record, {"run": os.path.basename(run_dir), "started": started, "model_config": config})
     logger.info(f"training run {run_dir}")
     return run_dir
 
 
 def resume_checkpoint(run_dir: str, resume: Any = False) -> str | None:
     """The training-state checkpoint to resume from (the last epoch's in ``run_dir``), None when not resuming or
-    when the run has none yet (stopped in its first epoch; it then starts from epoch 0, with a warning)."""
+    when the run has none yet (stopped in its first epoch: it starts again at epoch 1, with a warning)."""
     if not resuming(resume):
         return None
     found = _epoch_checkpoints(run_dir)
     if not found:
-        warnings.warn(f"{run_dir} holds no epoch checkpoint yet: the run starts again from its first epoch.", stacklevel=2)
+        warnings.warn(f"{run_dir} holds no epoch checkpoint yet: the run starts again at epoch 1.", stacklevel=2)
         return None
     return found[-1][1]
 
@@ -609,7 +613,8 @@ def publish_checkpoint(run_dir: str, ckpt_dir: str, filename: str = "model.pt", 
     owner = _read_json(sidecar).get("run_dir") if os.path.isfile(sidecar) else None
     ours = owner is not None and os.path.abspath(owner) == os.path.abspath(run_dir)
     if os.path.isfile(dst) and not ours and not as_flag(overwrite):
-        written_by = f"run {owner} (see {sidecar})" if owner else f"no run of this bundle (no {os.path.basename(sidecar)})"
+        no_record = f"no run of this bundle (no {os.path.basename(sidecar)})"
+        written_by = f"run {owner} (see {sidecar})" if owner else no_record
         warnings.warn(
             f"{dst} was kept: it was written by {written_by}. This run's checkpoint is {src}: evaluate it with "
             f"--ckpt_dir {run_dir} (inference: --ckpt_path {src}), or train with --overwrite true to replace {dst}.",

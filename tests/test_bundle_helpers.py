@@ -205,7 +205,7 @@ def test_resume_checkpoint_is_the_last_epochs(tmp_path):
     assert mb.resume_checkpoint(run_dir, False) is None
     assert mb.resume_checkpoint(run_dir, True).endswith("checkpoint_epoch=10.pt")  # by number, not by name
     empty = _run(tmp_path, "b")
-    with pytest.warns(UserWarning, match="starts again from its first epoch"):
+    with pytest.warns(UserWarning, match="starts again at epoch 1"):
         assert mb.resume_checkpoint(empty, "true") is None
 
 

@@ -72,15 +72,16 @@ SKELETON = {
         "validate", "initialize", "run", "training",
     },
     "inference.json": {
-        "imports", "bundle_root", "ckpt_path", "config_mismatch", "model_config", "output_dir", "dataset_dir", "datalist",
-        "data_split", "input_dir",
+        "imports", "bundle_root", "ckpt_path", "config_mismatch", "model_config", "output_dir", "dataset_dir",
+        "datalist", "data_split", "input_dir",
         "device", "amp", "torch_threads", "image_size", "in_channels", "output_ext", "dicom_seg", "network_def", "network",
         "preprocessing", "dataset", "dataloader", "inferer", "postprocessing", "handlers", "evaluator", "initialize",
         "run", "inference",
     },
     "evaluate.json": {
-        "eval_split", "config_mismatch", "output_dir", "text_conditions", "validate#dataset#data", "validate#dataset#cache_rate", "validate#handlers",
-        "validate#additional_metrics", "initialize", "run", "evaluating",
+        "eval_split", "config_mismatch", "output_dir", "text_conditions", "validate#dataset#data",
+        "validate#dataset#cache_rate", "validate#handlers", "validate#additional_metrics", "initialize", "run",
+        "evaluating",
     },
     "multi_gpu_train.json": {
         "device", "network", "train#sampler", "train#dataloader#sampler", "train#dataloader#shuffle",
@@ -90,8 +91,9 @@ SKELETON = {
 }  # fmt: skip
 EXACT = ("evaluate.json", "multi_gpu_train.json")
 TRAIN_HANDLERS = {
-    "monai_vlseg.engines.TrainingStateLoader", "monai_vlseg.engines.TrainingStateSaver", "LrScheduleHandler", "ValidationHandler", "monai_vlseg.engines.EarlyStopAfterHandler", "StatsHandler",
-    "TensorBoardStatsHandler", "ignite.handlers.ProgressBar",
+    "monai_vlseg.engines.TrainingStateLoader", "monai_vlseg.engines.TrainingStateSaver", "LrScheduleHandler",
+    "ValidationHandler", "monai_vlseg.engines.EarlyStopAfterHandler", "StatsHandler", "TensorBoardStatsHandler",
+    "ignite.handlers.ProgressBar",
 }  # fmt: skip
 VALIDATE_HANDLERS = {"StatsHandler", "TensorBoardStatsHandler", "CheckpointSaver"}
 EVALUATE_HANDLERS = ["CheckpointLoader", "StatsHandler", "MetricsSaver"]
@@ -293,7 +295,8 @@ def test_training_runs_resume_and_publish(bundle):
         state = cfg["training_state"]
         assert state["model"] == "@network" and state["optimizer"] == "@optimizer"
         assert ("lr_scheduler" in state) == ("lr_scheduler" in cfg), names
-        for key, target in (("early_stop", "monai_vlseg.engines.EarlyStopAfterHandler"), ("best_model", "CheckpointSaver")):
+        meant = {"early_stop": "monai_vlseg.engines.EarlyStopAfterHandler", "best_model": "CheckpointSaver"}
+        for key, target in meant.items():
             expected = [f"@train#handlers#{i}" for i, t in enumerate(targets) if t == target]
             if key == "best_model":
                 val = (cfg.get("validate") or {}).get("handlers", []) if "ValidationHandler" in targets else []

@@ -109,7 +109,8 @@ def _train(overrides, stop_at_iteration=None):
     if stop_at_iteration is None:
         wf.run()
         return epochs
-    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=stop_at_iteration), lambda e: signal.raise_signal(signal.SIGINT))
+    stop = Events.ITERATION_COMPLETED(once=stop_at_iteration)
+    trainer.add_event_handler(stop, lambda e: signal.raise_signal(signal.SIGINT))
     with pytest.raises(KeyboardInterrupt):
         wf.run()
     return epochs
@@ -121,7 +122,10 @@ def test_resume_reuses_the_clip_stage_and_ends_as_an_uninterrupted_run(bundle, t
     _train(dict(overrides, run_name="stopped"), stop_at_iteration=2 + 1)
     with pytest.warns(UserWarning, match="was kept"):
         assert _train(dict(overrides, run_name="stopped", resume=True)) == {"clip": [], "train": [2, 3]}
-    a, b = (torch.load(tmp_path / "runs" / r / "model.pt", map_location="cpu", weights_only=True) for r in ("straight", "stopped"))
+    a, b = (
+        torch.load(tmp_path / "runs" / run / "model.pt", map_location="cpu", weights_only=True)
+        for run in ("straight", "stopped")
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -58,7 +58,7 @@ class EarlyStopAfterHandler(EarlyStopHandler):
             raise RuntimeError("EarlyStopAfterHandler has no state before it is attached to a trainer.")
         state = dict(self._handler.state_dict())
         if state.get("best_score") is not None:
-            state["best_score"] = float(state["best_score"])  # a NumPy score would not pass torch.load(weights_only=True)
+            state["best_score"] = float(state["best_score"])  # a NumPy float fails torch.load(weights_only=True)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
