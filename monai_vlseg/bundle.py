@@ -1,14 +1,20 @@
-"""Helpers the bundle configs call: where the bundle lives, what to train, evaluate and infer on, the distributed
-set-up of ``multi_gpu_train.json``, TIFCMamba's CLIP stage, and metric summaries. A config calls one of these instead
-of holding a multi-statement program or a comprehension."""
+"""Helpers the bundle configs call: where the bundle lives, what to train, evaluate and infer on, the run folder of a
+training run (resume, the record of its configuration, what goes to ``models/``), the distributed set-up of
+``multi_gpu_train.json``, TIFCMamba's CLIP stage, and metric summaries. A config calls one of these instead of holding
+a multi-statement program or a comprehension."""
 
 from __future__ import annotations
 
+import datetime
 import glob
+import hashlib
 import json
+import logging
 import os
 import pathlib
 import random
+import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -27,6 +33,8 @@ __all__ = [
     "all_have_text",
     "as_flag",
     "channel_output_transform",
+    "check_model_config",
+    "checkpoint_record",
     "condition_items",
     "ddp_device",
     "ddp_finalize",
@@ -36,10 +44,17 @@ __all__ = [
     "find_bundle_root",
     "image_meta",
     "inference_datalist",
+    "latest_run",
+    "network_signature",
+    "publish_checkpoint",
     "rank_zero_handlers",
+    "resume_checkpoint",
+    "resuming",
     "run_clip_stage",
+    "run_folder",
     "save_metrics_summary",
     "shuffle_texts",
+    "start_run",
     "unlabelled_datalist",
 ]
 
@@ -247,11 +262,14 @@ def channel_output_transform(channel: int, keys: Sequence[str] = ("pred", "label
 
 
 def run_clip_stage(
-    network: nn.Module, clip_ckpt: str | None, clip_trainer: Any, save_path: str, train: Any = True
+    network: nn.Module, clip_ckpt: str | None, clip_trainer: Any, save_path: str, train: Any = True, reuse: Any = False
 ) -> nn.Module:
     """TIFCMamba's stage 1, before the segmentation stage: the CLIP towers ``network.clip`` are loaded from
-    ``clip_ckpt`` when given (strictly, :func:`monai_vlseg.utils.load_checkpoint`), else trained by ``clip_trainer``
-    when ``train``; then frozen, and saved to ``save_path`` (by rank 0 only). Returns ``network``."""
+    ``clip_ckpt`` when given (strictly, :func:`monai_vlseg.utils.load_checkpoint`), else from ``save_path`` when
+    ``reuse`` (a resumed run whose CLIP stage had ended) and the file is there, else trained by ``clip_trainer`` when
+    ``train``; then frozen, and saved to ``save_path`` (by rank 0 only). Returns ``network``."""
+    if not clip_ckpt and as_flag(reuse) and os.path.isfile(save_path):
+        clip_ckpt = save_path
     if clip_ckpt:
         load_checkpoint(network.clip, clip_ckpt)
     elif as_flag(train):
@@ -347,3 +365,271 @@ def save_metrics_summary(metrics: Mapping[str, Any], path: str, **extra: Any) ->
     summary = {**_metric_values(metrics), **extra}
     atomic_write_bytes(path, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
     return summary
+
+
+# --- run folders ---------------------------------------------------------------------------------------------------
+#: the record of a run's configuration in its folder; beside a published checkpoint it is ``<stem>.json``
+RUN_RECORD = "config.json"
+_EPOCH_CHECKPOINT = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+_FLAG_WORDS = ("true", "1", "yes", "on", "false", "0", "no", "off", "", "none")
+logger = logging.getLogger(__name__)
+
+
+def resuming(resume: Any) -> bool:
+    """Whether ``--resume`` asks to resume: true, or a run name or folder (see :func:`run_folder`)."""
+    return bool(_resume_target(resume))
+
+
+def _resume_target(resume: Any) -> bool | str:
+    """False, True, or a run name / folder (``--resume 7`` reaches a config as the number 7: a run name)."""
+    if isinstance(resume, int) and not isinstance(resume, bool) and resume not in (0, 1):
+        return str(resume)
+    if isinstance(resume, (str, os.PathLike)) and str(resume).strip().lower() not in _FLAG_WORDS:
+        return os.fspath(resume)
+    return False if resume is None else as_flag(resume)
+
+
+def _broadcast(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank of a distributed run (``value`` itself outside one)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _epoch_checkpoints(run_dir: str) -> list[tuple[int, str]]:
+    """``(epoch, path)`` of the training-state checkpoints in ``run_dir``, oldest first."""
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(run_dir), "checkpoint_epoch=*.pt")):
+        m = _EPOCH_CHECKPOINT.search(os.path.basename(path))
+        if m:
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+def latest_run(runs: str) -> str | None:
+    """The run folder under ``runs`` (one holding a :data:`RUN_RECORD`) whose newest checkpoint (else record) was
+    written last; None when there is none."""
+    best, best_time = None, -1.0
+    for record in glob.glob(os.path.join(glob.escape(runs), "*", RUN_RECORD)):
+        folder = os.path.dirname(record)
+        written = max([os.path.getmtime(p) for _, p in _epoch_checkpoints(folder)] + [os.path.getmtime(record)])
+        if written > best_time:
+            best, best_time = folder, written
+    return best
+
+
+def run_folder(bundle_root: str, run_name: str | None = None, resume: Any = False) -> str:
+    """The folder of a training run (the ``run_dir`` of every train config; nothing is created here).
+
+    - a new run: ``<bundle_root>/runs/<run_name>``; without ``run_name``, the start time (``20261203-141501``, with
+      ``-2``, ``-3``... when taken), the same on every rank of a distributed run;
+    - ``resume`` true: the run ``run_name`` when given, else the run written last (:func:`latest_run`);
+    - ``resume`` a run name or folder: that run.
+    """
+    runs = os.path.join(os.path.abspath(bundle_root), "runs")
+    target = _resume_target(resume)
+    if isinstance(target, str):
+        for folder in (target, os.path.join(runs, target)):
+            if os.path.isfile(os.path.join(folder, RUN_RECORD)):
+                return os.path.abspath(folder)
+        raise FileNotFoundError(
+            f"--resume {target}: no run there (a run name under {runs}, or a run folder holding {RUN_RECORD})."
+        )
+    if run_name:
+        return os.path.join(runs, str(run_name))
+    if target:
+        latest = latest_run(runs)
+        if latest is None:
+            raise FileNotFoundError(f"--resume true: no run in {runs} to resume.")
+        return latest
+    name = None
+    if _rank() == 0:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        name, n = stamp, 1
+        while os.path.exists(os.path.join(runs, name)):
+            n += 1
+            name = f"{stamp}-{n}"
+    return os.path.join(runs, _broadcast(name))
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON would give it back (tuples as lists, tensors and sizes as lists), to compare records."""
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+
+def network_signature(network: nn.Module) -> dict[str, Any]:
+    """What a checkpoint's network is, to compare with another configuration's: its class, and the number, total
+    size and a digest of the names and shapes of its state-dict tensors (every ``network_def`` argument that shapes
+    a layer changes the digest)."""
+    net = getattr(network, "module", network) if isinstance(network, nn.parallel.DistributedDataParallel) else network
+    state = net.state_dict()
+    shapes = "\n".join(f"{k}:{list(v.shape)}" for k, v in state.items() if isinstance(v, torch.Tensor))
+    return {
+        "class": f"{type(net).__module__}.{type(net).__qualname__}",
+        "tensors": len(state),
+        "values": int(sum(v.numel() for v in state.values() if isinstance(v, torch.Tensor))),
+        "shapes": hashlib.sha256(shapes.encode("utf-8")).hexdigest()[:16],
+    }
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _write_json(path: str, data: Mapping[str, Any]) -> str:
+    return atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+
+
+def _sidecar(ckpt_path: str) -> str:
+    """``models/model.pt`` -> ``models/model.json``: the record of a published checkpoint."""
+    return os.path.splitext(ckpt_path)[0] + ".json"
+
+
+def checkpoint_record(ckpt_path: str) -> tuple[str, dict[str, Any]] | None:
+    """``(file, record)`` of the configuration ``ckpt_path`` was trained with: ``<stem>.json`` beside it (a published
+    checkpoint), else the :data:`RUN_RECORD` of its run folder; None when neither holds a ``model_config``."""
+    for path in (_sidecar(ckpt_path), os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), RUN_RECORD)):
+        if os.path.isfile(path):
+            record = _read_json(path)
+            if isinstance(record, dict) and isinstance(record.get("model_config"), dict):
+                return path, record
+    return None
+
+
+def _describe_network(sig: Any) -> str:
+    if not isinstance(sig, dict):
+        return json.dumps(sig)
+    return f"{sig.get('class')} ({sig.get('tensors')} tensors, {sig.get('values')} values, shapes {sig.get('shapes')})"
+
+
+def _mismatches(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """One phrase per key whose value differs: both values and the override that gives the saved one."""
+    out = []
+    for key, value in _plain(dict(current)).items():
+        if key not in saved or saved[key] == value:
+            continue
+        if key == "network_def":
+            out.append(
+                f"network_def {_describe_network(saved[key])} there, {_describe_network(value)} here: give the "
+                "network_def overrides it was trained with (e.g. the same demo.json)"
+            )
+        else:
+            was = json.dumps(saved[key])
+            out.append(f"{key} {was} there, {json.dumps(value)} here: add --{key} '{was}'")
+    return out
+
+
+def check_model_config(ckpt_path: str, model_config: Mapping[str, Any], on_mismatch: str = "error") -> None:
+    """Compare ``model_config`` (image size, channels, text length, ``network_def``... of this evaluation or
+    inference) with the record of the configuration ``ckpt_path`` was trained with (:func:`checkpoint_record`).
+
+    A difference raises ``ValueError`` naming both values, the record and the override to use (``on_mismatch``
+    ``"warn"``: a warning instead); a checkpoint without a record gets a warning. Keys one side lacks are not compared.
+    """
+    if on_mismatch not in ("error", "warn"):
+        raise ValueError(f"config_mismatch must be 'error' or 'warn', got {on_mismatch!r}.")
+    found = checkpoint_record(ckpt_path)
+    if found is None:
+        sidecar = os.path.basename(_sidecar(ckpt_path))
+        warnings.warn(
+            f"{ckpt_path} has no record of the configuration it was trained with ({sidecar} or {RUN_RECORD} beside "
+            "it): image size, text length, channels and network_def are not checked.",
+            stacklevel=2,
+        )
+        return
+    path, record = found
+    problems = _mismatches(record["model_config"], model_config)
+    if not problems:
+        return
+    msg = f"{ckpt_path} was trained with another configuration (recorded in {path}): {'; '.join(problems)}."
+    if on_mismatch == "warn":
+        warnings.warn(msg, stacklevel=2)
+        return
+    raise ValueError(msg + " To run anyway: --config_mismatch warn.")
+
+
+def start_run(run_dir: str, model_config: Mapping[str, Any], resume: Any = False) -> str:
+    """Begin the training run of ``run_dir`` (:func:`run_folder`): write its :data:`RUN_RECORD` (the run's name, start
+    time and ``model_config``, the configuration its checkpoints depend on), or, when ``resume``, check that this
+    configuration is the recorded one. A new run refuses a folder that holds a run. Returns ``run_dir``."""
+    record = os.path.join(run_dir, RUN_RECORD)
+    if resuming(resume):
+        if not os.path.isfile(record):
+            raise FileNotFoundError(f"--resume: {run_dir} holds no run ({RUN_RECORD} is missing).")
+        problems = _mismatches(_read_json(record)["model_config"], model_config)
+        if problems:
+            raise ValueError(
+                f"--resume {run_dir}: this configuration differs from the run's ({record}): {'; '.join(problems)}."
+            )
+        logger.info(f"resuming run {run_dir}")
+        return run_dir
+    if _rank() != 0:  # rank 0 checks the folder and writes the record
+        return run_dir
+    if os.path.isfile(record) or _epoch_checkpoints(run_dir):
+        raise FileExistsError(
+            f"{run_dir} holds a run already: continue it with --resume true, or start another with a new --run_name."
+        )
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    config = _plain(dict(model_config))
+    _write_json(record, {"run": os.path.basename(run_dir), "started": started, "model_config": config})
+    logger.info(f"training run {run_dir}")
+    return run_dir
+
+
+def resume_checkpoint(run_dir: str, resume: Any = False) -> str | None:
+    """The training-state checkpoint to resume from (the last epoch's in ``run_dir``), None when not resuming or
+    when the run has none yet (stopped in its first epoch: it starts again at epoch 1, with a warning)."""
+    if not resuming(resume):
+        return None
+    found = _epoch_checkpoints(run_dir)
+    if not found:
+        warnings.warn(f"{run_dir} holds no epoch checkpoint yet: the run starts again at epoch 1.", stacklevel=2)
+        return None
+    return found[-1][1]
+
+
+def publish_checkpoint(run_dir: str, ckpt_dir: str, filename: str = "model.pt", overwrite: Any = False) -> str | None:
+    """At the end of a training run, put the run's ``filename`` where evaluation and inference read it
+    (``<ckpt_dir>/<filename>``, e.g. ``models/model.pt``), with a record ``<stem>.json`` beside it: the run, and the
+    ``model_config`` it was trained with.
+
+    A checkpoint already there is replaced only when this run wrote it (its record names this run folder) or with
+    ``overwrite``; otherwise it is kept and a warning says where this run's checkpoint is and how to use it. Rank 0
+    only. Returns the path of the checkpoint to use (None when the run wrote none)."""
+    if _rank() != 0:
+        return None
+    src, dst = os.path.join(run_dir, filename), os.path.join(ckpt_dir, filename)
+    if not os.path.isfile(src):
+        warnings.warn(f"{src} was not written: nothing to put in {ckpt_dir}.", stacklevel=2)
+        return None
+    sidecar = _sidecar(dst)
+    owner = _read_json(sidecar).get("run_dir") if os.path.isfile(sidecar) else None
+    ours = owner is not None and os.path.abspath(owner) == os.path.abspath(run_dir)
+    if os.path.isfile(dst) and not ours and not as_flag(overwrite):
+        no_record = f"no run of this bundle (no {os.path.basename(sidecar)})"
+        written_by = f"run {owner} (see {sidecar})" if owner else no_record
+        warnings.warn(
+            f"{dst} was kept: it was written by {written_by}. This run's checkpoint is {src}: evaluate it with "
+            f"--ckpt_dir {run_dir} (inference: --ckpt_path {src}), or train with --overwrite true to replace {dst}.",
+            stacklevel=2,
+        )
+        return src
+    run_record = os.path.join(run_dir, RUN_RECORD)
+    model_config = _read_json(run_record).get("model_config") if os.path.isfile(run_record) else None
+    if os.path.isfile(sidecar):
+        os.remove(sidecar)  # a checkpoint without a record is never taken for a run's own
+    atomic_write_bytes(dst, pathlib.Path(src).read_bytes())
+    published = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    _write_json(sidecar, {
+        "checkpoint": filename, "run": os.path.basename(run_dir), "run_dir": os.path.abspath(run_dir),
+        "published": published, "model_config": model_config,
+    })  # fmt: skip
+    logger.info(f"{src} -> {dst}")
+    return dst

@@ -2,9 +2,10 @@
 
 For each bundle (``bundles/*/configs/train.json`` with a ``configs/demo.json``, or ``--bundles``):
 
-1. trains with ``train.json`` + ``demo.json`` through ``python -m monai.bundle run training`` in a subprocess,
-   checkpoints and TensorBoard events going to a run folder of its own (``bundles/<name>/runs/demo_accuracy/``,
-   through the ``ckpt_dir`` / ``output_dir`` ids when the config has them);
+1. trains with ``train.json`` + ``demo.json`` through ``python -m monai.bundle run training`` in a subprocess; the
+   training run keeps its whole state in a run folder of its own (``bundles/<name>/runs/<start time>/``), and its
+   model and TensorBoard events go to ``bundles/<name>/runs/demo_accuracy/`` (through the ``ckpt_dir`` /
+   ``output_dir`` ids when the config has them; ``--overwrite true`` replaces the checkpoints of the previous time);
 2. evaluates the best checkpoint on the test split with ``evaluate.json`` (Dice, mIoU, HD95 and, for
    text-guided bundles, the text-mask consistency accuracies), and for text-guided bundles (metadata inputs
    list ``input_ids``) once more with ``--shuffle_text True``: the Dice drop is the figure that shows the text
@@ -199,16 +200,16 @@ def plot_curves(bundle: str, curves: dict[str, list[tuple[int, float]]], path: s
 
 
 def _bundle_output_dir(bundle: str) -> str:
-    """The training ``output_dir`` of a bundle's own runs (TensorBoard events), relative to the repository."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(os.path.join(REPO, "bundles", bundle, "configs", "train.json"))
-    parser["bundle_root"] = os.path.join("bundles", bundle)
-    try:
-        return str(parser.get_parsed_content("output_dir"))
-    except Exception:  # noqa: BLE001 - no such id: the convention of the ua_vls pattern
-        return os.path.join("bundles", bundle, "eval")
+    """The TensorBoard folder of the run that wrote the bundle's own ``models/model.pt`` (its run folder, named in
+    ``models/model.json``), relative to the repository; a checkpoint without that record: ``bundles/<name>/eval``,
+    where runs wrote their events before they had run folders."""
+    record = os.path.join(BUNDLES, bundle, "models", "model.json")
+    if os.path.isfile(record):
+        with open(record, encoding="utf-8") as f:
+            run_dir = json.load(f).get("run_dir")
+        if run_dir and os.path.isdir(run_dir):
+            return os.path.relpath(run_dir, REPO)
+    return os.path.join("bundles", bundle, "eval")
 
 
 def run_bundle(bundle: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -221,6 +222,7 @@ def run_bundle(bundle: str, args: argparse.Namespace) -> dict[str, Any]:
     if args.bundle_checkpoints:  # the checkpoint the bundle's own demo run left in its ckpt_dir; its own curves
         own = own or ["ckpt_dir", "output_dir"]
     redirect = [] if own else ["--ckpt_dir", os.path.join(run_dir, "models")]
+    replace = [] if own else ["--overwrite", "true"]  # the checkpoints of this script's previous time
     train_dir = os.path.join(run_dir, "train") if not own else _bundle_output_dir(bundle)
     row: dict[str, Any] = {
         "bundle": bundle,
@@ -233,7 +235,7 @@ def run_bundle(bundle: str, args: argparse.Namespace) -> dict[str, Any]:
         row["note"] = ("not retrained here: evaluated the checkpoint its own demo run left in "
                        f"bundles/{bundle}/models; training time and epochs of that run are in its docs")  # fmt: skip
     py = [sys.executable, "-m", "monai.bundle", "run"]
-    train_cmd = py + ["training", "--config_file", json.dumps([train, demo])] + redirect
+    train_cmd = py + ["training", "--config_file", json.dumps([train, demo])] + redirect + replace
     if not own:
         train_cmd += ["--output_dir", train_dir]
     train_cmd += args.override
@@ -244,7 +246,7 @@ def run_bundle(bundle: str, args: argparse.Namespace) -> dict[str, Any]:
             if not os.path.isfile(os.path.join(REPO, cfg, stage_file)):
                 continue
             stage_cmd = py + [workflow, "--config_file", json.dumps([os.path.join(cfg, f) for f in files] + [demo])]
-            stage_cmd += redirect + args.override
+            stage_cmd += redirect + replace + args.override
             print(f"[{bundle}] stage 1 ({stage_file})", flush=True)
             stage_log = os.path.join(REPO, run_dir, f"{os.path.splitext(stage_file)[0]}.log")
             rc, secs = _run(stage_cmd, stage_log, args.timeout)

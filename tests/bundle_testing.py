@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -44,9 +45,12 @@ class BundleConfigs:
         return [os.path.join(self.dir, n) for n in names]
 
     def workflow(self, kind: str, *names: str, **overrides: Any) -> ConfigWorkflow:
+        # MONAI's parser writes `a#b` overrides into the dicts it was given: copy, so that a test cannot change the
+        # overrides of the next one
         return ConfigWorkflow(
-            workflow_type=kind, config_file=self(*names), meta_file=self.meta, logging_file=self.logging, **overrides
-        )
+            workflow_type=kind, config_file=self(*names), meta_file=self.meta, logging_file=self.logging,
+            **copy.deepcopy(overrides),
+        )  # fmt: skip
 
     def run(self, kind: str, *names: str, check: bool | None = None, **overrides: Any) -> ConfigWorkflow:
         """Initialise, check the model-zoo workflow properties (by default not for "eval": those are inference.json's,
@@ -101,3 +105,21 @@ def run_ddp_training(
     ckpt = torch.load(os.path.join(overrides["bundle_root"], "models", "model.pt"), map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in ckpt)
     return ckpt
+
+
+def check_run_folder(bundle_root: Any, filename: str = "model.pt", **config: Any) -> str:
+    """Assert what a finished training run leaves: ``models/<filename>`` put there from its run folder, whose record
+    (``models/<stem>.json``) names the run and holds ``config`` among its ``model_config``; the run folder holds the
+    TensorBoard logs and the whole training state of its last epoch. Returns the run folder."""
+    models = os.path.join(str(bundle_root), "models")
+    with open(os.path.join(models, os.path.splitext(filename)[0] + ".json")) as f:
+        record = json.load(f)
+    run_dir = record["run_dir"]
+    assert os.path.dirname(run_dir) == os.path.join(str(bundle_root), "runs")
+    with open(os.path.join(run_dir, filename), "rb") as a, open(os.path.join(models, filename), "rb") as b:
+        assert a.read() == b.read()
+    assert {k: record["model_config"][k] for k in config} == config
+    files = os.listdir(run_dir)
+    assert any(f.startswith("events.out.tfevents") for f in files) and "config.json" in files
+    assert any(f.startswith("checkpoint_epoch=") for f in files)
+    return run_dir

@@ -12,7 +12,7 @@ import torch
 from monai.bundle import ConfigParser, verify_net_in_out
 from PIL import Image
 
-from bundle_testing import BundleConfigs, check_bundle_layout, run_ddp_training
+from bundle_testing import BundleConfigs, check_bundle_layout, check_run_folder, run_ddp_training
 
 from monai_vlseg.datasets.synthetic.cxr import generate_demo_dataset
 
@@ -64,6 +64,22 @@ def test_pretraining_writes_the_encoder_and_training_loads_it(bundle):
         torch.testing.assert_close(v, enc[k], msg=k)
     model = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
     assert any(k.startswith("fusions.4.attn.l_key") for k in model)  # BCAM with KAN projections
+    # each stage ran in its own run folder and put its checkpoint in models/, with the record of its configuration
+    stage1 = check_run_folder(bundle["root"] / "bundle", "encoder.pt", image_size=[64, 64], text_len=24)
+    assert check_run_folder(bundle["root"] / "bundle", "model.pt", image_size=[64, 64]) != stage1
+
+
+def test_pretraining_keeps_an_encoder_it_did_not_write(bundle, tmp_path):
+    """models/encoder.pt, which stage 2 loads, is protected like models/model.pt."""
+    theirs = tmp_path / "models" / "encoder.pt"
+    theirs.parent.mkdir()
+    torch.save({"w": torch.ones(1)}, theirs)
+    before = theirs.read_bytes()
+    overrides = dict(bundle["overrides"], bundle_root=str(tmp_path), pretrain_epochs=1, run_name="p")
+    with pytest.warns(UserWarning, match="encoder.pt was kept"):
+        cfg.run("train", "pretrain.json", check=False, **overrides)
+    assert theirs.read_bytes() == before
+    assert (tmp_path / "runs" / "p" / "encoder.pt").is_file() and (tmp_path / "runs" / "p" / "config.json").is_file()
 
 
 def test_optimizer_groups_small_encoder_lr_and_frozen_text(bundle):

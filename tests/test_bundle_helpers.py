@@ -1,7 +1,10 @@
 """The functions of monai_vlseg.bundle that the bundle configs call instead of inline programs."""
 
+import datetime
 import json
+import os
 import socket
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -145,3 +148,115 @@ def test_run_clip_stage_trains_or_loads_then_freezes_and_saves(tmp_path):
     with pytest.raises(ValueError, match="unexpected keys"):
         torch.save({"proj.weight": torch.zeros(2, 2), "proj.bias": torch.zeros(2), "x": torch.zeros(1)}, tmp_path / "w.pt")
         mb.run_clip_stage(_Net(), str(tmp_path / "w.pt"), None, str(tmp_path / "v.pt"))
+
+
+# --- run folders, the record of a checkpoint's configuration, publishing --------------------------------------------
+CONFIG = {"image_size": [64, 64], "in_channels": 1, "text_len": 24}
+
+
+def _run(root, name, config=CONFIG, epochs=()):
+    run_dir = mb.start_run(str(root / "runs" / name), config)
+    for e in epochs:
+        torch.save({"epoch": e}, f"{run_dir}/checkpoint_epoch={e}.pt")
+    return run_dir
+
+
+def test_run_folder_names_new_runs_by_start_time_and_finds_the_run_to_resume(tmp_path, monkeypatch):
+    fixed = datetime.datetime(2026, 12, 3, 14, 15, 1)
+    monkeypatch.setattr(mb, "datetime", SimpleNamespace(datetime=SimpleNamespace(now=lambda: fixed)))
+    runs = tmp_path / "runs"
+    assert mb.run_folder(str(tmp_path)) == str(runs / "20261203-141501")  # nothing is created
+    (runs / "20261203-141501").mkdir(parents=True)
+    (runs / "20261203-141501-2").mkdir()
+    assert mb.run_folder(str(tmp_path), resume="false") == str(runs / "20261203-141501-3")
+    assert mb.run_folder(str(tmp_path), run_name="mine") == str(runs / "mine")
+    with pytest.raises(FileNotFoundError, match="no run in"):
+        mb.run_folder(str(tmp_path), resume=True)
+    old = _run(tmp_path, "old", epochs=[1, 2])
+    new = _run(tmp_path, "new", epochs=[1])
+    os.utime(f"{old}/checkpoint_epoch=2.pt", (1, 1))
+    os.utime(f"{old}/config.json", (1, 1))
+    assert mb.run_folder(str(tmp_path), resume=True) == new  # the run written last
+    assert mb.run_folder(str(tmp_path), resume="true", run_name="old") == str(runs / "old")
+    assert mb.run_folder(str(tmp_path), resume="old") == old  # a run name
+    assert mb.run_folder(str(tmp_path / "elsewhere"), resume=old) == old  # a folder
+    with pytest.raises(FileNotFoundError, match="--resume nope"):
+        mb.run_folder(str(tmp_path), resume="nope")
+    assert mb.resuming("old") and mb.resuming("True") and not mb.resuming("false") and not mb.resuming(None)
+    _run(tmp_path, "7")
+    assert mb.run_folder(str(tmp_path), resume=7) == str(runs / "7")  # `--resume 7` reaches the config as a number
+
+
+def test_start_run_records_the_configuration_and_refuses_a_used_folder(tmp_path):
+    run_dir = _run(tmp_path, "a")
+    record = json.loads(open(f"{run_dir}/config.json").read())
+    assert record["run"] == "a" and record["model_config"] == CONFIG and record["started"]
+    with pytest.raises(FileExistsError, match="--resume true"):
+        mb.start_run(run_dir, CONFIG)
+    assert mb.start_run(run_dir, dict(CONFIG, image_size=(64, 64)), resume=True) == run_dir  # tuples read as lists
+    with pytest.raises(ValueError, match=r"image_size \[64, 64\] there, \[96, 96\] here"):
+        mb.start_run(run_dir, dict(CONFIG, image_size=[96, 96]), resume=True)
+    with pytest.raises(FileNotFoundError, match="holds no run"):
+        mb.start_run(str(tmp_path / "runs" / "b"), CONFIG, resume=True)
+
+
+def test_resume_checkpoint_is_the_last_epochs(tmp_path):
+    run_dir = _run(tmp_path, "a", epochs=[9, 10])
+    assert mb.resume_checkpoint(run_dir, False) is None
+    assert mb.resume_checkpoint(run_dir, True).endswith("checkpoint_epoch=10.pt")  # by number, not by name
+    empty = _run(tmp_path, "b")
+    with pytest.warns(UserWarning, match="starts again at epoch 1"):
+        assert mb.resume_checkpoint(empty, "true") is None
+
+
+def test_publish_checkpoint_replaces_only_what_a_run_wrote_or_when_told(tmp_path):
+    models = tmp_path / "models"
+    a, b = _run(tmp_path, "a"), _run(tmp_path, "b", dict(CONFIG, image_size=[96, 96]))
+    for run_dir in (a, b):
+        torch.save({"w": torch.tensor([float(run_dir.endswith("b"))])}, f"{run_dir}/model.pt")
+    assert mb.publish_checkpoint(a, str(models)) == str(models / "model.pt")  # none there yet
+    record = json.loads((models / "model.json").read_text())
+    assert record["run_dir"] == a and record["checkpoint"] == "model.pt" and record["model_config"] == CONFIG
+    assert mb.publish_checkpoint(a, str(models)) == str(models / "model.pt")  # its own: replaced (a resumed run)
+    with pytest.warns(UserWarning, match=r"model.pt was kept: it was written by run .*/a .*--ckpt_dir .*/b"):
+        assert mb.publish_checkpoint(b, str(models)) == f"{b}/model.pt"
+    assert torch.load(models / "model.pt")["w"].item() == 0.0
+    assert mb.publish_checkpoint(b, str(models), overwrite="true") == str(models / "model.pt")
+    assert torch.load(models / "model.pt")["w"].item() == 1.0
+    assert json.loads((models / "model.json").read_text())["model_config"]["image_size"] == [96, 96]
+    (models / "model.json").unlink()  # a model.pt no run recorded (trained before runs had records, copied in...)
+    with pytest.warns(UserWarning, match="written by no run of this bundle"):
+        mb.publish_checkpoint(b, str(models))
+    with pytest.warns(UserWarning, match="was not written"):
+        assert mb.publish_checkpoint(b, str(models), "encoder.pt") is None
+
+
+def test_check_model_config(tmp_path):
+    ckpt = tmp_path / "models" / "model.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"")
+    with pytest.warns(UserWarning, match="has no record of the configuration"):
+        mb.check_model_config(str(ckpt), CONFIG)
+    run_dir = _run(tmp_path, "a")  # a run folder: its config.json is the record of its checkpoints
+    mb.check_model_config(f"{run_dir}/model.pt", CONFIG)
+    (ckpt.parent / "model.json").write_text(json.dumps({"model_config": dict(CONFIG, network_def={"class": "N"})}))
+    mb.check_model_config(str(ckpt), dict(CONFIG, image_size=(64, 64), extra=1))  # keys one side lacks: not compared
+    with pytest.raises(ValueError) as err:
+        mb.check_model_config(str(ckpt), dict(CONFIG, image_size=[96, 96], text_len=16, network_def={"class": "M"}))
+    msg = str(err.value)
+    assert f"{ckpt} was trained with another configuration (recorded in {ckpt.parent / 'model.json'})" in msg
+    assert "image_size [64, 64] there, [96, 96] here: add --image_size '[64, 64]'" in msg
+    assert "text_len 24 there, 16 here: add --text_len '24'" in msg and "network_def N" in msg
+    assert "--config_mismatch warn" in msg and "\n" not in msg
+    with pytest.warns(UserWarning, match="image_size"):
+        mb.check_model_config(str(ckpt), dict(CONFIG, image_size=[96, 96]), on_mismatch="warn")
+    with pytest.raises(ValueError, match="config_mismatch must be"):
+        mb.check_model_config(str(ckpt), CONFIG, on_mismatch="ignore")
+
+
+def test_network_signature_tells_networks_apart():
+    sig = mb.network_signature(nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8)))
+    assert sig["class"] == "torch.nn.modules.container.Sequential" and sig["tensors"] == 7
+    assert sig["values"] == 8 * 9 + 8 + 4 * 8 + 1
+    assert sig == mb.network_signature(nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8)))
+    assert sig["shapes"] != mb.network_signature(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)))["shapes"]

@@ -11,7 +11,7 @@ import torch
 from monai.bundle import ConfigParser, verify_net_in_out
 from PIL import Image
 
-from bundle_testing import BundleConfigs, check_bundle_layout, run_ddp_training
+from bundle_testing import BundleConfigs, check_bundle_layout, check_run_folder, run_ddp_training
 
 from monai_vlseg.datasets.synthetic.cxr import generate_demo_dataset
 
@@ -56,6 +56,21 @@ def test_stage1_checkpoint_is_loaded_by_stage2_and_unet_stays_frozen(bundle):
     # the UNet was trained in stage 1: its zero-initialised output convs moved
     assert stage1["unet.out.2.conv.weight"].abs().sum() > 0
     assert any(k.startswith("ltfr.0.") for k in ckpt) and any(k.startswith("classifier.") for k in ckpt)
+    stage1 = check_run_folder(bundle["root"] / "bundle", "diffusion.pt", image_size=[32, 32], text_len=12)
+    assert check_run_folder(bundle["root"] / "bundle", "model.pt", image_size=[32, 32]) != stage1
+
+
+def test_stage1_keeps_a_diffusion_checkpoint_it_did_not_write(bundle, tmp_path):
+    """models/diffusion.pt, which stage 2 loads, is protected like models/model.pt."""
+    theirs = tmp_path / "models" / "diffusion.pt"
+    theirs.parent.mkdir()
+    torch.save({"w": torch.ones(1)}, theirs)
+    before = theirs.read_bytes()
+    overrides = dict(bundle["overrides"], bundle_root=str(tmp_path), run_name="ddpm")
+    with pytest.warns(UserWarning, match="diffusion.pt was kept"):
+        cfg.run("train", "train.json", "pretrain_diffusion.json", pretrain_epochs=1, pretrain_batch_size=3, **overrides)
+    assert theirs.read_bytes() == before and (tmp_path / "runs" / "ddpm" / "diffusion.pt").is_file()
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "runs" / "ddpm"))
 
 
 def test_evaluate_right_and_shuffled_text(bundle):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, verify_net_in_out
 
-from bundle_testing import BundleConfigs, check_bundle_layout, run_ddp_training
+from bundle_testing import BundleConfigs, check_bundle_layout, check_run_folder, run_ddp_training
 from monai.data import MetaTensor
 from test_dicom_io import RAMP_LEVEL, RAMP_ORIGIN, SLICES, ramp_mask, write_ramp_series
 
@@ -54,7 +54,7 @@ def test_train_writes_checkpoint_and_logs(bundle):
     root = bundle["root"] / "bundle"
     ckpt = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert any(k.startswith("encoder.stages.0.0.mamba") for k in ckpt)
-    assert any(f.startswith("events.out.tfevents") for f in os.listdir(root / "eval"))
+    check_run_folder(root, pixdim=[3.0, 3.0, 3.0], num_classes=3)
 
 
 def test_evaluate_writes_metrics(bundle):

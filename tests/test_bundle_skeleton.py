@@ -27,6 +27,8 @@ DIFFERENCES: dict[tuple[str, str], tuple[Any, str]] = {
     ("segmamba_ct", "train.json missing"): (
         {"image_size", "in_channels"}, "3D CT: resampled to pixdim and cropped to patch_size; one HU channel"),
     ("segmamba_ct", "inference.json missing"): ({"image_size", "in_channels", "dicom_seg"}, "3D CT (see train.json); writes NIfTI masks and an overlay"),
+    ("segmamba_ct", "model_config"): (
+        {"pixdim", "hu_window"}, "3D CT: the voxel spacing and HU window it was trained at, in place of image_size"),
     ("segmamba_ct", "validate inferer"): ("SlidingWindowInferer", "3D volumes are inferred patch-wise with a sliding window"),
     ("segmamba_ct", "evaluate metrics"): (
         ({"val_dice_liver", "val_dice_lesion"}, {"val_count_accuracy", "val_laterality_accuracy"}),
@@ -63,21 +65,23 @@ DIFFERENCES: dict[tuple[str, str], tuple[Any, str]] = {
 #: multi_gpu_train.json are override files and must have exactly theirs.
 SKELETON = {
     "train.json": {
-        "imports", "bundle_root", "ckpt_dir", "output_dir", "dataset_dir", "datalist", "device", "amp", "torch_threads",
-        "num_workers",
+        "imports", "bundle_root", "ckpt_dir", "run_name", "resume", "overwrite", "run_dir", "output_dir", "dataset_dir",
+        "datalist", "device", "amp", "torch_threads", "num_workers", "model_config", "training_state",
         "image_size", "in_channels", "batch_size", "learning_rate", "max_epochs", "min_epochs", "patience",
         "val_interval", "cache_rate", "network_def", "network", "loss", "optimizer", "lr_scheduler", "train",
         "validate", "initialize", "run", "training",
     },
     "inference.json": {
-        "imports", "bundle_root", "ckpt_path", "output_dir", "dataset_dir", "datalist", "data_split", "input_dir",
-        "device", "amp", "torch_threads", "input_check", "image_size", "in_channels", "output_ext", "dicom_seg", "network_def", "network",
+        "imports", "bundle_root", "ckpt_path", "config_mismatch", "model_config", "output_dir", "dataset_dir",
+        "datalist", "data_split", "input_dir", "device", "amp", "torch_threads", "input_check", "image_size",
+        "in_channels", "output_ext", "dicom_seg", "network_def", "network",
         "preprocessing", "dataset", "dataloader", "inferer", "postprocessing", "handlers", "evaluator", "initialize",
         "run", "inference",
     },
     "evaluate.json": {
-        "eval_split", "output_dir", "text_conditions", "validate#dataset#data", "validate#dataset#cache_rate", "validate#handlers",
-        "validate#additional_metrics", "initialize", "run", "evaluating",
+        "eval_split", "config_mismatch", "output_dir", "text_conditions", "validate#dataset#data",
+        "validate#dataset#cache_rate", "validate#handlers", "validate#additional_metrics", "initialize", "run",
+        "evaluating",
     },
     "multi_gpu_train.json": {
         "device", "network", "train#sampler", "train#dataloader#sampler", "train#dataloader#shuffle",
@@ -87,8 +91,9 @@ SKELETON = {
 }  # fmt: skip
 EXACT = ("evaluate.json", "multi_gpu_train.json")
 TRAIN_HANDLERS = {
-    "LrScheduleHandler", "ValidationHandler", "monai_vlseg.engines.EarlyStopAfterHandler", "StatsHandler",
-    "TensorBoardStatsHandler", "ignite.handlers.ProgressBar",
+    "monai_vlseg.engines.TrainingStateLoader", "monai_vlseg.engines.TrainingStateSaver", "LrScheduleHandler",
+    "ValidationHandler", "monai_vlseg.engines.EarlyStopAfterHandler", "StatsHandler", "TensorBoardStatsHandler",
+    "ignite.handlers.ProgressBar",
 }  # fmt: skip
 VALIDATE_HANDLERS = {"StatsHandler", "TensorBoardStatsHandler", "CheckpointSaver"}
 EVALUATE_HANDLERS = ["CheckpointLoader", "StatsHandler", "MetricsSaver"]
@@ -156,10 +161,15 @@ def test_handlers(bundle):
 
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_output_folders(bundle):
-    """Checkpoints in models/, training logs and evaluation results in eval/, inference masks in outputs/."""
+    """A training run writes into its own folder runs/<run_name>/ (checkpoints, TensorBoard logs) and ends by putting
+    its model in models/; evaluation results in eval/, inference masks in outputs/."""
     train = _parser(bundle, "train.json")
+    train["run_name"] = "R"
     assert train.get_parsed_content("ckpt_dir") == "/B/models"
-    assert train.get_parsed_content("output_dir") == "/B/eval"
+    assert train.get_parsed_content("run_dir") == train.get_parsed_content("output_dir") == "/B/runs/R"
+    for handler in [*train["train"]["handlers"], *train.get("validate", {}).get("handlers", [])]:
+        if "save_dir" in handler:
+            assert handler["save_dir"] == "@run_dir", (bundle, handler["_target_"])
     evaluate = _parser(bundle, "train.json", "evaluate.json")
     assert evaluate.get_parsed_content("output_dir").startswith("/B/eval/test")
     assert _load(bundle, "evaluate.json")["validate#handlers"][0]["load_path"] == "$@ckpt_dir + '/model.pt'"
@@ -250,3 +260,67 @@ def test_no_comprehensions_or_statement_chains_in_expressions():
             if name.endswith(".json"):
                 walk(_load(bundle, name), f"{bundle}/{name}")
     assert found == []
+
+
+#: the configs that train (a run folder each): train.json, its DDP variant, and the stage-1 configs
+TRAINING = {bundle: [("train.json",), ("train.json", "multi_gpu_train.json")] for bundle in BUNDLES}
+TRAINING["c2seg"].append(("pretrain.json",))
+TRAINING["lcpdn"].append(("train.json", "pretrain_diffusion.json"))
+START_RUN = "$monai_vlseg.bundle.start_run(@run_dir, @model_config, @resume)"
+
+
+def _merged(bundle: str, *names: str) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for name in names:
+        merged.update(_load(bundle, name))
+    return merged
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_training_runs_resume_and_publish(bundle):
+    """Every training config starts a run (its record), resumes and saves the whole training state with the handlers
+    of monai_vlseg.engines, and ends by publishing its checkpoints; the objects of ``training_state`` are the
+    handlers meant (early stop, best-model saver)."""
+    for names in TRAINING[bundle]:
+        cfg = _merged(bundle, *names)
+        handlers = cfg.get("train#handlers") or cfg["train"]["handlers"]
+        targets = [h["_target_"] for h in handlers]
+        assert targets[0] == "monai_vlseg.engines.TrainingStateLoader", names
+        saver = targets.index("monai_vlseg.engines.TrainingStateSaver")
+        # after what changes state at an epoch's end, before what only logs
+        assert not {"LrScheduleHandler", "ValidationHandler", "monai_vlseg.engines.EarlyStopAfterHandler"} & set(
+            targets[saver:]), names  # fmt: skip
+        assert handlers[0]["load_dict"] == handlers[saver]["save_dict"] == "@training_state"
+        assert handlers[0]["load_path"] == "$monai_vlseg.bundle.resume_checkpoint(@run_dir, @resume)"
+        state = cfg["training_state"]
+        assert state["model"] == "@network" and state["optimizer"] == "@optimizer"
+        assert ("lr_scheduler" in state) == ("lr_scheduler" in cfg), names
+        meant = {"early_stop": "monai_vlseg.engines.EarlyStopAfterHandler", "best_model": "CheckpointSaver"}
+        for key, target in meant.items():
+            expected = [f"@train#handlers#{i}" for i, t in enumerate(targets) if t == target]
+            if key == "best_model":
+                val = (cfg.get("validate") or {}).get("handlers", []) if "ValidationHandler" in targets else []
+                expected = [f"@validate#handlers#{i}" for i, h in enumerate(val) if h["_target_"] == target]
+            assert ([state[key]] if key in state else []) == expected, (names, key)
+        assert START_RUN in cfg["initialize"], names
+        assert cfg["run"][-1].startswith("$monai_vlseg.bundle.publish_checkpoint(@run_dir, "), names
+        assert cfg["run"][-1].endswith(", @overwrite)"), names
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_model_config_is_recorded_and_checked(bundle):
+    """``model_config`` (what a checkpoint depends on) holds the input size, every key ``network_def`` reads and the
+    network's signature; train.json and inference.json hold the same; evaluation and inference check it."""
+    train, infer = _load(bundle, "train.json"), _load(bundle, "inference.json")
+    assert train["model_config"] == infer["model_config"]
+    config = train["model_config"]
+    reads = set(re.findall(r"@([A-Za-z_]\w*)", json.dumps(train["network_def"])))
+    size = _diff(bundle, "model_config", {"image_size", "in_channels"})
+    text = {"text_model", "text_len"} if _diff(bundle, "text", True) else set()
+    assert set(config) == reads | size | text | {"network_def"}
+    assert all(config[k] == f"@{k}" for k in config if k != "network_def")
+    assert config["network_def"] == "$monai_vlseg.bundle.network_signature(@network_def)"
+    check = "$monai_vlseg.bundle.check_model_config({}, @model_config, @config_mismatch)"
+    assert _load(bundle, "evaluate.json")["initialize"][-1] == check.format("@ckpt_dir + '/model.pt'")
+    assert infer["initialize"][-1] == check.format("@ckpt_path")
+    assert _load(bundle, "evaluate.json")["config_mismatch"] == infer["config_mismatch"] == "error"

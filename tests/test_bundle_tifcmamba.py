@@ -4,6 +4,7 @@
 import importlib.util
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from ignite.engine import Events
 from monai.bundle import verify_net_in_out
 from PIL import Image
-from bundle_testing import REPO_ROOT, BundleConfigs, check_bundle_layout, run_ddp_training
+from bundle_testing import REPO_ROOT, BundleConfigs, check_bundle_layout, check_run_folder, run_ddp_training
 from test_tifcmamba import TINY_CLIP
 
 from monai_vlseg.datasets.synthetic.polyp import generate_polyp_demo
@@ -91,6 +92,56 @@ def test_training_reads_no_labels(bundle):
     torch.testing.assert_close(
         clip["model.logit_scale"], ckpt["clip.model.logit_scale"]
     )  # frozen after stage 1
+    # both stages in one run folder, both checkpoints put in models/ at its end
+    run_dir = check_run_folder(root, "model.pt", image_size=[32, 32], in_channels=3)
+    assert check_run_folder(root, "clip.pt") == run_dir
+
+
+def _train(overrides, stop_at_iteration=None):
+    """Run train.json (optionally stopped by SIGINT after segmentation iteration ``stop_at_iteration``); returns the
+    epochs the CLIP and the segmentation trainers started."""
+    wf = cfg.workflow("train", "train.json", **overrides)
+    wf.initialize()
+    epochs = {"clip": [], "train": []}
+    for stage in epochs:
+        trainer = wf.parser.get_parsed_content(f"{stage}#trainer")
+        trainer.add_event_handler(Events.EPOCH_STARTED, lambda e, s=stage: epochs[s].append(e.state.epoch))
+    if stop_at_iteration is None:
+        wf.run()
+        return epochs
+    stop = Events.ITERATION_COMPLETED(once=stop_at_iteration)
+    trainer.add_event_handler(stop, lambda e: signal.raise_signal(signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt):
+        wf.run()
+    return epochs
+
+
+def test_resume_reuses_the_clip_stage_and_ends_as_an_uninterrupted_run(bundle, tmp_path):
+    overrides = dict(bundle["overrides"], bundle_root=str(tmp_path), max_epochs=3)
+    assert _train(dict(overrides, run_name="straight")) == {"clip": [1], "train": [1, 2, 3]}
+    _train(dict(overrides, run_name="stopped"), stop_at_iteration=2 + 1)
+    with pytest.warns(UserWarning, match="was kept"):
+        assert _train(dict(overrides, run_name="stopped", resume=True)) == {"clip": [], "train": [2, 3]}
+    a, b = (
+        torch.load(tmp_path / "runs" / run / "model.pt", map_location="cpu", weights_only=True)
+        for run in ("straight", "stopped")
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_keeps_clip_and_model_checkpoints_it_did_not_write(bundle, tmp_path):
+    """models/clip.pt (which supervised.json loads) and models/model.pt are protected."""
+    theirs = {}
+    for name in ("clip.pt", "model.pt"):
+        theirs[name] = tmp_path / "models" / name
+        theirs[name].parent.mkdir(exist_ok=True)
+        torch.save({"w": torch.ones(1)}, theirs[name])
+    before = {k: v.read_bytes() for k, v in theirs.items()}
+    overrides = dict(bundle["overrides"], bundle_root=str(tmp_path), run_name="r", max_epochs=1)
+    with pytest.warns(UserWarning, match="clip.pt was kept"):
+        cfg.run("train", "train.json", **overrides)
+    assert {k: v.read_bytes() for k, v in theirs.items()} == before
+    assert (tmp_path / "runs" / "r" / "clip.pt").is_file() and (tmp_path / "runs" / "r" / "model.pt").is_file()
 
 
 def test_evaluate_reads_masks_and_writes_metrics(bundle):
@@ -129,7 +180,10 @@ def test_evaluate_trivial_prior(bundle):
     """The whole-image prior scores Dice = 2|M| / (|M| + |image|) on each image."""
     prior = {"_target_": "monai_vlseg.nets.tifcmamba.TrivialPrior", "kind": "whole"}
     overrides = dict(bundle["overrides"], network_def=prior, output_dir=str(bundle["root"] / "prior"))
-    cfg.run("eval", "train.json", "evaluate.json", **overrides, **{"validate#handlers#0#_disabled_": True})
+    # no checkpoint is loaded: the network_def that differs from the one models/model.pt records only warns
+    overrides.update({"validate#handlers#0#_disabled_": True, "config_mismatch": "warn"})
+    with pytest.warns(UserWarning, match="network_def monai_vlseg.nets.tifcmamba.TIFCMamba .* there"):
+        cfg.run("eval", "train.json", "evaluate.json", **overrides)
     summary = json.loads((bundle["root"] / "prior" / "summary.json").read_text())
     with open(bundle["datalist"]) as f:
         dl = json.load(f)

@@ -4,10 +4,12 @@ demo data set, verify_net_in_out, TorchScript / ONNX export, and 2-process DDP t
 import csv
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Events
 from monai.bundle import verify_net_in_out
 from PIL import Image
 
@@ -61,7 +63,25 @@ def test_train_writes_checkpoint_and_logs(bundle):
     ckpt = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     # one object in save_dict: ignite stores its state dict unnested (what CheckpointLoader and MONAI Label read)
     assert any(k.startswith("decoder.0.modab") for k in ckpt)
-    assert any(f.startswith("events.out.tfevents") for f in os.listdir(root / "eval"))
+    # the run's own folder: its best model (published above), training logs, the whole state of its last epochs and
+    # the configuration it was trained with; models/model.json names the run
+    (run,) = os.listdir(root / "runs")
+    run_dir = root / "runs" / run
+    assert (run_dir / "model.pt").read_bytes() == (root / "models" / "model.pt").read_bytes()
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(run_dir))
+    record = json.loads((root / "models" / "model.json").read_text())
+    assert record["run_dir"] == str(run_dir) and record["checkpoint"] == "model.pt"
+    config = record["model_config"]
+    assert config["image_size"] == [64, 64] and config["text_len"] == 24 and config["in_channels"] == 1
+    assert config["network_def"]["class"] == "monai_vlseg.nets.ua_vls.UAVLS"
+    assert json.loads((run_dir / "config.json").read_text())["model_config"] == config
+    assert sorted(f for f in os.listdir(run_dir) if f.startswith("checkpoint_")) == [
+        "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"
+    ]  # fmt: skip
+    state = torch.load(run_dir / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    assert set(state) == {"model", "optimizer", "lr_scheduler", "early_stop", "best_model", "trainer", "random"}
+    assert state["trainer"]["iteration"] == 2 * 2 and state["lr_scheduler"]["last_epoch"] == 2
+    assert state["random"]["transforms"]  # the augmentations' own random states
 
 
 def test_evaluate_writes_metrics(bundle):
@@ -135,6 +155,115 @@ def test_inference_missing_text_is_an_error(bundle, tmp_path):
         e = e.__cause__
     assert any(isinstance(c, ValueError) and "no text for 1 image" in str(c) and "notext.png" in str(c) for c in causes)
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def _causes(err):
+    out = []
+    while err is not None:
+        out.append(err)
+        err = err.__cause__
+    return out
+
+
+def _train(overrides, stop_at_iteration=None, epochs_seen=None):
+    """Run train.json; optionally stop it with SIGINT after iteration ``stop_at_iteration``, and record the epochs the
+    trainer started in ``epochs_seen``."""
+    wf = cfg.workflow("train", "train.json", **overrides)
+    wf.initialize()
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    if epochs_seen is not None:
+        trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: epochs_seen.append(e.state.epoch))
+    if stop_at_iteration is not None:
+        trainer.add_event_handler(
+            Events.ITERATION_COMPLETED(once=stop_at_iteration), lambda e: signal.raise_signal(signal.SIGINT)
+        )
+        with pytest.raises(KeyboardInterrupt):
+            wf.run()
+        return wf
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+def test_resume_after_sigint_gives_the_weights_of_an_uninterrupted_run(bundle, tmp_path):
+    """3 epochs straight vs. stopped by SIGINT in epoch 2 and resumed: the same weights, optimizer and scheduler
+    state and best model, bit for bit; the resumed run trains epochs 2 and 3 only."""
+    overrides = dict(bundle["overrides"], bundle_root=str(tmp_path), max_epochs=3)
+    _train(dict(overrides, run_name="straight"))
+    _train(dict(overrides, run_name="stopped"), stop_at_iteration=2 + 1)  # 8 images in batches of 4: 2 per epoch
+    stopped = tmp_path / "runs" / "stopped"
+    assert sorted(f for f in os.listdir(stopped) if f.startswith("checkpoint_")) == ["checkpoint_epoch=1.pt"]
+    epochs = []
+    with pytest.warns(UserWarning, match="was kept"):  # models/model.pt is the straight run's
+        _train(dict(overrides, run_name="stopped", resume=True), epochs_seen=epochs)
+    assert epochs == [2, 3]
+    a = torch.load(tmp_path / "runs" / "straight" / "checkpoint_epoch=3.pt", map_location="cpu", weights_only=True)
+    b = torch.load(stopped / "checkpoint_epoch=3.pt", map_location="cpu", weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    for name in ("optimizer", "lr_scheduler", "early_stop", "best_model", "trainer"):
+        assert str(a[name]).replace("straight", "stopped") == str(b[name]), name
+    assert (stopped / "model.pt").read_bytes() == (tmp_path / "runs" / "straight" / "model.pt").read_bytes()
+    # resuming with another configuration, or starting a new run in a run's folder, is refused before training
+    wf = cfg.workflow("train", "train.json", **dict(overrides, run_name="stopped", resume=True, image_size=[96, 96]))
+    with pytest.raises(RuntimeError) as err:
+        wf.initialize()
+    assert any("image_size [64, 64] there, [96, 96] here" in str(c) for c in _causes(err.value))
+    wf = cfg.workflow("train", "train.json", **dict(overrides, run_name="stopped"))
+    with pytest.raises(RuntimeError) as err:
+        wf.initialize()
+    assert any(isinstance(c, FileExistsError) and "--resume true" in str(c) for c in _causes(err.value))
+
+
+def test_training_keeps_a_model_pt_it_did_not_write(bundle, tmp_path):
+    """A model.pt that no run wrote (or another run wrote) stays; --overwrite true replaces it."""
+    overrides = dict(bundle["overrides"], bundle_root=str(tmp_path), max_epochs=1)
+    good = save_tiny_checkpoint(tmp_path / "models" / "model.pt", seed=7)
+    before = good.read_bytes()
+    with pytest.warns(UserWarning, match="was kept") as warned:
+        _train(dict(overrides, run_name="first"))
+    assert good.read_bytes() == before and not (tmp_path / "models" / "model.json").exists()
+    assert any("--ckpt_dir" in str(w.message) and "first" in str(w.message) for w in warned)
+    assert (tmp_path / "runs" / "first" / "model.pt").is_file()
+    _train(dict(overrides, run_name="second", overwrite=True))
+    assert good.read_bytes() == (tmp_path / "runs" / "second" / "model.pt").read_bytes() != before
+    assert json.loads((tmp_path / "models" / "model.json").read_text())["run"] == "second"
+
+
+@pytest.mark.parametrize(
+    "kind, override, phrase",
+    [
+        ("eval", {"image_size": [96, 96]}, "image_size [64, 64] there, [96, 96] here: add --image_size '[64, 64]'"),
+        ("infer", {"image_size": [96, 96]}, "image_size [64, 64] there, [96, 96] here: add --image_size '[64, 64]'"),
+        ("infer", {"text_len": 16}, "text_len 24 there, 16 here: add --text_len '24'"),
+        (
+            "eval",
+            {"network_def#vision_config": {"hidden_sizes": [8, 16, 32, 64], "depths": [1, 1, 2, 1]}},
+            "network_def monai_vlseg.nets.ua_vls.UAVLS",
+        ),
+    ],
+)
+def test_evaluate_and_inference_refuse_another_configuration(bundle, tmp_path, kind, override, phrase):
+    """The configuration recorded beside models/model.pt is compared before anything runs."""
+    overrides = dict(bundle["overrides"], output_dir=str(tmp_path / "out"), **override)
+    names = ("train.json", "evaluate.json") if kind == "eval" else ("inference.json",)
+    wf = cfg.workflow(kind, *names, **overrides)
+    with pytest.raises(RuntimeError) as err:
+        wf.initialize()
+    (cause,) = [c for c in _causes(err.value) if isinstance(c, ValueError)]
+    assert phrase in str(cause) and "models/model.json" in str(cause) and "\n" not in str(cause)
+    assert not (tmp_path / "out").exists()
+
+
+def test_inference_warns_on_another_configuration_when_told_and_on_a_checkpoint_without_record(bundle, tmp_path):
+    overrides = dict(bundle["overrides"], output_dir=str(tmp_path / "out"), config_mismatch="warn", image_size=[96, 96])
+    with pytest.warns(UserWarning, match=r"image_size \[64, 64\] there, \[96, 96\] here"):
+        cfg.run("infer", "inference.json", **overrides)
+    assert len([p for p in os.listdir(tmp_path / "out") if p.endswith("_seg.png")]) == 4
+    ckpt = save_tiny_checkpoint(tmp_path / "elsewhere" / "model.pt")
+    wf = cfg.workflow("infer", "inference.json", **dict(bundle["overrides"], ckpt_path=str(ckpt)))
+    with pytest.warns(UserWarning, match="has no record of the configuration it was trained with"):
+        wf.initialize()
 
 
 def test_verify_net_in_out(bundle):

@@ -12,7 +12,7 @@ import torch
 from monai.bundle import verify_net_in_out
 from PIL import Image
 
-from bundle_testing import BundleConfigs, check_bundle_layout, run_ddp_training
+from bundle_testing import BundleConfigs, check_bundle_layout, check_run_folder, run_ddp_training
 
 from monai_vlseg.datasets.synthetic.cxr import generate_demo_dataset
 from monai_vlseg.export import export_network, load_bundle_network
@@ -51,7 +51,7 @@ def test_train_writes_checkpoint_and_logs(bundle):
     ckpt = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert any(k.startswith("encoder.0.blocks.0.ss2d") for k in ckpt)  # unnested state dict, as CheckpointLoader reads
     assert ckpt["patch_embed.proj.weight"].shape[1] == 3  # grey demo images repeated to the configured 3 channels
-    assert any(f.startswith("events.out.tfevents") for f in os.listdir(root / "eval"))
+    check_run_folder(root, image_size=[32, 32], in_channels=3)
 
 
 def test_evaluate_writes_metrics_with_text_consistency(bundle):

@@ -20,6 +20,9 @@ class EarlyStopAfterHandler(EarlyStopHandler):
     """MONAI's :class:`~monai.handlers.EarlyStopHandler`, attached to the trainer, whose patience only starts to
     count after ``min_epochs`` epochs (UA-VLS: patience 20 after a 20-epoch minimum).
 
+    Its ``state_dict`` (the count and best score) goes into the training checkpoint of
+    :class:`~monai_vlseg.engines.TrainingStateSaver`.
+
     Args:
         patience: validations without improvement before training stops.
         score_function: ``f(trainer) -> float``, higher is better, e.g. the evaluator's key metric.
@@ -48,6 +51,20 @@ class EarlyStopAfterHandler(EarlyStopHandler):
         super().__call__(engine)
         if engine.state.epoch < self.min_epochs and self._handler is not None:
             self._handler.counter = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Validations without improvement and the best score so far (a resumed run goes on counting)."""
+        if self._handler is None:
+            raise RuntimeError("EarlyStopAfterHandler has no state before it is attached to a trainer.")
+        state = dict(self._handler.state_dict())
+        if state.get("best_score") is not None:
+            state["best_score"] = float(state["best_score"])  # a NumPy float fails torch.load(weights_only=True)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self._handler is None:
+            raise RuntimeError("EarlyStopAfterHandler has no state before it is attached to a trainer.")
+        self._handler.load_state_dict(state)
 
 
 class TextMaskConsistencyHandler(IgniteMetricHandler):
