@@ -40,6 +40,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
+from monai_vlseg.errors import InputError
+
 __all__ = [
     "PROJECTION_MODALITIES",
     "VOLUME_MODALITIES",
@@ -69,15 +71,13 @@ _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-class DicomReadError(ValueError):
+class DicomReadError(InputError):
     """A file that cannot be used as a DICOM image; ``path`` and ``reason`` are kept for reports, ``details`` lists
     (path, reason) of every file behind a series-level error."""
 
     def __init__(self, path: PathLike | None, reason: str = "", details: list[tuple[str, str]] | None = None) -> None:
-        self.path = str(path) if path is not None else "<dataset>"
-        self.reason = reason
+        super().__init__(str(path) if path is not None else "<dataset>", reason)
         self.details = list(details) if details else [(self.path, reason)]
-        super().__init__(f"{self.path}: {reason}")
 
 
 @dataclass
@@ -157,9 +157,28 @@ def read_dataset(path: PathLike, stop_before_pixels: bool = False) -> Dataset:
     try:
         return pydicom.dcmread(os.fspath(path), stop_before_pixels=stop_before_pixels)
     except InvalidDicomError:
-        raise DicomReadError(path, "not a DICOM file (no 'DICM' marker at byte 128)") from None
+        raise DicomReadError(path, _why_not_dicom(path)) from None
     except Exception as err:  # a corrupt file can make the parser raise almost anything
         raise DicomReadError(path, f"unreadable DICOM ({type(err).__name__}: {err})") from None
+
+
+def _why_not_dicom(path: PathLike) -> str:
+    """The reason a file without the 'DICM' marker is refused: DICOM data lacking the Part 10 header (a file written
+    without its 128-byte preamble), or not DICOM at all."""
+    try:
+        ds = pydicom.dcmread(os.fspath(path), force=True, stop_before_pixels=True, defer_size="1 KB")
+        meta = getattr(ds, "file_meta", None)
+        dicom_like = "SOPClassUID" in ds or (meta is not None and "TransferSyntaxUID" in meta)
+    except Exception:  # a parser forced through arbitrary bytes raises almost anything
+        dicom_like = False
+    if dicom_like:
+        return "DICOM data without the Part 10 header (no 128-byte preamble, no 'DICM'); re-save it as DICOM Part 10"
+    return "not a DICOM file (no 'DICM' marker at byte 128)"
+
+
+def _brief(err: BaseException) -> str:
+    """``Type: message`` of an exception, on one line."""
+    return " ".join(f"{type(err).__name__}: {err}".split())
 
 
 def _floats(value: Any, n: int) -> list[float] | None:
@@ -562,8 +581,17 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: PathLike) -> str:
 class _Delegated:
     """What another MONAI reader returned, for :meth:`DicomReader.get_data` to hand back to it."""
 
-    def __init__(self, reader: ImageReader, obj: Any) -> None:
-        self.reader, self.obj = reader, obj
+    def __init__(self, reader: ImageReader, obj: Any, name: str) -> None:
+        self.reader, self.obj, self.name = reader, obj, name
+
+
+class _Failed:
+    """An input that cannot be read, for :meth:`DicomReader.get_data` to raise. When ``read`` raises, MONAI's
+    ``LoadImage`` tries every other registered reader (ITK reads an RGB or multi-frame DICOM as a 3D image) and at
+    last reports them all, the reason buried under their tracebacks; raised from ``get_data`` it reaches the user."""
+
+    def __init__(self, error: InputError) -> None:
+        self.error = error
 
 
 class DicomReader(ImageReader):
@@ -572,7 +600,9 @@ class DicomReader(ImageReader):
     Give it to ``LoadImage(d)`` as ``reader="monai_vlseg.io.DicomReader"`` (or an instance). A DICOM file gives a 2D
     image (x, y); a folder of slices gives a 3D volume (x, y, z) of one series; several inputs are stacked as channels,
     as MONAI's readers do. Anything that is not DICOM (PNG, NIfTI, ...) is passed to the reader that MONAI's
-    ``LoadImage`` would pick by suffix, so one config loads both.
+    ``LoadImage`` would pick by suffix, so one config loads both. An input it cannot read raises an
+    :class:`~monai_vlseg.errors.InputError` (a :class:`DicomReadError` for DICOM) naming the file and the reason,
+    rather than being handed on to MONAI's other readers.
 
     Args:
         voi: False (modality values, e.g. HU), True (the file's VOI LUT/window to [0, 1]) or (centre, width).
@@ -598,11 +628,12 @@ class DicomReader(ImageReader):
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
         """True for DICOM files/folders (and, with ``fallback``, anything another MONAI reader accepts)."""
         names = ensure_tuple(filename)
-        return all(_looks_dicom(n) for n in names) or (self.fallback and self._other_reader(names) is not None)
+        return all(_looks_dicom(n) for n in names) or (self.fallback and bool(self._other_readers(names)))
 
-    def _other_reader(self, names: tuple) -> ImageReader | None:
+    def _other_readers(self, names: tuple) -> list[ImageReader]:
         from monai.data.image_reader import ITKReader, NibabelReader, NrrdReader, NumpyReader, PILReader
 
+        found = []
         for cls in (NibabelReader, PILReader, NumpyReader, NrrdReader, ITKReader):  # LoadImage's order, DICOM aside
             try:
                 reader = self._fallback_readers.get(cls.__name__) or cls()
@@ -610,20 +641,29 @@ class DicomReader(ImageReader):
                 continue
             if reader.verify_suffix(names):
                 self._fallback_readers[cls.__name__] = reader
-                return reader
-        return None
+                found.append(reader)
+        return found
 
     def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> Any:
         names = ensure_tuple(data)
         dicom = [_looks_dicom(n) for n in names]
         if all(dicom):
-            return [self._load(os.fspath(n)) for n in names]
+            try:
+                return [self._load(os.fspath(n)) for n in names]
+            except InputError as err:
+                return _Failed(err)
         if any(dicom):
             raise ValueError(f"DicomReader: cannot stack DICOM and non-DICOM inputs together: {list(map(str, names))}")
-        reader = self._other_reader(names) if self.fallback else None
-        if reader is None:
-            raise DicomReadError(names[0], "not a DICOM file or folder of DICOM files")
-        return _Delegated(reader, reader.read(data, **kwargs))
+        readers = self._other_readers(names) if self.fallback else []
+        if not readers:
+            return _Failed(DicomReadError(names[0], "not a DICOM file or folder of DICOM files, nor an image file"))
+        errors = []
+        for reader in readers:
+            try:
+                return _Delegated(reader, reader.read(data, **kwargs), os.fspath(names[0]))
+            except Exception as err:  # readers raise many types; try the next, as LoadImage would
+                errors.append(err)
+        return _Failed(InputError(names[0], f"cannot be read as an image ({_brief(errors[0])})"))
 
     def _load(self, path: str) -> DicomImage:
         kw = dict(voi=self.voi, invert_monochrome1=self.invert_monochrome1, affine_lps_to_ras=self.affine_lps_to_ras)
@@ -635,8 +675,13 @@ class DicomReader(ImageReader):
         return load_dicom_image(path, **kw)
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        if isinstance(img, _Failed):
+            raise img.error
         if isinstance(img, _Delegated):
-            return img.reader.get_data(img.obj)
+            try:
+                return img.reader.get_data(img.obj)
+            except Exception as err:  # pixels are decoded here (a truncated PNG fails now, not in read)
+                raise InputError(img.name, f"cannot be read as an image ({_brief(err)})") from err
         images: list[DicomImage] = list(img)
         first = images[0]
         if any(im.array.shape != first.array.shape for im in images):

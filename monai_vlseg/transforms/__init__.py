@@ -2,11 +2,16 @@
 set) and image/mask handling."""
 
 from .image import (
+    OUTPUT_NAME_KEY,
+    AtomicSaveImaged,
     BinarizeMask,
     BinarizeMaskd,
+    CheckSameSized,
     EnsureChannels,
     EnsureChannelsd,
     SaveOverlayd,
+    output_stem,
+    unique_output_names,
 )
 from .keywords import SelectKeywords, SelectKeywordsd
 from .lesions import KeepReportedFindingsd
@@ -20,8 +25,11 @@ from .text import (
 )
 
 __all__ = [
+    "OUTPUT_NAME_KEY",
+    "AtomicSaveImaged",
     "BinarizeMask",
     "BinarizeMaskd",
+    "CheckSameSized",
     "EnsureChannels",
     "EnsureChannelsd",
     "KeepReportedFindingsd",
@@ -35,4 +43,6 @@ __all__ = [
     "TokenizeText",
     "TokenizeTextd",
     "normalize_text",
+    "output_stem",
+    "unique_output_names",
 ]
