@@ -114,7 +114,8 @@ def inference_datalist(
                         item["text"] = f.read().strip()
                 items.append(item)
         if not items:
-            raise InputError(input_dir, f"no images in the folder (extensions: {', '.join(IMAGE_EXTENSIONS)}, or DICOM)")
+            extensions = ", ".join(IMAGE_EXTENSIONS)
+            raise InputError(input_dir, f"no images in the folder (extensions: {extensions}, or DICOM files)")
     items = [{k: v for k, v in it.items() if k != "label"} for it in items]
     for it, name in zip(items, unique_output_names([it["image"] for it in items])):
         it[OUTPUT_NAME_KEY] = name

@@ -136,7 +136,8 @@ def _check_split(path: str, data: Mapping[str, Any], split: str) -> None:
         if isinstance(item, str) and split == "test":
             continue
         if not isinstance(item, dict):
-            raise InputError(path, f"item {i} of datalist section '{split}' is a JSON {type(item).__name__}, not an object")
+            kind = type(item).__name__
+            raise InputError(path, f"item {i} of datalist section '{split}' is a JSON {kind}, not an object")
         if "image" not in item:
             raise InputError(path, f"item {i} of datalist section '{split}' has no 'image'")
 

@@ -380,14 +380,14 @@ def test_masks_are_written_atomically(tmp_path, monkeypatch):
     """A writer that dies half-way leaves neither a partial mask nor a temporary file behind."""
     from monai.data import MetaTensor, PILWriter
 
-    from monai_vlseg.transforms import AtomicSaveImaged
+    from monai_vlseg.transforms import SaveImageAtomicd
 
     def broken_write(self, filename_or_obj, verbose=True, **kwargs):
         open(filename_or_obj, "wb").write(b"\x89PNG half")
         raise OSError("disk full")
 
     pred = MetaTensor(torch.ones(1, 8, 8), meta={"filename_or_obj": "/in/case.png"})
-    saver = AtomicSaveImaged("pred", output_dir=str(tmp_path), output_postfix="seg", output_ext=".png",
+    saver = SaveImageAtomicd("pred", output_dir=str(tmp_path), output_postfix="seg", output_ext=".png",
                              output_dtype=np.uint8, scale=255, separate_folder=False, print_log=False)  # fmt: skip
     d = saver({"pred": pred, "output_name": "case_png"})
     assert d["pred_path"] == str(tmp_path / "case_png_seg.png") and os.listdir(tmp_path) == ["case_png_seg.png"]

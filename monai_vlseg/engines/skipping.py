@@ -73,7 +73,8 @@ class SkipFailedDataset(Dataset):
             raise
         except Exception as err:  # anything a transform raises on a bad file: unreadable, unsuitable, inconsistent
             item = self.data[index]
-            record = {k: v for k, v in item.items() if isinstance(v, (str, int, float, bool))} if isinstance(item, Mapping) else {}
+            scalars = (str, int, float, bool)
+            record = {k: v for k, v in item.items() if isinstance(v, scalars)} if isinstance(item, Mapping) else {}
             image = _input_name(item)
             record.update(image=image, reason=failure_reason(err, image))
             return {SKIPPED_KEY: record}

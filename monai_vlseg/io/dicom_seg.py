@@ -326,7 +326,7 @@ class SaveDicomSegd(MapTransform):
         review_key: item key of the ``needs_review`` flag (:class:`monai_vlseg.transforms.report.PrepareReportd`):
             a flagged item's SEG says "NEEDS REVIEW" in its SeriesDescription and ``<key>_needs_review`` is set.
         name_key: item key of the output name, used for ``<image name>`` when present (unique in a run, see
-            :class:`monai_vlseg.transforms.AtomicSaveImaged`).
+            :class:`monai_vlseg.transforms.SaveImageAtomicd`).
     """
 
     def __init__(

@@ -3,12 +3,12 @@ set) and image/mask handling."""
 
 from .image import (
     OUTPUT_NAME_KEY,
-    AtomicSaveImaged,
     BinarizeMask,
     BinarizeMaskd,
     CheckSameSized,
     EnsureChannels,
     EnsureChannelsd,
+    SaveImageAtomicd,
     SaveOverlayd,
     output_stem,
     unique_output_names,
@@ -26,7 +26,6 @@ from .text import (
 
 __all__ = [
     "OUTPUT_NAME_KEY",
-    "AtomicSaveImaged",
     "BinarizeMask",
     "BinarizeMaskd",
     "CheckSameSized",
@@ -35,6 +34,7 @@ __all__ = [
     "KeepReportedFindingsd",
     "PrepareReportd",
     "RandTextDropoutd",
+    "SaveImageAtomicd",
     "SaveOverlayd",
     "SaveReportReviewd",
     "SelectKeywords",

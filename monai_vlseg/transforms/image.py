@@ -22,12 +22,12 @@ from monai_vlseg.files import atomic_write_bytes
 
 __all__ = [
     "OUTPUT_NAME_KEY",
-    "AtomicSaveImaged",
     "BinarizeMask",
     "BinarizeMaskd",
     "CheckSameSized",
     "EnsureChannels",
     "EnsureChannelsd",
+    "SaveImageAtomicd",
     "SaveOverlayd",
     "output_stem",
     "unique_output_names",
@@ -106,7 +106,7 @@ class CheckSameSized(MapTransform):
         return d
 
 
-class AtomicSaveImaged(SaveImaged):
+class SaveImageAtomicd(SaveImaged):
     """MONAI's :class:`~monai.transforms.SaveImaged`, with each file written to a temporary name in its folder and
     renamed into place (a crash or a reader never meets a half-written mask), named ``<d[name_key]>_<postfix><ext>``
     when the item has that name (:func:`monai_vlseg.bundle.inference_datalist` gives every input a unique one, so
@@ -231,7 +231,7 @@ class SaveOverlayd(MapTransform):
         output_dir: folder of the PNGs (created).
         alpha: opacity of the mask fill.
         postfix: file name postfix.
-        name_key: item key of the output name (see :class:`AtomicSaveImaged`).
+        name_key: item key of the output name (see :class:`SaveImageAtomicd`).
     """
 
     def __init__(
