@@ -117,7 +117,8 @@ def inference_datalist(
             extensions = ", ".join(IMAGE_EXTENSIONS)
             raise InputError(input_dir, f"no images in the folder (extensions: {extensions}, or DICOM files)")
     items = [{k: v for k, v in it.items() if k != "label"} for it in items]
-    for it, name in zip(items, unique_output_names([it["image"] for it in items])):
+    images = [it["image"][0] if isinstance(it["image"], (list, tuple)) else it["image"] for it in items]
+    for it, name in zip(items, unique_output_names(images)):  # a multi-file image is named after its first file
         it[OUTPUT_NAME_KEY] = name
     if text is not None:
         for it in items:

@@ -653,7 +653,7 @@ class DicomReader(ImageReader):
             except InputError as err:
                 return _Failed(err)
         if any(dicom):
-            raise ValueError(f"DicomReader: cannot stack DICOM and non-DICOM inputs together: {list(map(str, names))}")
+            return _Failed(InputError(names[0], f"cannot stack DICOM and non-DICOM inputs: {list(map(str, names))}"))
         readers = self._other_readers(names) if self.fallback else []
         if not readers:
             return _Failed(DicomReadError(names[0], "not a DICOM file or folder of DICOM files, nor an image file"))
