@@ -398,6 +398,48 @@ def test_masks_are_written_atomically(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["case_png_seg.png"]
 
 
+def test_output_names_are_unique_per_run():
+    from monai_vlseg.transforms import unique_output_names
+
+    paths = ["/a/image.png", "/a/image.jpg", "/a/x.nii.gz", "/b/x.nii.gz", "/a/case one.png", "/a/IM0001", "/a/series",
+             "/a/Y.png", "/a/y.png", "/a/image_png.bmp"]  # fmt: skip
+    names = unique_output_names(paths)
+    assert names == ["image_png", "image_jpg", "x_nii_gz", "x_nii_gz_2", "case one", "IM0001", "series", "Y_png",
+                     "y_png_2", "image_png_2"]  # fmt: skip
+    assert len({n.casefold() for n in names}) == len(paths)
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (None, "datalist file not found"),
+        ("[1, 2]", "a datalist is a JSON object of splits, not a JSON list"),
+        ('{"training": {"image": "a.png"}}', "datalist section 'training' is a JSON dict, not a list of items"),
+        ('{"training": ["a.png"]}', "item 0 of datalist section 'training' is a JSON str, not an object"),
+        ('{"training": [{"image": "a.png"}, {"label": "b.png"}]}', "item 1 of datalist section 'training' has no 'image'"),
+        ('{"training": [{"image": "a.png",}]}', "datalist is not valid JSON (Expecting property name"),
+    ],
+)
+def test_datalist_errors_name_the_file(tmp_path, content, reason):
+    from monai_vlseg.datalist import load_datalist
+
+    path = tmp_path / "datalist.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(InputError) as info:
+        load_datalist(path, "training")
+    assert str(info.value).startswith(f"{path}: {reason}"), str(info.value)
+
+
+def test_datalist_forms_monai_accepts_still_load(tmp_path):
+    from monai_vlseg.datalist import load_datalist
+
+    path = tmp_path / "datalist.json"
+    path.write_text('{"training": [], "test": ["a.png"]}')  # an empty split; a test split of bare image paths
+    assert load_datalist(path, "training") == []
+    assert load_datalist(path, "test") == [{"image": str(tmp_path / "a.png")}]
+
+
 def _cli(*args):
     cmd = [sys.executable, "-m", "monai.bundle", "run", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO_ROOT}
