@@ -166,9 +166,12 @@ def _why_not_dicom(path: PathLike) -> str:
     """The reason a file without the 'DICM' marker is refused: DICOM data lacking the Part 10 header (a file written
     without its 128-byte preamble), or not DICOM at all."""
     try:
-        ds = pydicom.dcmread(os.fspath(path), force=True, stop_before_pixels=True, defer_size="1 KB")
-        meta = getattr(ds, "file_meta", None)
-        dicom_like = "SOPClassUID" in ds or (meta is not None and "TransferSyntaxUID" in meta)
+        with open(path, "rb") as f:  # a raw DICOM stream starts with a group 0002 (file meta) or 0008 tag
+            dicom_like = f.read(2) in (b"\x02\x00", b"\x08\x00")
+        if dicom_like:
+            ds = pydicom.dcmread(os.fspath(path), force=True, stop_before_pixels=True, defer_size="1 KB")
+            meta = getattr(ds, "file_meta", None)
+            dicom_like = "SOPClassUID" in ds or (meta is not None and "TransferSyntaxUID" in meta)
     except Exception:  # a parser forced through arbitrary bytes raises almost anything
         dicom_like = False
     if dicom_like:
