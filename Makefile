@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
-# Main job: train UA-VLS on the embedded demo data (small-demo override), then infer on its test split.
+# Main job: train UA-VLS on the embedded demo data (small-demo override), then infer on its test split (replacing
+# the outputs of an earlier demo: inference refuses a used output folder otherwise).
 demo: $(STAMP)
 	$(PY) -m monai.bundle run training --config_file "['$(BUNDLE)/train.json','$(BUNDLE)/demo.json']"
-	$(PY) -m monai.bundle run inference --config_file "['$(BUNDLE)/inference.json','$(BUNDLE)/demo.json']"
+	$(PY) -m monai.bundle run inference --config_file "['$(BUNDLE)/inference.json','$(BUNDLE)/demo.json']" --overwrite true
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -19,12 +19,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from monai.data import load_decathlon_datalist
 from torch import nn
 
-from monai_vlseg.datalist import load_datalist
+from monai_vlseg.datalist import load_datalist, read_datalist
+from monai_vlseg.errors import InputError
 from monai_vlseg.files import atomic_write_bytes
 from monai_vlseg.io.dicom import dicom_files_in, is_dicom_file
+from monai_vlseg.transforms.image import OUTPUT_NAME_KEY, unique_output_names
 from monai_vlseg.utils import load_checkpoint
 
 __all__ = [
@@ -94,7 +95,9 @@ def inference_datalist(
     split: str = "test",
     require_text: bool = False,
 ) -> list[dict[str, Any]]:
-    """Items ``{"image": ..., "text": ...}`` to infer on.
+    """Items ``{"image": ..., "text": ..., "output_name": ...}`` to infer on. ``output_name`` names the input's
+    outputs, unique in the run (:func:`~monai_vlseg.transforms.unique_output_names`: ``image.png`` and ``image.jpg``
+    give ``image_png`` and ``image_jpg``, a lone ``image.png`` gives ``image``).
 
     Args:
         datalist: a MONAI datalist JSON; its ``split`` section is used (texts from the items).
@@ -102,14 +105,18 @@ def inference_datalist(
             image's text is read from a ``<image stem>.txt`` file beside it when there is one.
         text: one text for every image; it fills items without text (and overrides nothing else).
         require_text: raise before anything is inferred (or written) when an image has no text, naming them all.
+
+    Raises:
+        InputError: a malformed datalist, a missing or empty ``input_dir``, images without text (``require_text``);
+            one line naming the file(s) and the reason.
     """
     if (datalist is None) == (input_dir is None):
         raise ValueError("give exactly one of `datalist` (a datalist JSON) or `input_dir` (a folder of images).")
     if datalist is not None:
-        items = load_decathlon_datalist(datalist, is_segmentation=True, data_list_key=split)
+        items = load_datalist(datalist, split)
     else:
         if not os.path.isdir(input_dir):
-            raise FileNotFoundError(f"input_dir '{input_dir}' is not a folder.")
+            raise InputError(input_dir, "input_dir is not a folder")
         items = []
         for path in sorted(glob.glob(os.path.join(input_dir, "*"))):
             if os.path.isdir(path) and dicom_files_in(path):  # one folder per DICOM series
@@ -122,8 +129,12 @@ def inference_datalist(
                         item["text"] = f.read().strip()
                 items.append(item)
         if not items:
-            raise FileNotFoundError(f"no images found in '{input_dir}' (extensions: {', '.join(IMAGE_EXTENSIONS)}).")
+            extensions = ", ".join(IMAGE_EXTENSIONS)
+            raise InputError(input_dir, f"no images in the folder (extensions: {extensions}, or DICOM files)")
     items = [{k: v for k, v in it.items() if k != "label"} for it in items]
+    images = [it["image"][0] if isinstance(it["image"], (list, tuple)) else it["image"] for it in items]
+    for it, name in zip(items, unique_output_names(images)):  # a multi-file image is named after its first file
+        it[OUTPUT_NAME_KEY] = name
     if text is not None:
         for it in items:
             if not str(it.get("text") or "").strip():
@@ -131,10 +142,11 @@ def inference_datalist(
     if require_text:
         missing = [str(it["image"]) for it in items if not str(it.get("text") or "").strip()]
         if missing:
-            raise ValueError(
+            raise InputError(
+                None,
                 f"no text for {len(missing)} image(s): {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}; "
                 "give `text` (one for all images), a <image stem>.txt beside each image, texts in the datalist, "
-                "or set empty_text='empty' to use the learned empty prompt"
+                "or set empty_text='empty' to use the learned empty prompt",
             )
     return items
 
@@ -233,7 +245,7 @@ def eval_datalist(datalist: str, split: str = "test", shuffle_text: Any = False)
 
 def unlabelled_datalist(datalist: str, split: str = "training") -> list[dict[str, Any]]:
     """The items of ``split`` without their ``label`` (stage-1 pre-training learns from images and texts only)."""
-    items = load_decathlon_datalist(datalist, is_segmentation=True, data_list_key=split)
+    items = load_datalist(datalist, split)
     return [{k: v for k, v in it.items() if k != "label"} for it in items]
 
 
@@ -293,9 +305,8 @@ def condition_items(datalist: str, split: str, condition: str) -> list[dict[str,
     if condition not in TEXT_CONDITIONS:
         raise ValueError(f"unknown text condition {condition!r}; expected some of {TEXT_CONDITIONS}.")
     section = {"reworded": f"{split}_reworded", "negated": f"{split}_negated"}.get(condition, split)
-    with open(datalist, encoding="utf-8") as f:
-        if section not in json.load(f):
-            return None
+    if section not in read_datalist(datalist):
+        return None
     items = load_datalist(datalist, section)
     return shuffle_texts(items) if condition == "shuffled" else items
 

@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from monai_vlseg.errors import InputError
 from monai_vlseg.files import atomic_write_bytes
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "SPLIT_TO_KEY",
     "convert_paths",
     "load_datalist",
+    "read_datalist",
     "write_datalist",
 ]
 
@@ -97,6 +99,49 @@ def write_datalist(
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def read_datalist(path: str | os.PathLike) -> dict[str, Any]:
+    """The datalist JSON as a dict. A missing, unreadable or malformed file raises an
+    :class:`~monai_vlseg.errors.InputError` naming it and, for bad JSON, where the parser stopped."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise InputError(path, "datalist file not found") from None
+    except IsADirectoryError:
+        raise InputError(path, "a folder, not a datalist JSON file") from None
+    except OSError as e:
+        raise InputError(path, f"datalist cannot be read ({e.strerror})") from None
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise InputError(path, "datalist is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"datalist is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if not isinstance(data, dict):
+        raise InputError(path, f"a datalist is a JSON object of splits, not a JSON {type(data).__name__}")
+    return data
+
+
+def _check_split(path: str, data: Mapping[str, Any], split: str) -> None:
+    """Raise an InputError naming ``path`` unless ``data[split]`` is a list of items with an ``image`` (or, for
+    ``test``, of image paths, as MONAI allows)."""
+    if split not in data:
+        have = ", ".join(repr(k) for k, v in data.items() if isinstance(v, list)) or "none"
+        raise InputError(path, f"datalist has no '{split}' section (its sections: {have})")
+    items = data[split]
+    if not isinstance(items, list):
+        raise InputError(path, f"datalist section '{split}' is a JSON {type(items).__name__}, not a list of items")
+    for i, item in enumerate(items):
+        if isinstance(item, str) and split == "test":
+            continue
+        if not isinstance(item, dict):
+            kind = type(item).__name__
+            raise InputError(path, f"item {i} of datalist section '{split}' is a JSON {kind}, not an object")
+        if "image" not in item:
+            raise InputError(path, f"item {i} of datalist section '{split}' has no 'image'")
+
+
 def load_datalist(
     path: str | os.PathLike,
     split: str = "training",
@@ -114,11 +159,18 @@ def load_datalist(
 
     Returns:
         list of item dicts with absolute paths in the :data:`PATH_KEYS` entries (MONAI resolves only image/label).
+
+    Raises:
+        InputError: a missing or malformed file, a missing split, or an item without an image, naming the file.
     """
     from monai.data import load_decathlon_datalist
 
     split = SPLIT_TO_KEY.get(split, split)
     path = os.path.abspath(os.fspath(path))
+    data = read_datalist(path)
+    _check_split(path, data, split)
+    if not data[split]:
+        return []
     if base_dir is None:
         base_dir = os.path.dirname(path)
     items = load_decathlon_datalist(path, is_segmentation=is_segmentation, data_list_key=split, base_dir=base_dir)

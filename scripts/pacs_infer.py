@@ -277,6 +277,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PacsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except RuntimeError as e:  # the bundle's: a bad input or a used output folder, told in one line (nothing stored)
+        from monai_vlseg.errors import find_one_line_error
+
+        brief = find_one_line_error(e)
+        if brief is None:
+            raise
+        print(f"error: {brief}; nothing stored", file=sys.stderr)
+        return 1
     for uid in uids:
         print(uid)
     return 0

@@ -72,11 +72,10 @@ SKELETON = {
         "validate", "initialize", "run", "training",
     },
     "inference.json": {
-        "imports", "bundle_root", "ckpt_path", "config_mismatch", "model_config", "output_dir", "dataset_dir",
-        "datalist", "data_split", "input_dir", "device", "amp", "torch_threads", "input_check", "image_size",
-        "in_channels", "output_ext", "dicom_seg", "network_def", "network",
-        "preprocessing", "dataset", "dataloader", "inferer", "postprocessing", "handlers", "evaluator", "initialize",
-        "run", "inference",
+        "imports", "bundle_root", "ckpt_path", "config_mismatch", "model_config", "output_dir", "overwrite",
+        "dataset_dir", "datalist", "data_split", "input_dir", "device", "amp", "torch_threads", "input_check",
+        "image_size", "in_channels", "output_ext", "dicom_seg", "network_def", "network", "preprocessing", "dataset",
+        "dataloader", "inferer", "postprocessing", "manifest", "handlers", "evaluator", "initialize", "run", "inference",
     },
     "evaluate.json": {
         "eval_split", "config_mismatch", "output_dir", "text_conditions", "validate#dataset#data",
@@ -176,6 +175,50 @@ def test_output_folders(bundle):
     infer = _parser(bundle, "inference.json")
     assert infer.get_parsed_content("output_dir") == "/B/outputs"
     assert infer.get_parsed_content("ckpt_path") == "/B/models/model.pt"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_inference_skips_bad_inputs_and_records_the_run(bundle):
+    """A bad input is skipped (the dataset, collate and iteration of monai_vlseg.engines.skipping), every input gets
+    a manifest row, masks are written atomically under unique names, and a run that skipped inputs ends non-zero."""
+    infer = _load(bundle, "inference.json")
+    assert infer["dataset"]["_target_"] == "monai_vlseg.engines.SkipFailedDataset"
+    assert infer["dataloader"]["collate_fn"] == "$monai_vlseg.engines.skip_failed_collate"
+    assert infer["evaluator"]["iteration_update"] == "$monai_vlseg.engines.skip_failed_iteration"
+    assert infer["manifest"] == {
+        "_target_": "monai_vlseg.engines.ManifestSaver", "output_dir": "@output_dir", "checkpoint": "@ckpt_path",
+        "overwrite": "$monai_vlseg.bundle.as_flag(@overwrite)",
+    }  # fmt: skip
+    assert infer["handlers"][-1] == "@manifest" and infer["overwrite"] is False
+    assert infer["run"] == ["$@evaluator.run()", "$@manifest.raise_if_skipped()"]
+    savers = [t["_target_"] for t in infer["postprocessing"]["transforms"] if "SaveImage" in t["_target_"]]
+    assert savers == ["monai_vlseg.transforms.SaveImageAtomicd"]
+
+
+@pytest.mark.parametrize("name", ["train.json", "inference.json", "evaluate.json", "multi_gpu_train.json"])
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_errors_end_in_one_line(bundle, name):
+    """Every run first makes a bad input's error the last line of the command, not a wrapped traceback (after
+    joining the process group under torchrun)."""
+    first = 1 if name == "multi_gpu_train.json" else 0
+    assert _load(bundle, name)["initialize"][first] == "$monai_vlseg.errors.brief_errors()"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_labels_must_fit_their_images(bundle):
+    """Training and evaluation data check that a label has its image's size before anything resizes either."""
+    train = _load(bundle, "train.json")
+    if bundle == "segmamba_ct":
+        transforms = train["preprocessing_transforms"]
+    elif bundle == "tifcmamba":  # text-supervised: no labels in training; its validate section reads them
+        transforms = train["validate"]["preprocessing"]["transforms"]
+    else:
+        transforms = train["train"]["deterministic_transforms"]
+    targets = [t["_target_"] for t in transforms]
+    check = targets.index("monai_vlseg.transforms.CheckSameSized")
+    assert transforms[check]["keys"] == ["image", "label"] and targets[check - 1] == "EnsureChannelFirstd"
+    resize = [i for i, t in enumerate(targets) if t in ("Resized", "Spacingd")]
+    assert resize and check < min(resize)
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)

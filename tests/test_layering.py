@@ -17,7 +17,7 @@ PACKAGE = os.path.join(ROOT, "monai_vlseg")
 #: lowest first; a module may import from its own layer and the layers before it. Kept equal to the table in
 #: docs/architecture.md by test_architecture_doc_lists_the_layers.
 LAYERS: list[tuple[str, ...]] = [
-    ("monai_vlseg._lazy", "monai_vlseg.files"),
+    ("monai_vlseg._lazy", "monai_vlseg.errors", "monai_vlseg.files"),
     ("monai_vlseg", "monai_vlseg.datalist", "monai_vlseg.utils", "monai_vlseg.data"),
     ("monai_vlseg.ops",),
     ("monai_vlseg.nets.blocks",),

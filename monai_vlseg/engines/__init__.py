@@ -1,21 +1,28 @@
 # Copyright (c) monai_vlseg contributors
 # Licensed under the Apache License, Version 2.0
 """What MONAI's engines (``SupervisedTrainer`` / ``SupervisedEvaluator``) need beyond MONAI's own: batch preparation,
-inferers, ignite handlers, and the whole training state for resuming a run."""
+inferers, ignite handlers, the whole training state for resuming a run, and the pieces of an inference run that
+skips bad inputs and records what it did."""
 
 from .checkpoint import RandomStates, TrainingStateLoader, TrainingStateSaver, training_objects
-from .handlers import EarlyStopAfterHandler, NegatedAreaHandler, TextMaskConsistencyHandler
+from .handlers import EarlyStopAfterHandler, ManifestSaver, NegatedAreaHandler, TextMaskConsistencyHandler
 from .inferers import PromptedDiffusionInferer
 from .prepare_batch import PromptedDiffusionPrepareBatch
+from .skipping import SkipFailedDataset, failure_reason, skip_failed_collate, skip_failed_iteration
 
 __all__ = [
     "EarlyStopAfterHandler",
+    "ManifestSaver",
     "NegatedAreaHandler",
     "PromptedDiffusionInferer",
     "PromptedDiffusionPrepareBatch",
     "RandomStates",
+    "SkipFailedDataset",
     "TextMaskConsistencyHandler",
     "TrainingStateLoader",
     "TrainingStateSaver",
     "training_objects",
+    "failure_reason",
+    "skip_failed_collate",
+    "skip_failed_iteration",
 ]

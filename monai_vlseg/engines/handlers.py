@@ -1,19 +1,36 @@
 # Copyright (c) monai_vlseg contributors
 # Licensed under the Apache License, Version 2.0
-"""Ignite handlers the bundles need beyond MONAI's own: early stopping after a minimum of epochs, and the text–mask
-consistency metric (:mod:`monai_vlseg.metrics.consistency`) for MONAI evaluators."""
+"""Ignite handlers the bundles need beyond MONAI's own: early stopping after a minimum of epochs, the text–mask
+consistency metric (:mod:`monai_vlseg.metrics.consistency`) for MONAI evaluators, and the manifest of an inference
+run (what was written from which input and text, what was skipped and why)."""
 
 from __future__ import annotations
 
+import csv
+import glob
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import EarlyStopHandler, IgniteMetricHandler
 
+from monai_vlseg.engines.skipping import SKIPPED_KEY
+from monai_vlseg.errors import InputsSkippedError, OutputExistsError
+from monai_vlseg.files import atomic_write_bytes
 from monai_vlseg.metrics.consistency import NegatedAreaMetric, TextMaskConsistencyMetric
+from monai_vlseg.transforms.image import OUTPUT_NAME_KEY
+from monai_vlseg.transforms.report import deidentify
 
-__all__ = ["EarlyStopAfterHandler", "NegatedAreaHandler", "TextMaskConsistencyHandler"]
+__all__ = ["EarlyStopAfterHandler", "ManifestSaver", "NegatedAreaHandler", "TextMaskConsistencyHandler"]
+
+logger = logging.getLogger(__name__)
 
 
 class EarlyStopAfterHandler(EarlyStopHandler):
@@ -135,3 +152,174 @@ def _preds_and_items(engine: Any, pred_key: str) -> tuple[list, list[dict]]:
         return preds, items
     items = list(batch) if isinstance(batch, (list, tuple)) else [batch]
     return [o[pred_key] for o in outputs], items
+
+
+class ManifestSaver:
+    """The record of an inference run, for an evaluator whose data come through
+    :class:`~monai_vlseg.engines.SkipFailedDataset`: ``<output_dir>/manifest.csv`` and ``manifest.json`` hold one row
+    per input, in order: the input, its output name, ``written`` or ``skipped`` and why, the text the network read
+    (de-identified), the files written (mask, overlay, DICOM SEG), the review flag, and the checkpoint with its
+    SHA-256. Both are rewritten atomically every few seconds during the run and at its end (``"complete": true``).
+
+    An ``output_dir`` that holds an earlier run's outputs (its manifest, or masks / overlays / a review CSV of a
+    version without one) is refused when the saver is made, before anything runs, unless ``overwrite``; then the
+    files the earlier manifest lists are removed when the run starts, so the folder holds one run (files of a
+    version without a manifest are overwritten where the new run writes the same names).
+    :meth:`raise_if_skipped` (the last step of ``run`` in ``inference.json``) ends a run that skipped inputs with an
+    :class:`~monai_vlseg.errors.InputsSkippedError` naming the count and the manifest: the command exits non-zero
+    after every good input's outputs are written.
+
+    Args:
+        output_dir: the run's output folder.
+        checkpoint: the checkpoint file the network was loaded from.
+        overwrite: replace an earlier run's outputs instead of refusing the folder.
+        outputs: manifest column -> item key of an output path (what the savers put into the item).
+        text_key, image_key: item keys of the text and the image.
+        flush_interval: seconds between rewrites during the run.
+    """
+
+    #: manifest columns, in order; ``outputs`` columns go after ``text``.
+    COLUMNS = ("input", "output_name", "status", "reason", "text")
+    TAIL = ("needs_review", "checkpoint", "checkpoint_sha256")
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        checkpoint: str | os.PathLike | None = None,
+        overwrite: bool = False,
+        outputs: Mapping[str, str] | None = None,
+        text_key: str = "text",
+        image_key: str = "image",
+        flush_interval: float = 5.0,
+    ) -> None:
+        self.output_dir = os.path.abspath(os.fspath(output_dir))
+        self.checkpoint = os.path.abspath(os.fspath(checkpoint)) if checkpoint else ""
+        self.overwrite = bool(overwrite)
+        self.outputs = dict(outputs or {"mask": "pred_path", "overlay": "overlay_path", "dicom_seg": "pred_dicom_seg"})
+        self.text_key, self.image_key, self.flush_interval = text_key, image_key, flush_interval
+        self.csv_path = os.path.join(self.output_dir, "manifest.csv")
+        self.json_path = os.path.join(self.output_dir, "manifest.json")
+        self.rows: list[dict[str, Any]] = []
+        self.checkpoint_sha256 = ""
+        self._flushed = 0.0
+        earlier = self.earlier_outputs()
+        if earlier and not self.overwrite:
+            raise OutputExistsError(
+                f"{self.output_dir} holds the outputs of an earlier run ({len(earlier)} file(s), e.g. "
+                f"{os.path.basename(earlier[0])}); give another output_dir, or --overwrite true to replace them"
+            )
+
+    def earlier_outputs(self, listed_only: bool = False) -> list[str]:
+        """Files of an earlier run in ``output_dir``: those its manifest lists, the manifest and the review CSV, and
+        (unless ``listed_only``) anything named like a mask or an overlay (``*_seg.*``, ``*_overlay.png``)."""
+        if not os.path.isdir(self.output_dir):
+            return []
+        found = []
+        if os.path.isfile(self.json_path):
+            try:
+                with open(self.json_path, encoding="utf-8") as f:
+                    rows = json.load(f).get("items", [])
+            except (OSError, ValueError, AttributeError):
+                rows = []
+            for row in rows:
+                for col in self.outputs:
+                    path = row.get(col) if isinstance(row, dict) else None
+                    if path and os.path.isfile(path) and os.path.dirname(os.path.abspath(path)) == self.output_dir:
+                        found.append(path)
+            found += [self.json_path]
+        patterns = ("manifest.csv", "report_review.csv") + (() if listed_only else ("*_seg.*", "*_overlay.png"))
+        found += [p for pat in patterns for p in sorted(glob.glob(os.path.join(glob.escape(self.output_dir), pat)))]
+        return list(dict.fromkeys(found))
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def started(self, engine: Engine) -> None:
+        if self.overwrite:  # only what the earlier run's manifest names; other files are overwritten where named alike
+            for path in self.earlier_outputs(listed_only=True):
+                os.remove(path)
+        self.rows = []
+        self.checkpoint_sha256 = _sha256(self.checkpoint) if self.checkpoint and os.path.isfile(self.checkpoint) else ""
+        self._flushed = time.monotonic()
+
+    def iteration_completed(self, engine: Engine) -> None:
+        for record in getattr(engine.state, SKIPPED_KEY, None) or []:
+            self.rows.append(self._row(record, "skipped", record.get("reason", "")))
+        outputs, batch = engine.state.output, engine.state.batch
+        if isinstance(outputs, list) and isinstance(batch, list):  # decollated: one dict per written item
+            for b, o in zip(batch, outputs):
+                self.rows.append(self._row({**b, **o}, "written"))
+        if time.monotonic() - self._flushed >= self.flush_interval:
+            self.save(complete=False)
+
+    def completed(self, engine: Engine) -> None:
+        self.save(complete=True)
+        written = sum(r["status"] == "written" for r in self.rows)
+        logger.info("inference: %d input(s) written, %d skipped; manifest: %s", written, len(self.rows) - written,
+                    self.csv_path)  # fmt: skip
+
+    @property
+    def skipped(self) -> list[dict[str, Any]]:
+        """The rows of the skipped inputs."""
+        return [r for r in self.rows if r["status"] == "skipped"]
+
+    def raise_if_skipped(self) -> None:
+        """Raise an :class:`~monai_vlseg.errors.InputsSkippedError` (one line: the count, the first input skipped
+        and why, the manifest) when the run skipped inputs."""
+        skipped = self.skipped
+        if not skipped:
+            return
+        first = f"{skipped[0]['input']}: {skipped[0]['reason']}"
+        more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+        raise InputsSkippedError(
+            f"inference wrote {len(self.rows) - len(skipped)} of {len(self.rows)} input(s) and skipped {len(skipped)} "
+            f"({first}{more}); see {self.csv_path}"
+        )
+
+    def _row(self, item: Mapping[str, Any], status: str, reason: str = "") -> dict[str, Any]:
+        image = item.get(self.image_key)
+        meta = getattr(image, "meta", None) or {}
+        source = meta.get("filename_or_obj") or image
+        text = item.get(self.text_key)
+        text = deidentify(text)[0] if isinstance(text, str) and text.strip() else ""
+        row = {
+            "input": os.fspath(source) if isinstance(source, (str, os.PathLike)) else str(source or ""),
+            "output_name": str(item.get(OUTPUT_NAME_KEY) or ""),
+            "status": status,
+            "reason": reason,
+            "text": text,
+        }
+        for col, key in self.outputs.items():
+            path = item.get(key) if status == "written" else None
+            row[col] = os.path.abspath(os.fspath(path)) if isinstance(path, (str, os.PathLike)) and path else ""
+        review = item.get("needs_review")
+        row["needs_review"] = "" if review is None else bool(review.item() if hasattr(review, "item") else review)
+        row["checkpoint"], row["checkpoint_sha256"] = self.checkpoint, self.checkpoint_sha256
+        return row
+
+    def save(self, complete: bool = True) -> None:
+        """Write ``manifest.csv`` and ``manifest.json`` (atomically)."""
+        columns = [*self.COLUMNS, *self.outputs, *self.TAIL]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        written = sum(r["status"] == "written" for r in self.rows)
+        summary = {"inputs": len(self.rows), "written": written, "skipped": len(self.rows) - written}
+        doc = {
+            "complete": complete, "summary": summary,
+            "checkpoint": {"path": self.checkpoint, "sha256": self.checkpoint_sha256}, "items": self.rows,
+        }  # fmt: skip
+        atomic_write_bytes(self.csv_path, buf.getvalue().encode("utf-8"))
+        atomic_write_bytes(self.json_path, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
+        self._flushed = time.monotonic()
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -45,6 +45,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
+from monai_vlseg.errors import InputError
+
 __all__ = [
     "IRREGULAR_SLICES",
     "PROJECTION_MODALITIES",
@@ -77,15 +79,13 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 IRREGULAR_SLICES: tuple[str, ...] = ("resample", "error")
 
 
-class DicomReadError(ValueError):
+class DicomReadError(InputError):
     """A file that cannot be used as a DICOM image; ``path`` and ``reason`` are kept for reports, ``details`` lists
     (path, reason) of every file behind a series-level error."""
 
     def __init__(self, path: PathLike | None, reason: str = "", details: list[tuple[str, str]] | None = None) -> None:
-        self.path = str(path) if path is not None else "<dataset>"
-        self.reason = reason
+        super().__init__(str(path) if path is not None else "<dataset>", reason)
         self.details = list(details) if details else [(self.path, reason)]
-        super().__init__(f"{self.path}: {reason}")
 
 
 @dataclass
@@ -176,9 +176,31 @@ def read_dataset(path: PathLike, stop_before_pixels: bool = False) -> Dataset:
     try:
         return pydicom.dcmread(os.fspath(path), stop_before_pixels=stop_before_pixels)
     except InvalidDicomError:
-        raise DicomReadError(path, "not a DICOM file (no 'DICM' marker at byte 128)") from None
+        raise DicomReadError(path, _why_not_dicom(path)) from None
     except Exception as err:  # a corrupt file can make the parser raise almost anything
         raise DicomReadError(path, f"unreadable DICOM ({type(err).__name__}: {err})") from None
+
+
+def _why_not_dicom(path: PathLike) -> str:
+    """The reason a file without the 'DICM' marker is refused: DICOM data lacking the Part 10 header (a file written
+    without its 128-byte preamble), or not DICOM at all."""
+    try:
+        with open(path, "rb") as f:  # a raw DICOM stream starts with a group 0002 (file meta) or 0008 tag
+            dicom_like = f.read(2) in (b"\x02\x00", b"\x08\x00")
+        if dicom_like:
+            ds = pydicom.dcmread(os.fspath(path), force=True, stop_before_pixels=True, defer_size="1 KB")
+            meta = getattr(ds, "file_meta", None)
+            dicom_like = "SOPClassUID" in ds or (meta is not None and "TransferSyntaxUID" in meta)
+    except Exception:  # a parser forced through arbitrary bytes raises almost anything
+        dicom_like = False
+    if dicom_like:
+        return "DICOM data without the Part 10 header (no 128-byte preamble, no 'DICM'); re-save it as DICOM Part 10"
+    return "not a DICOM file (no 'DICM' marker at byte 128)"
+
+
+def _brief(err: BaseException) -> str:
+    """``Type: message`` of an exception, on one line."""
+    return " ".join(f"{type(err).__name__}: {err}".split())
 
 
 def _floats(value: Any, n: int) -> list[float] | None:
@@ -671,14 +693,16 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: PathLike) -> str:
 class _Delegated:
     """What another MONAI reader returned, for :meth:`DicomReader.get_data` to hand back to it."""
 
-    def __init__(self, reader: ImageReader, obj: Any) -> None:
-        self.reader, self.obj = reader, obj
+    def __init__(self, reader: ImageReader, obj: Any, name: str) -> None:
+        self.reader, self.obj, self.name = reader, obj, name
 
 
-class _Refused:
-    """A series :meth:`DicomReader.read` refused; :meth:`DicomReader.get_data` raises its error."""
+class _Failed:
+    """An input that cannot be read, for :meth:`DicomReader.get_data` to raise. When ``read`` raises, MONAI's
+    ``LoadImage`` tries every other registered reader (ITK reads an RGB or multi-frame DICOM as a 3D image) and at
+    last reports them all, the reason buried under their tracebacks; raised from ``get_data`` it reaches the user."""
 
-    def __init__(self, error: DicomReadError) -> None:
+    def __init__(self, error: InputError) -> None:
         self.error = error
 
 
@@ -688,9 +712,10 @@ class DicomReader(ImageReader):
     Give it to ``LoadImage(d)`` as ``reader="monai_vlseg.io.DicomReader"`` (or an instance). A DICOM file gives a 2D
     image (x, y); a folder of slices gives a 3D volume (x, y, z) of one series; several inputs are stacked as channels,
     as MONAI's readers do. Anything that is not DICOM (PNG, NIfTI, ...) is passed to the reader that MONAI's
-    ``LoadImage`` would pick by suffix, so one config loads both. A series it refuses raises its
-    :class:`DicomReadError` from ``get_data``, so that ``LoadImage`` does not hand the folder to ITK's series reader
-    (which would stack a series with a missing slice on a regular grid).
+    ``LoadImage`` would pick by suffix, so one config loads both. An input it cannot read raises an
+    :class:`~monai_vlseg.errors.InputError` (a :class:`DicomReadError` for DICOM) naming the file and the reason,
+    rather than being handed on to MONAI's other readers (ITK's series reader would stack a series with a missing
+    slice on a regular grid).
 
     Args:
         voi: False (modality values, e.g. HU), True (the file's VOI LUT/window to [0, 1]) or (centre, width).
@@ -726,11 +751,12 @@ class DicomReader(ImageReader):
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
         """True for DICOM files/folders (and, with ``fallback``, anything another MONAI reader accepts)."""
         names = ensure_tuple(filename)
-        return all(_looks_dicom(n) for n in names) or (self.fallback and self._other_reader(names) is not None)
+        return all(_looks_dicom(n) for n in names) or (self.fallback and bool(self._other_readers(names)))
 
-    def _other_reader(self, names: tuple) -> ImageReader | None:
+    def _other_readers(self, names: tuple) -> list[ImageReader]:
         from monai.data.image_reader import ITKReader, NibabelReader, NrrdReader, NumpyReader, PILReader
 
+        found = []
         for cls in (NibabelReader, PILReader, NumpyReader, NrrdReader, ITKReader):  # LoadImage's order, DICOM aside
             try:
                 reader = self._fallback_readers.get(cls.__name__) or cls()
@@ -738,41 +764,49 @@ class DicomReader(ImageReader):
                 continue
             if reader.verify_suffix(names):
                 self._fallback_readers[cls.__name__] = reader
-                return reader
-        return None
+                found.append(reader)
+        return found
 
     def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> Any:
         names = ensure_tuple(data)
         dicom = [_looks_dicom(n) for n in names]
         if all(dicom):
-            return [self._load(os.fspath(n)) for n in names]
+            try:
+                return [self._load(os.fspath(n)) for n in names]
+            except InputError as err:
+                return _Failed(err)
         if any(dicom):
-            raise ValueError(f"DicomReader: cannot stack DICOM and non-DICOM inputs together: {list(map(str, names))}")
-        reader = self._other_reader(names) if self.fallback else None
-        if reader is None:
-            raise DicomReadError(names[0], "not a DICOM file or folder of DICOM files")
-        return _Delegated(reader, reader.read(data, **kwargs))
+            return _Failed(InputError(names[0], f"cannot stack DICOM and non-DICOM inputs: {list(map(str, names))}"))
+        readers = self._other_readers(names) if self.fallback else []
+        if not readers:
+            return _Failed(DicomReadError(names[0], "not a DICOM file or folder of DICOM files, nor an image file"))
+        errors = []
+        for reader in readers:
+            try:
+                return _Delegated(reader, reader.read(data, **kwargs), os.fspath(names[0]))
+            except Exception as err:  # readers raise many types; try the next, as LoadImage would
+                errors.append(err)
+        return _Failed(InputError(names[0], f"cannot be read as an image ({_brief(errors[0])})"))
 
-    def _load(self, path: str) -> DicomImage | _Refused:
+    def _load(self, path: str) -> DicomImage:
         kw = dict(voi=self.voi, invert_monochrome1=self.invert_monochrome1, affine_lps_to_ras=self.affine_lps_to_ras)
         if os.path.isdir(path):
             files = dicom_files_in(path)
             if len(files) != 1:  # a series; a folder with one file (e.g. a DICOMweb-retrieved radiograph) is 2D
-                try:
-                    return load_dicom_series(
-                        files, irregular_slices=self.irregular_slices, max_slice_gap=self.max_slice_gap, **kw
-                    )
-                except DicomReadError as err:  # raised by get_data: LoadImage would hand it to ITK's series reader
-                    return _Refused(err)
+                return load_dicom_series(  # a refused series: read() keeps the error for get_data (see _Failed)
+                    files, irregular_slices=self.irregular_slices, max_slice_gap=self.max_slice_gap, **kw
+                )
             path = files[0]
         return load_dicom_image(path, **kw)
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        if isinstance(img, _Failed):
+            raise img.error
         if isinstance(img, _Delegated):
-            return img.reader.get_data(img.obj)
-        for im in img:
-            if isinstance(im, _Refused):
-                raise im.error
+            try:
+                return img.reader.get_data(img.obj)
+            except Exception as err:  # pixels are decoded here (a truncated PNG fails now, not in read)
+                raise InputError(img.name, f"cannot be read as an image ({_brief(err)})") from err
         images: list[DicomImage] = list(img)
         first = images[0]
         if any(im.array.shape != first.array.shape for im in images):

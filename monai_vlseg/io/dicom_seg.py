@@ -28,6 +28,7 @@ from pydicom.dataset import Dataset
 
 from monai_vlseg import __version__
 from monai_vlseg.files import atomic_write_bytes
+from monai_vlseg.transforms.image import OUTPUT_NAME_KEY, output_stem
 
 from .dicom import (
     _LPS_TO_RAS,
@@ -352,6 +353,8 @@ class SaveDicomSegd(MapTransform):
         series_number: of the SEG series.
         review_key: item key of the ``needs_review`` flag (:class:`monai_vlseg.transforms.report.PrepareReportd`):
             a flagged item's SEG says "NEEDS REVIEW" in its SeriesDescription and ``<key>_needs_review`` is set.
+        name_key: item key of the output name, used for ``<image name>`` when present (unique in a run, see
+            :class:`monai_vlseg.transforms.SaveImageAtomicd`).
     """
 
     def __init__(
@@ -368,10 +371,11 @@ class SaveDicomSegd(MapTransform):
         series_number: int = 300,
         review_key: str = "needs_review",
         allow_missing_keys: bool = False,
+        name_key: str | None = OUTPUT_NAME_KEY,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         meta = dict(metadata or {})
-        self.review_key = review_key
+        self.review_key, self.name_key = review_key, name_key
         self.output_dir = os.fspath(output_dir)
         self.source_key = source_key
         self.labels = {k: label or _label_from_metadata(meta, str(k)) or "segment" for k in self.keys}
@@ -399,11 +403,8 @@ class SaveDicomSegd(MapTransform):
                 logger.debug("%s: input is not DICOM; no DICOM SEG written", key)
                 continue
             name = (getattr(mask, "meta", None) or {}).get("filename_or_obj") or sources[0]
-            stem = os.path.basename(os.path.normpath(str(name)))
-            for ext in (".nii.gz", ".nii", ".dcm", ".dicom", ".png"):
-                if stem.lower().endswith(ext):
-                    stem = stem[: -len(ext)]
-                    break
+            stem = str(d.get(self.name_key) or "") if self.name_key else ""
+            stem = stem or output_stem(str(name))
             out = os.path.join(self.output_dir, f"{stem}_{self.output_postfix}.dcm")
             flagged = bool(d.get(self.review_key, False))
             description = f"{'NEEDS REVIEW: ' if flagged else ''}SEG {self.labels[key]} ({self.algorithm_name})"

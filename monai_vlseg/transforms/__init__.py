@@ -2,13 +2,18 @@
 set) and image/mask handling."""
 
 from .image import (
+    OUTPUT_NAME_KEY,
     BinarizeMask,
     BinarizeMaskd,
     CheckInputd,
+    CheckSameSized,
     EnsureChannels,
     EnsureChannelsd,
     InputSpec,
+    SaveImageAtomicd,
     SaveOverlayd,
+    output_stem,
+    unique_output_names,
 )
 from .keywords import SelectKeywords, SelectKeywordsd
 from .lesions import KeepReportedFindingsd
@@ -22,15 +27,18 @@ from .text import (
 )
 
 __all__ = [
+    "OUTPUT_NAME_KEY",
     "BinarizeMask",
     "BinarizeMaskd",
     "CheckInputd",
+    "CheckSameSized",
     "EnsureChannels",
     "EnsureChannelsd",
     "InputSpec",
     "KeepReportedFindingsd",
     "PrepareReportd",
     "RandTextDropoutd",
+    "SaveImageAtomicd",
     "SaveOverlayd",
     "SaveReportReviewd",
     "SelectKeywords",
@@ -39,4 +47,6 @@ __all__ = [
     "TokenizeText",
     "TokenizeTextd",
     "normalize_text",
+    "output_stem",
+    "unique_output_names",
 ]

@@ -1,30 +1,161 @@
 """Image and mask transforms for what hospitals and public data sets actually hold: grey images saved as RGB(A),
-colour images that must be grey (or the reverse), masks stored as 0/1, 0/255 or JPEG-noisy 0/255, and an overlay
-PNG for a person to look at."""
+colour images that must be grey (or the reverse), masks stored as 0/1, 0/255 or JPEG-noisy 0/255, labels that do not
+fit their image; masks written atomically under a name unique in the run, and an overlay PNG for a person to look at."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import re
-from collections.abc import Hashable, Mapping
+import tempfile
+from collections import Counter
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Transform
+from monai.transforms import MapTransform, SaveImaged, Transform
+
+from monai_vlseg.errors import InputError
+from monai_vlseg.files import atomic_write_bytes
 
 __all__ = [
-    "EnsureChannels", "EnsureChannelsd", "BinarizeMask", "BinarizeMaskd", "SaveOverlayd", "InputSpec", "CheckInputd",
-]  # fmt: skip
+    "OUTPUT_NAME_KEY",
+    "BinarizeMask",
+    "BinarizeMaskd",
+    "CheckInputd",
+    "CheckSameSized",
+    "EnsureChannels",
+    "EnsureChannelsd",
+    "InputSpec",
+    "SaveImageAtomicd",
+    "SaveOverlayd",
+    "output_stem",
+    "unique_output_names",
+]
+
+#: item key of the name an input's outputs get (``<name>_seg.png``, ``<name>_overlay.png``, ...), unique in a run
+#: (:func:`monai_vlseg.bundle.inference_datalist`); without it the input's file name without extension is used.
+OUTPUT_NAME_KEY = "output_name"
+_EXTENSIONS = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".mha", ".nrrd")
 
 
 def _source_name(img: Any) -> str:
     meta = getattr(img, "meta", None) or {}
     return str(meta.get("filename_or_obj", "<in-memory image>"))
+
+
+def output_stem(path: str | os.PathLike) -> str:
+    """An input's name without its image extension (``.nii.gz`` counts as one); a DICOM series folder keeps its name."""
+    name = os.path.basename(os.path.normpath(os.fspath(path)))
+    low = name.lower()
+    ext = next((e for e in _EXTENSIONS if low.endswith(e) and len(name) > len(e)), "")
+    return name[: len(name) - len(ext)]
+
+
+def unique_output_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Output names for the inputs of one run, unique (also ignoring case): each input's :func:`output_stem`; inputs
+    that share a stem get their extension appended (``image.png``, ``image.jpg`` -> ``image_png``, ``image_jpg``), and
+    a number when they still collide (``a/x.png``, ``b/x.png`` -> ``x_png``, ``x_png_2``)."""
+    stems = [output_stem(p) for p in paths]
+    count = Counter(s.casefold() for s in stems)
+    names = []
+    for path, stem in zip(paths, stems):
+        ext = os.path.basename(os.path.normpath(os.fspath(path)))[len(stem) :].lstrip(".").replace(".", "_")
+        names.append(f"{stem}_{ext}" if count[stem.casefold()] > 1 and ext else stem)
+    taken: set[str] = set()
+    base = Counter(n.casefold() for n in names)
+    out = []
+    for name in names:
+        unique, k = name, 1
+        while unique.casefold() in taken or (unique != name and unique.casefold() in base):
+            k += 1
+            unique = f"{name}_{k}"
+        taken.add(unique.casefold())
+        out.append(unique)
+    return out
+
+
+def _output_name(d: Mapping[Hashable, Any], img: Any, name_key: str | None) -> str:
+    name = d.get(name_key) if name_key else None
+    return str(name) if name else output_stem(_source_name(img))
+
+
+class CheckSameSized(MapTransform):
+    """Raise an :class:`~monai_vlseg.errors.InputError` naming both files and both shapes when the spatial sizes of
+    ``keys`` differ (a label that does not fit its image): put it before any resize, which would hide it.
+
+    Args:
+        keys: the image key first, then the keys that must match it (e.g. ``["image", "label"]``).
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        if len(keys) < 2:
+            return d
+        ref = keys[0]
+        ref_shape = tuple(d[ref].shape[1:])
+        for key in keys[1:]:
+            shape = tuple(d[key].shape[1:])
+            if shape != ref_shape:
+                raise InputError(
+                    _source_name(d[key]),
+                    f"{key} size {shape} differs from its {ref} {_source_name(d[ref])} size {ref_shape}; "
+                    f"a {key} must have the size of its {ref}",
+                )
+        return d
+
+
+class SaveImageAtomicd(SaveImaged):
+    """MONAI's :class:`~monai.transforms.SaveImaged`, with each file written to a temporary name in its folder and
+    renamed into place (a crash or a reader never meets a half-written mask), named ``<d[name_key]>_<postfix><ext>``
+    when the item has that name (:func:`monai_vlseg.bundle.inference_datalist` gives every input a unique one, so
+    ``image.png`` and ``image.jpg`` make two masks). The path written goes into ``d["<key>_path"]``.
+
+    Args:
+        keys, output_dir, output_postfix, output_ext, ...: as :class:`~monai.transforms.SaveImaged`.
+        name_key: item key of the output name; items without it are named after the input's file.
+    """
+
+    def __init__(self, keys: KeysCollection, *args: Any, name_key: str | None = OUTPUT_NAME_KEY, **kwargs: Any) -> None:
+        super().__init__(keys, *args, **kwargs)
+        self.name_key = name_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key, meta_key, meta_key_postfix in self.key_iterator(d, self.meta_keys, self.meta_key_postfix):
+            if meta_key is None and meta_key_postfix is not None:
+                meta_key = f"{key}_{meta_key_postfix}"
+            img = d[key]
+            meta = img.meta if isinstance(img, MetaTensor) else (d.get(meta_key) if meta_key is not None else None)
+            d[f"{key}_path"] = self._save(img, meta, _output_name(d, img, self.name_key))
+        return d
+
+    def _save(self, img: Any, meta: Mapping | None, name: str) -> str:
+        saver = self.saver
+        kwargs = saver.fname_formatter(meta, saver)
+        # FolderLayout takes the subject for a file name and drops its extension: give it one to drop
+        kwargs["subject"] = f"{name}.name"
+        final = os.fspath(saver.folder_layout.filename(**kwargs))
+        folder = os.path.dirname(os.path.abspath(final))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(final)}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.remove(tmp)  # the writer adds the extension, which picks its format
+        try:
+            saver(img, dict(meta) if meta is not None else None, filename=tmp)
+            os.replace(tmp + saver.output_ext, final)
+        finally:
+            if os.path.exists(tmp + saver.output_ext):
+                os.remove(tmp + saver.output_ext)
+        if saver.savepath_in_metadict and isinstance(img, MetaTensor):
+            img.meta["saved_to"] = final
+        return final
 
 
 class EnsureChannels(Transform):
@@ -132,7 +263,8 @@ class CheckInputd(MapTransform):
     Args:
         keys: the image key.
         metadata: the bundle's ``metadata.json`` (path or content), see :class:`InputSpec`.
-        on_mismatch: ``"flag"`` (warn and flag the output), ``"error"`` (raise, naming the file), ``"off"``.
+        on_mismatch: ``"flag"`` (warn and flag the output), ``"error"`` (raise an
+            :class:`~monai_vlseg.errors.InputError` naming the file: inference skips it), ``"off"``.
     """
 
     def __init__(
@@ -153,9 +285,10 @@ class CheckInputd(MapTransform):
             found = self.spec.problems(d[key])
             if not found:
                 continue
+            if self.on_mismatch == "error":  # an inference run skips it, naming the file and the reasons
+                reason = "; ".join(found) + " (input_check 'flag' segments it anyway, flagged for review)"
+                raise InputError(_source_name(d[key]), reason)
             message = f"{_source_name(d[key])}: " + "; ".join(found)
-            if self.on_mismatch == "error":
-                raise ValueError(message + " (set input_check to 'flag' to segment it anyway, flagged for review)")
             logging.getLogger("monai_vlseg").warning("%s; the output is flagged needs_review", message)
             d["needs_review"] = True
             d["input_warnings"] = "; ".join(filter(None, [d.get("input_warnings", ""), *found]))
@@ -191,24 +324,26 @@ class BinarizeMaskd(MapTransform):
 
 
 class SaveOverlayd(MapTransform):
-    """Write ``<output_dir>/<image name>_overlay.png``: the image (grey or RGB, scaled to 8 bits) with the predicted
-    mask drawn in translucent red and its outline in yellow, in the image's own pixel grid.
+    """Write ``<output_dir>/<name>_overlay.png`` (atomically): the image (grey or RGB, scaled to 8 bits) with the
+    predicted mask drawn in translucent red and its outline in yellow, in the image's own pixel grid. ``<name>`` is
+    the item's ``name_key`` entry, else the image's file name without extension.
 
     Args:
         keys: (image key, mask key), both channel-first 2D arrays of the same spatial size.
         output_dir: folder of the PNGs (created).
         alpha: opacity of the mask fill.
         postfix: file name postfix.
+        name_key: item key of the output name (see :class:`SaveImageAtomicd`).
     """
 
     def __init__(
         self, keys: KeysCollection = ("image", "pred"), output_dir: str = "./overlays", alpha: float = 0.35,
-        postfix: str = "overlay",
+        postfix: str = "overlay", name_key: str | None = OUTPUT_NAME_KEY,
     ) -> None:  # fmt: skip
         super().__init__(keys)
         if len(self.keys) != 2:
             raise ValueError("SaveOverlayd needs two keys: the image and the mask.")
-        self.output_dir, self.alpha, self.postfix = output_dir, alpha, postfix
+        self.output_dir, self.alpha, self.postfix, self.name_key = output_dir, alpha, postfix, name_key
 
     @staticmethod
     def _to_uint8(img: np.ndarray) -> np.ndarray:
@@ -235,12 +370,10 @@ class SaveOverlayd(MapTransform):
         rgb[edge] = (255.0, 220.0, 0.0)
         # MONAI's PIL reader stores arrays as (W, H); write them back in the file's own orientation.
         out = rgb.astype(np.uint8).transpose(1, 0, 2)
-        name = os.path.splitext(os.path.basename(_source_name(image)))[0]
-        name = name[:-4] if name.endswith(".nii") else name
-        os.makedirs(self.output_dir, exist_ok=True)
-        path = os.path.join(self.output_dir, f"{name}_{self.postfix}.png")
-        Image.fromarray(out).save(path + ".tmp.png")
-        os.replace(path + ".tmp.png", path)
+        path = os.path.join(self.output_dir, f"{_output_name(d, image, self.name_key)}_{self.postfix}.png")
+        buf = io.BytesIO()
+        Image.fromarray(out).save(buf, format="PNG")
+        atomic_write_bytes(path, buf.getvalue())
         if isinstance(image, MetaTensor):
             d.setdefault("overlay_path", path)
         return d
