@@ -123,3 +123,25 @@ def check_run_folder(bundle_root: Any, filename: str = "model.pt", **config: Any
     assert any(f.startswith("events.out.tfevents") for f in files) and "config.json" in files
     assert any(f.startswith("checkpoint_epoch=") for f in files)
     return run_dir
+
+
+def check_checkpoint_kept(
+    cfg: BundleConfigs, bundle_root: Any, filename: str, run_name: str, *names: str, check: bool | None = None,
+    **overrides: Any,
+) -> str:  # fmt: skip
+    """Run a training stage into ``bundle_root`` whose ``models/<filename>`` another run wrote: the stage warns, keeps
+    that file as it was and leaves its own checkpoint and record in ``runs/<run_name>``. Returns the run folder."""
+    import pytest
+
+    theirs = os.path.join(str(bundle_root), "models", filename)
+    os.makedirs(os.path.dirname(theirs), exist_ok=True)
+    torch.save({"w": torch.ones(1)}, theirs)
+    with open(theirs, "rb") as f:
+        before = f.read()
+    with pytest.warns(UserWarning, match=f"{filename} was kept"):
+        cfg.run("train", *names, check=check, bundle_root=str(bundle_root), run_name=run_name, **overrides)
+    with open(theirs, "rb") as f:
+        assert f.read() == before
+    run_dir = os.path.join(str(bundle_root), "runs", run_name)
+    assert os.path.isfile(os.path.join(run_dir, filename)) and os.path.isfile(os.path.join(run_dir, "config.json"))
+    return run_dir

@@ -99,10 +99,15 @@ def _truncated_png(folder):
     return path
 
 
-def _text_as_png(folder):
-    path = os.path.join(folder, "b.png")
-    open(path, "w").write("not a PNG")
-    return path
+def _text_as(name, text):
+    """A writer of a text file that claims to be an image by its name."""
+
+    def write(folder):
+        path = os.path.join(folder, name)
+        open(path, "w").write(text)
+        return path
+
+    return write
 
 
 def _copy(name):
@@ -131,12 +136,6 @@ def _dicom_undecodable(folder):
     return path
 
 
-def _text_as_dicom(folder):
-    path = os.path.join(folder, "b.dcm")
-    open(path, "w").write("hello")
-    return path
-
-
 def _volume(folder):
     path = os.path.join(folder, "b.nii.gz")
     nib.save(nib.Nifti1Image(np.zeros((20, 20, 6), np.float32), np.eye(4)), path)
@@ -145,13 +144,13 @@ def _volume(folder):
 
 SKIPPED = {
     "truncated PNG": (_truncated_png, "cannot be read as an image (OSError: image file is truncated"),
-    "PNG that is not an image": (_text_as_png, "cannot be read as an image (UnidentifiedImageError"),
+    "PNG that is not an image": (_text_as("b.png", "not a PNG"), "cannot be read as an image (UnidentifiedImageError"),
     "RGB DICOM to a grey bundle": (_copy("SC_rgb.dcm"), "PhotometricInterpretation RGB: only grey images"),
     "multi-frame DICOM": (_copy("emri_small.dcm"), "multi-frame image (10 frames)"),
     "DICOM without preamble": (_dicom_without_preamble, "DICOM data without the Part 10 header"),
     "DICOM without pixel data": (_dicom_without_pixels, "no pixel data"),
     "DICOM whose pixel data cannot be decoded": (_dicom_undecodable, "pixel data cannot be decoded"),
-    "text file named .dcm": (_text_as_dicom, "not a DICOM file"),
+    "text file named .dcm": (_text_as("b.dcm", "hello"), "not a DICOM file"),
     "3D volume to a 2D bundle": (_volume, "spatial_size=2 img=3"),
 }
 

@@ -24,19 +24,10 @@ from monai_vlseg.errors import InputError
 from monai_vlseg.files import atomic_write_bytes
 
 __all__ = [
-    "OUTPUT_NAME_KEY",
-    "BinarizeMask",
-    "BinarizeMaskd",
-    "CheckInputd",
-    "CheckSameSized",
-    "EnsureChannels",
-    "EnsureChannelsd",
-    "InputSpec",
-    "SaveImageAtomicd",
-    "SaveOverlayd",
-    "output_stem",
+    "OUTPUT_NAME_KEY", "BinarizeMask", "BinarizeMaskd", "CheckInputd", "CheckSameSized",
+    "EnsureChannels", "EnsureChannelsd", "InputSpec", "SaveImageAtomicd", "SaveOverlayd", "output_stem",
     "unique_output_names",
-]
+]  # fmt: skip
 
 #: item key of the name an input's outputs get (``<name>_seg.png``, ``<name>_overlay.png``, ...), unique in a run
 #: (:func:`monai_vlseg.bundle.inference_datalist`); without it the input's file name without extension is used.
