@@ -282,3 +282,26 @@ def test_label_layer_requirements_leave_out_torch_and_keep_the_rest():
     names = {r.split("[")[0].split("=")[0].split(">")[0].split("<")[0].strip().lower() for r in reqs}
     assert "numpy" in names, reqs  # monai's own requirement stays
     assert not names & SKIP_REQUIREMENTS, reqs
+
+
+def test_prepare_refuses_a_checkpoint_trained_with_another_configuration(tmp_path):
+    """The app is laid out only when its configuration is the one the checkpoint records (as inference.json
+    refuses it, issue 18.1); the record goes into the app beside model.pt."""
+    from monai_vlseg.label_app.prepare import prepare_app
+
+    ckpt = tmp_path / "run" / "model.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"weights")  # not read: the check compares the record beside it
+    record = {"run": "r1", "model_config": {"image_size": [96, 96], "in_channels": 1, "text_len": 24}}
+    (tmp_path / "run" / "model.json").write_text(json.dumps(record))
+    app = tmp_path / "app"
+    with pytest.raises(ValueError, match=r"image_size \[96, 96\] there, \[64, 64\] here"):
+        prepare_app(BUNDLE, str(app), ckpt=str(ckpt), values=TINY)
+    assert not (app / "model").exists()  # nothing half-made
+    with pytest.warns(UserWarning, match="another configuration"):
+        dst = prepare_app(BUNDLE, str(app), ckpt=str(ckpt), values=TINY, config_mismatch="warn")
+    assert json.loads((tmp_path / "app" / "model" / "ua_vls" / "models" / "model.json").read_text()) == record
+    record["model_config"]["image_size"] = [64, 64]
+    (tmp_path / "run" / "model.json").write_text(json.dumps(record))
+    prepare_app(BUNDLE, str(app), ckpt=str(ckpt), values=TINY, force=True)  # the same configuration: laid out
+    assert os.path.isfile(os.path.join(dst, "models", "model.pt"))

@@ -9,7 +9,10 @@
 writes ``APP/main.py`` and ``APP/lib/`` (the app code of :mod:`monai_vlseg.label_app`) and the bundle at
 ``APP/model/<name>/``: ``configs/`` copied (``inference.json`` with the ``--overrides`` files and ``--set`` values
 applied, so the network it builds is the one the checkpoint was trained as), ``models/model.pt`` copied or, with
-``--link``, symlinked, plus ``LICENSE`` and ``docs/``. Then::
+``--link``, symlinked, with the record of the configuration it was trained with (``models/model.json``), plus
+``LICENSE`` and ``docs/``. A checkpoint whose record differs from the app's configuration (image size, text length,
+channels, network) is refused before anything is written, as ``inference.json`` refuses it (``--config-mismatch
+warn`` lays it out anyway). Then::
 
     monailabel start_server --app APP --studies STUDIES --conf models <name>
 
@@ -77,6 +80,7 @@ def prepare_app(
     values: Mapping[str, Any] | None = None,
     link: bool = False,
     force: bool = False,
+    config_mismatch: str = "error",
 ) -> str:
     """Lay out ``app`` (see the module docstring) and return the bundle folder inside it.
 
@@ -89,6 +93,8 @@ def prepare_app(
         values: single ``{config id: value}`` overrides applied after the files.
         link: symlink the checkpoint, ``LICENSE`` and ``docs`` instead of copying them.
         force: replace an existing ``app/model/<name>``.
+        config_mismatch: ``"error"`` or ``"warn"`` when the checkpoint's record differs from the app's configuration
+            (:func:`monai_vlseg.bundle.check_model_config`).
     """
     bundle = os.path.abspath(bundle)
     name = name or os.path.basename(bundle.rstrip(os.sep))
@@ -110,6 +116,7 @@ def prepare_app(
     applied.update(values or {})
     for k, v in applied.items():  # before anything is written: a wrong id leaves no half-made app
         set_config_value(config, k, v)
+    record = _check_record(config, bundle, ckpt, config_mismatch)
 
     os.makedirs(app, exist_ok=True)
     shutil.copy2(os.path.join(APP_SRC, "main.py"), os.path.join(app, "main.py"))
@@ -125,6 +132,9 @@ def prepare_app(
     os.makedirs(os.path.join(dst, "models"))
     shutil.copytree(os.path.join(bundle, "configs"), os.path.join(dst, "configs"))
     _place(ckpt, os.path.join(dst, "models", "model.pt"), link)
+    if record is not None:  # what the app's checkpoint was trained with, beside it (models/model.json)
+        with open(os.path.join(dst, "models", "model.json"), "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2)
     for extra in BUNDLE_EXTRAS:
         if os.path.exists(os.path.join(bundle, extra)):
             _place(os.path.join(bundle, extra), os.path.join(dst, extra), link)
@@ -133,6 +143,21 @@ def prepare_app(
         json.dump(config, f, indent=4)
         f.write("\n")
     return dst
+
+
+def _check_record(config: dict, bundle: str, ckpt: str, on_mismatch: str) -> dict[str, Any] | None:
+    """Compare the app's ``model_config`` with the record of ``ckpt`` (refuse or warn, see
+    :func:`~monai_vlseg.bundle.check_model_config`); return the record, None when the checkpoint has none."""
+    from monai.bundle import ConfigParser
+
+    from monai_vlseg.bundle import check_model_config, checkpoint_record
+
+    if "model_config" in config:
+        parser = ConfigParser(config)
+        parser["bundle_root"] = bundle
+        check_model_config(ckpt, parser.get_parsed_content("model_config"), on_mismatch)
+    found = checkpoint_record(ckpt)
+    return None if found is None else found[1]
 
 
 def _parse_value(item: str) -> tuple[str, Any]:
@@ -163,10 +188,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument("--link", action="store_true", help="symlink the checkpoint, LICENSE and docs instead of copying")
     p.add_argument("--force", action="store_true", help="replace an existing APP/model/<name>")
+    p.add_argument(
+        "--config-mismatch", choices=("error", "warn"), default="error",
+        help="when the checkpoint's record of its training configuration differs from the app's (default: refuse)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     dst = prepare_app(
-        args.bundle, args.app, args.name, args.ckpt, args.overrides, dict(args.values), args.link, args.force
-    )
+        args.bundle, args.app, args.name, args.ckpt, args.overrides, dict(args.values), args.link, args.force,
+        args.config_mismatch,
+    )  # fmt: skip
     name = os.path.basename(dst)
     print(f"bundle '{name}' laid out at {dst}")
     print(f"start: monailabel start_server --app {os.path.abspath(args.app)} --studies STUDIES --conf models {name}")
