@@ -65,8 +65,14 @@ def find_one_line_error(err: BaseException | None) -> OneLineError | None:
     return next((e for e in _chain(err) if isinstance(e, OneLineError)), None)
 
 
+#: what an interrupted bundle run (Ctrl-C) ends with instead of the traceback of wherever it stopped.
+INTERRUPTED = (
+    "interrupted: a training run continues from its last finished epoch with --resume true (or --resume <run name>)"
+)
+
+
 def _excepthook(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:
-    brief = find_one_line_error(err)
+    brief = INTERRUPTED if isinstance(err, KeyboardInterrupt) else find_one_line_error(err)
     if brief is None or os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0"):
         sys.__excepthook__(kind, err, tb)
         return
@@ -80,7 +86,8 @@ def _excepthook(kind: type[BaseException], err: BaseException, tb: TracebackType
 
 def brief_errors() -> None:
     """Make an uncaught :class:`OneLineError` (also one wrapped by MONAI's config parser) end the program with its one
-    line, logged at ERROR, instead of a traceback; the exit status stays 1. Other exceptions keep their traceback,
+    line, logged at ERROR, instead of a traceback; the exit status stays 1. Ctrl-C ends with :data:`INTERRUPTED`
+    (how to resume) instead of the traceback of wherever it stopped. Other exceptions keep their traceback,
     and ``MONAI_VLSEG_TRACEBACK=1`` restores it for all. Every bundle's ``initialize`` calls this; a program that
     catches its exceptions (tests, servers) is not affected."""
     sys.excepthook = _excepthook

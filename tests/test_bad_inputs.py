@@ -502,6 +502,8 @@ def test_brief_errors_shows_the_line_or_the_traceback(monkeypatch, capsys):
         other = ValueError("a bug")
         sys.excepthook(ValueError, other, None)
         assert "ValueError: a bug" in capsys.readouterr().err and len(records.errors()) == 1
+        sys.excepthook(KeyboardInterrupt, KeyboardInterrupt(), None)  # Ctrl-C: how to resume, no traceback
+        assert records.errors()[-1] == errors.INTERRUPTED and "Traceback" not in capsys.readouterr().err
     finally:
         logging.getLogger("monai_vlseg").removeHandler(records)
 
