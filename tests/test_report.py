@@ -211,6 +211,32 @@ def test_keep_reported_findings_cuts_the_mask_to_the_named_sides_and_counts():
     assert torch.equal(keep({"pred": pred})["pred"], pred)
 
 
+def test_keep_reported_findings_removes_a_lesion_in_a_zone_the_report_calls_clear():
+    """The network missed the named upper-left lesion and found one in the left base, which the report calls clear:
+    that lesion is removed and the item flagged, not stored as the finding (issue 17)."""
+    import torch
+
+    from monai_vlseg.transforms import KeepReportedFindingsd
+
+    pred = torch.zeros(1, 64, 64)  # (channel, x, y); y = 0 is the top
+    pred[0, 40:52, 42:52] = 1  # patient's left, lower
+    pred[0, 8:20, 10:20] = 1  # patient's right, upper
+    keep = KeepReportedFindingsd("pred")
+    item = {"pred": pred, "report_zones": "upper left; upper right", "report_negated": "lower left"}
+    d = keep(item)
+    assert not d["pred"][0, 40:52, 42:52].any() and d["pred"][0, 8:20, 10:20].all()
+    assert d["needs_review"] is True and "calls clear (left side): removed" in d["report_warnings"]
+    # without the negation the only left component stays (the level is relative among a side's components)
+    d = keep({"pred": pred, "report_zones": "upper left; upper right"})
+    assert torch.equal(d["pred"], pred) and "needs_review" not in d
+    # a component at a named level stays, whatever else the report calls clear
+    d = keep({"pred": pred, "report_zones": "lower left; upper right", "report_negated": "upper left"})
+    assert torch.equal(d["pred"], pred) and "needs_review" not in d
+    # the parser's reading reaches the step
+    prep = PrepareReportd(parser="chest")({"text": "Opacity in the left upper zone. No opacity in the left base."})
+    assert prep["report_zones"] == "upper left" and prep["report_negated"] == "lower left"
+
+
 def test_a_canonical_text_cut_at_its_end_loses_no_finding_and_is_not_flagged():
     prep = PrepareReportd(parser="chest", tokenizer="default", max_length=24)
     four = "Bilateral pulmonary infection, four infected areas, middle left lung, lower left lung, upper right lung and middle right lung."

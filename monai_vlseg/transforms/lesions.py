@@ -67,6 +67,11 @@ class KeepReportedFindingsd(MapTransform):
     broken by the height in the image (upper, middle, lower thirds) and then by size. With one component per zone,
     the rank is the level, whatever the size of the lungs in the image.
 
+    A component whose height is nearest a level the report calls clear on its side (``report_negated``, e.g. "no
+    opacity in the left base") and that is not a named level there is removed as well, and the item is flagged
+    ``needs_review`` (the reason goes to ``report_warnings``): the network saw something where the report says
+    there is nothing. Heights are the centre's row over the image height; the levels' rows are 0.3 / 0.5 / 0.7.
+
     The zones come from :class:`~monai_vlseg.transforms.report.PrepareReportd` (``report_zones``, e.g.
     ``"upper left; lower right"``); an item without them (no parser, or nothing read) is left as it is, so the step
     never invents a constraint. Place it after the prediction is binarised, before it is inverted or saved.
@@ -74,6 +79,7 @@ class KeepReportedFindingsd(MapTransform):
     Args:
         keys: binary prediction key(s), channel-first (channel 0 is the mask; with more channels the last one).
         zones_key: item key of the report's zones.
+        negated_key: item key of the zones the report calls clear.
         lateral_axis, left_on_image_right: the image's left-right axis and side convention (see the module); the
             other spatial axis of a 2D image runs from its top to its bottom.
         min_area_fraction: smaller components are noise and removed as well.
@@ -85,13 +91,14 @@ class KeepReportedFindingsd(MapTransform):
         self,
         keys: KeysCollection = "pred",
         zones_key: str = "report_zones",
+        negated_key: str = "report_negated",
         lateral_axis: int = 0,
         left_on_image_right: bool = True,
         min_area_fraction: float = 0.001,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.zones_key, self.lateral_axis = zones_key, lateral_axis
+        self.zones_key, self.negated_key, self.lateral_axis = zones_key, negated_key, lateral_axis
         self.left_on_image_right, self.min_area_fraction = left_on_image_right, min_area_fraction
 
     def _choose(self, ids: list[int], levels: list[str], heights: np.ndarray, sizes: np.ndarray) -> list[int]:
@@ -111,11 +118,18 @@ class KeepReportedFindingsd(MapTransform):
 
         return list(min(itertools.combinations(ids, len(levels)), key=cost))
 
+    def _in_clear_zone(self, height: float, levels: list[str], clear: list[str]) -> bool:
+        """Whether a component at ``height`` sits in a level the report calls clear and names no finding in."""
+        nearest = min(self._LEVEL, key=lambda lv: abs(height - (0.3 + 0.4 * self._LEVEL[lv])))
+        return nearest in clear and nearest not in levels
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         zones = [z.split() for z in str(d.get(self.zones_key) or "").split(";") if len(z.split()) == 2]
         if not zones:
             return d
+        negated = [z.split() for z in str(d.get(self.negated_key) or "").split(";") if len(z.split()) == 2]
+        removed: list[str] = []
         for key in self.key_iterator(d):
             pred = d[key]
             channel = pred[-1]
@@ -130,10 +144,20 @@ class KeepReportedFindingsd(MapTransform):
             keep = np.zeros(n + 1, dtype=bool)
             for side in ("left", "right"):
                 levels = [lv for lv, s in zones if s == side]
+                clear = [lv for lv, s in negated if s == side]
                 ids = [i + 1 for i, s in enumerate(sides) if s == side]
+                if clear and labels.ndim == 2:
+                    found = [c for c in ids if self._in_clear_zone(heights[c], levels, clear)]
+                    removed += [side] * len(found)
+                    ids = [c for c in ids if c not in found]
                 keep[self._choose(ids, levels, heights, sizes) if levels else []] = True
             kept = torch.as_tensor(keep[labels], device=channel.device)
             out = pred.clone()
             out[-1] = channel * kept.to(channel.dtype)
             d[key] = out
+        if removed:
+            where = " and ".join(sorted(set(removed)))
+            note = f"the mask held {len(removed)} lesion(s) in a zone the report calls clear ({where} side): removed"
+            d["needs_review"] = True
+            d["report_warnings"] = "; ".join(filter(None, [str(d.get("report_warnings") or ""), note]))
         return d

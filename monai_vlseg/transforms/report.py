@@ -450,6 +450,8 @@ class PrepareReportd(MapTransform):
     - ``report_warnings`` (str): the reasons, ``"; "``-joined (``""`` when none); they never quote the report.
     - ``dropped_tokens`` (int): tokens that did not fit ``max_length``.
     - ``report_zones`` (str): the zones read with ``parser="chest"`` (``"upper left; lower right"``).
+    - ``report_negated`` (str): the zones the report says are clear (``"lower left"``), for
+      :class:`~monai_vlseg.transforms.lesions.KeepReportedFindingsd`.
 
     Args:
         keys: text key(s).
@@ -487,7 +489,9 @@ class PrepareReportd(MapTransform):
         """The prepared text and the review fields for one report (what :meth:`__call__` writes into an item)."""
         warnings: list[str] = []
         raw = normalize_text(text)
-        out: dict[str, Any] = {"text": raw, "needs_review": False, "dropped_tokens": 0, "report_zones": ""}
+        out: dict[str, Any] = {
+            "text": raw, "needs_review": False, "dropped_tokens": 0, "report_zones": "", "report_negated": "",
+        }  # fmt: skip
         if raw is None:
             out.update(needs_review=True, report_warnings="no report text")
             return out
@@ -500,6 +504,7 @@ class PrepareReportd(MapTransform):
             warnings += found.warnings
             zones = found.zones
             out["report_zones"] = "; ".join(zones)
+            out["report_negated"] = "; ".join(found.negated)
             if zones:
                 body = chest_zone_sentence(zones)
             else:
@@ -537,7 +542,7 @@ class PrepareReportd(MapTransform):
 #: the item fields :class:`PrepareReportd` (and :class:`~monai_vlseg.transforms.image.CheckInputd`:
 #: ``input_warnings``) write and :class:`SaveReportReviewd` stores, in CSV column order.
 REVIEW_FIELDS: tuple[str, ...] = (
-    "needs_review", "report_warnings", "dropped_tokens", "report_zones", "input_warnings",
+    "needs_review", "report_warnings", "dropped_tokens", "report_zones", "report_negated", "input_warnings",
 )  # fmt: skip
 
 
