@@ -110,3 +110,23 @@ def test_main_writes_table_json_plot_and_merges(bench, tmp_path):
     rows = json.loads((tmp_path / "benchmarks.json").read_text())["rows"]
     assert [r["name"] for r in rows] == ["ghost", "unet"] and rows[1]["gflops"] > 0.3
     assert (tmp_path / "b.png").stat().st_size > 1000
+
+
+def test_demo_accuracy_seed_table_marks_missed_targets():
+    spec = importlib.util.spec_from_file_location("demo_accuracy_script", os.path.join(REPO, "scripts", "demo_accuracy.py"))
+    da = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(da)
+
+    def run(dice, reworded, drop, negated, count, lat):
+        return {"test": {"val_mean_dice": dice, "val_count_accuracy": count, "val_laterality_accuracy": lat},
+                "test_reworded": {"val_mean_dice": reworded}, "test_negated": {"val_negated_area": negated},
+                "dice_drop_shuffled": drop, "date": "d", "seed": 1, "train_command": "python ... --seed 1"}  # fmt: skip
+
+    lines = da.seed_table({"b": {"0": run(0.8, 0.79, 0.4, 0.01, 0.95, 1.0), "1": run(0.8, 0.7, 0.2, 0.1, 0.8, 0.9)},
+                           "image_only": {"0": {"test": {"val_mean_dice": 0.5}}}})  # fmt: skip
+    text = "\n".join(lines)
+    assert "| b | 0 | 0.800 | 0.790 | 0.400 | 0.010 | 0.950 | 1.000 | none | d |" in text
+    assert ("| b | 1 | 0.800 | 0.700 | 0.200 | 0.100 | 0.800 | 0.900 | reworded within 0.05, shuffled >= 0.3 lower, "
+            "negated area < 0.05, count >= 0.9, laterality >= 0.95 | d |") in text
+    assert "image_only" not in text and "--seed 1" in text
+    assert da.seed_table({"image_only": {"0": {"test": {}}}}) == []

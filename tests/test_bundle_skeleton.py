@@ -66,7 +66,7 @@ DIFFERENCES: dict[tuple[str, str], tuple[Any, str]] = {
 SKELETON = {
     "train.json": {
         "imports", "bundle_root", "ckpt_dir", "run_name", "resume", "overwrite", "run_dir", "output_dir", "dataset_dir",
-        "datalist", "device", "amp", "torch_threads", "num_workers", "model_config", "training_state",
+        "datalist", "device", "amp", "torch_threads", "seed", "num_workers", "model_config", "training_state",
         "image_size", "in_channels", "batch_size", "learning_rate", "max_epochs", "min_epochs", "patience",
         "val_interval", "cache_rate", "network_def", "network", "loss", "optimizer", "lr_scheduler", "train",
         "validate", "initialize", "run", "training",
