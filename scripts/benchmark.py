@@ -1,6 +1,6 @@
-"""Cost of every bundle's paper configuration beside MONAI's UNet and SwinUNETR at the same input size.
+"""Cost of every bundle's full-size ``network_def`` beside MONAI's UNet and SwinUNETR at the same input size.
 
-Every bundle under ``bundles/*/configs/train.json`` is found; its ``network_def`` (the paper configuration by
+Every bundle under ``bundles/*/configs/train.json`` is found; its ``network_def`` (the paper's architecture with the offline default towers by
 default; ``--variant demo`` adds ``configs/demo.json``) is instantiated with MONAI's ``ConfigParser`` and fed
 example inputs built from ``configs/metadata.json`` ``network_data_format.inputs``: the image at its
 ``num_channels`` x ``spatial_shape`` (the demo ``image_size`` for ``--variant demo``) and, when listed, the token
@@ -182,7 +182,8 @@ def measure(spec: dict[str, Any], repeats: int, batch: int, device: str, amp: bo
     t_build = time.perf_counter()
     if spec["kind"] == "bundle":
         net, args, desc = build_bundle(spec["name"], spec.get("variant", "paper"))
-        note = f"`network_def` ({spec.get('variant', 'paper')} config)"
+        note = ("`network_def` (full size with the default towers; variant `paper`)" if spec.get("variant", "paper") == "paper"
+                else f"`network_def` (variant `{spec['variant']}`)")
     else:
         net, args, note = build_baseline(spec["kind"], spec["channels"], tuple(spec["shape"]))
         desc = f"{spec['channels']}x{'x'.join(map(str, spec['shape']))}"
@@ -326,7 +327,14 @@ def markdown(rows: list[dict[str, Any]], a: argparse.Namespace, command: str) ->
         cpu = torch.cuda.get_device_name(0)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
-        "# Benchmarks: bundles' paper configurations beside MONAI baselines",
+        "# Benchmarks: bundles' full-size `network_def`s beside MONAI baselines",
+        "",
+        "\"Variant `paper`\" below (the script's name for it) means `configs/train.json`'s `network_def` as it stands: the "
+        "paper's architecture at the paper's input size, with the offline default towers (the packaged all-MiniLM-L6-v2 "
+        "text encoder, vision encoders with random weights or, for tifcmamba, the small CLIP of its CLIP stage), not the "
+        "paper's pretrained towers. The parameter counts with the paper's towers are in each bundle's docs (\"Default vs "
+        "the paper's own components\", `python scripts/paper_components.py`). \"Paper's figure\" is the paper's own "
+        "number (paper, not reproduced here).",
         "",
         f"{now} · {cpu} · {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()} · load average at the "
         f"end {load:.1f} · torch {torch.__version__} · device {a.device} · precision {a.precision} (AMP = bf16 autocast) · "
