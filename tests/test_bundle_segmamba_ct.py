@@ -1,6 +1,6 @@
 """The segmamba_ct bundle as model-zoo tests it: train / evaluate / inference workflows with a tiny SegMamba on a
 tiny synthetic CT set (NIfTI and DICOM series input), verify_net_in_out, 2-process DDP training on CPU (gloo),
-metadata fields."""
+metadata fields; the ToM scan through the slices of a DICOM series as the bundle loads it; the documented switches."""
 
 import csv
 import json
@@ -8,15 +8,20 @@ import os
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import torch
+import torch.nn.functional as F
 from monai.bundle import ConfigParser, verify_net_in_out
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
 
 from bundle_testing import BundleConfigs, check_bundle_layout, check_run_folder, run_ddp_training
 from monai.data import MetaTensor
 from test_dicom_io import RAMP_LEVEL, RAMP_ORIGIN, SLICES, ramp_mask, write_ramp_series
 
 from monai_vlseg.io import DicomReadError
+from monai_vlseg.io.series import write_dicom_series
+from monai_vlseg.nets.segmamba import GSC, ToMLayer
 
 from monai_vlseg.datasets.synthetic.ct import generate_demo_ct_dataset
 
@@ -54,7 +59,7 @@ def test_train_writes_checkpoint_and_logs(bundle):
     root = bundle["root"] / "bundle"
     ckpt = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert any(k.startswith("encoder.stages.0.0.mamba") for k in ckpt)
-    check_run_folder(root, pixdim=[3.0, 3.0, 3.0], num_classes=3)
+    check_run_folder(root, pixdim=[3.0, 3.0, 3.0], num_classes=3, slice_axis=-1)  # the record holds the slice axis
 
 
 def test_evaluate_writes_metrics(bundle):
@@ -146,3 +151,81 @@ def test_bundle_files_metadata_and_paper_defaults():
         assert net["feature_size"] == [48, 96, 192, 384] and net["hidden_size"] == 768
         assert net["depths"] == [2, 2, 2, 2] and net["num_slices"] == [64, 32, 16, 8]
         assert parser.get("patch_size") == [128, 128, 128]
+        # the scan runs through z, the slices of the RAS (X, Y, Z) arrays, and the record says so
+        assert net["slice_axis"] == "@slice_axis" and parser.get("slice_axis") == -1
+        assert parser.get("model_config#slice_axis") == "@slice_axis"
+
+
+def _scan_orders(layer: ToMLayer, shape) -> torch.Tensor:
+    """(K, L): the voxel (row-major index into a ``shape`` map) that ``layer``'s own forward pass reads at step l of
+    order k: token ids through an identity norm and input projection, caught at the conv1d the scans feed."""
+    layer = layer.double()
+    layer.norm = torch.nn.Identity()  # LayerNorm would normalise the ids away
+    m = layer.mamba
+    with torch.no_grad():
+        m.in_proj.weight.zero_()
+        m.in_proj.weight[0, 0] = 1.0  # channel 0 of the scanned sequences = the token id
+    seen = []
+    hook = m.conv1d.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    x = torch.zeros(1, m.in_proj.in_features, *shape, dtype=torch.float64)
+    x[0, 0] = torch.arange(x[0, 0].numel(), dtype=torch.float64).view(shape)
+    with torch.no_grad():
+        layer(x)
+    hook.remove()
+    return seen[0][0, :: m.d_inner].round().long()  # (K, L), K = forward, backward, inter-slice
+
+
+@pytest.mark.parametrize("num_slices", [None, 7])
+def test_tom_scan_steps_through_the_slices_of_a_dicom_series(tmp_path, num_slices):
+    """A CT series (stored superior slice first) whose slice k holds one HU value, loaded as the bundle loads it
+    (LoadImaged with the DICOM reader, channel first, RAS): the ToM layer with the bundle's ``slice_axis`` reads its
+    inter-slice order through consecutive ImagePositionPatient slices at each in-plane position, and its forward order
+    one whole slice after the next; slice_axis 0 (the scan before the fix: x of the (X, Y, Z) array) does neither."""
+    nx, ny, nz = 6, 5, 7
+    hu = 100 + 10 * np.arange(nz)
+    paths = write_dicom_series(np.broadcast_to(hu, (nx, ny, nz)).astype(np.int16), (0.8, 0.7, 2.5),
+                               (-20.0, -30.0, 40.0), tmp_path / "series")  # fmt: skip
+    ipp_z = {}  # HU of a slice -> its ImagePositionPatient z, from the files
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ipp_z[float(ds.pixel_array[0, 0]) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)] = float(
+            ds.ImagePositionPatient[2]
+        )
+    positions = sorted(ipp_z.values())
+    assert len(positions) == nz and np.allclose(np.diff(positions), 2.5)
+    parser = ConfigParser()
+    parser.read_config(cfg("inference.json"))
+    steps = (LoadImaged, EnsureChannelFirstd, Orientationd)
+    load = Compose([t for t in parser.get_parsed_content("preprocessing").transforms if isinstance(t, steps)])
+    assert len(load.transforms) == 3
+    image = load({"image": str(tmp_path / "series")})["image"][0].numpy()
+    assert image.shape == (nx, ny, nz)
+    z = np.vectorize(ipp_z.__getitem__)(image).ravel()  # the ImagePositionPatient z of every voxel's slice
+    plane = np.arange(image.size) // nz  # in-plane position (x, y) of every voxel of the (X, Y, Z) array
+
+    def slice_by_slice(slice_axis) -> tuple[bool, bool]:
+        layer = ToMLayer(2, num_slices, d_state=4, slice_axis=slice_axis)
+        forward, backward, inter = _scan_orders(layer, image.shape).numpy()
+        assert (backward == forward[::-1]).all()
+        inter, forward = inter.reshape(nx * ny, nz), forward.reshape(nz, nx * ny)
+        through = all(len(set(plane[r])) == 1 and np.array_equal(z[r], positions) for r in inter)
+        per_slice = all((z[r] == positions[k]).all() and len(set(plane[r])) == nx * ny for k, r in enumerate(forward))
+        return through, per_slice
+
+    assert slice_by_slice(parser.get_parsed_content("network_def#slice_axis")) == (True, True)
+    assert slice_by_slice(0) == (False, False)
+
+
+def test_documented_switches():
+    """The README's one-line overrides: the paper's GSC product and the official code's cross-entropy loss."""
+    readme = open(os.path.join(os.path.dirname(CONFIGS), "docs", "README.md")).read()
+    parser = ConfigParser()
+    parser.read_config(cfg("train.json"))
+    for override in ("--network_def#gsc_fusion mul", "--loss#lambda_dice 0"):
+        assert override in readme, override
+    parser.update({**TINY_NET, "network_def#gsc_fusion": "mul", "loss#lambda_dice": 0.0})
+    net = parser.get_parsed_content("network_def")
+    assert {m.fusion for m in net.modules() if isinstance(m, GSC)} == {"mul"}
+    logits, label = torch.randn(2, 3, 4, 4, 4), torch.randint(0, 3, (2, 1, 4, 4, 4)).float()
+    loss = parser.get_parsed_content("loss")
+    torch.testing.assert_close(loss(logits, label), F.cross_entropy(logits, label[:, 0].long()))

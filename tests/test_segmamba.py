@@ -1,6 +1,7 @@
 """SegMamba network: shapes and gradients, the tri-oriented Mamba layer against a direct re-implementation of the
-official three-order scan (mamba-ssm ``bimamba_type="v3"``), the paper configuration's parameter count against the
-official module layout, checkpointing, errors."""
+official three-order scan (mamba-ssm ``bimamba_type="v3"``) on the official (D, H, W) layout, the slice axis of
+MONAI's (X, Y, Z) maps as that layout permuted, the paper configuration's parameter count against the official
+module layout, checkpointing, errors. (The scan through the slices of a DICOM series: test_bundle_segmamba_ct.py.)"""
 
 import math
 
@@ -24,6 +25,8 @@ def test_forward_shape_and_gradients():
     for name, p in net.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     assert net.encoder.stages[0][0].mamba.ssm.A_log.grad.abs().sum() > 0  # the scan is on the gradient path
+    assert {m.slice_axis for m in net.modules() if isinstance(m, ToMLayer)} == {-1}  # z of MONAI's (X, Y, Z) maps
+    assert {m.slice_axis for m in SegMamba(1, 3, **TINY, slice_axis=0).modules() if isinstance(m, ToMLayer)} == {0}
 
 
 def test_loss_goes_down():
@@ -43,9 +46,9 @@ def test_loss_goes_down():
 
 
 def _reference_tom(layer: ToMLayer, x: torch.Tensor) -> torch.Tensor:
-    """x + ToM(LN(x)) written as the official mamba-ssm v3 block does it: three separately parameterised causal
-    Mamba passes over the forward, flipped and slice-interleaved (chunk + stack) sequences, each gated by its own
-    re-ordered z, undone, summed, then out_proj; the sequential reference scan."""
+    """x + ToM(LN(x)) written as the official mamba-ssm v3 block does it on a (B, C, D, H, W) map (D the slices):
+    three separately parameterised causal Mamba passes over the forward, flipped and slice-interleaved (chunk + stack)
+    sequences, each gated by its own re-ordered z, undone, summed, then out_proj; the sequential reference scan."""
     m = layer.mamba
     b = x.shape[0]
     n = x.shape[2:].numel()
@@ -78,16 +81,36 @@ def _reference_tom(layer: ToMLayer, x: torch.Tensor) -> torch.Tensor:
     return x + out.transpose(1, 2).reshape(x.shape)
 
 
-@pytest.mark.parametrize("num_slices", [None, 4])
-def test_tom_layer_matches_official_three_order_scan(num_slices):
+def _perturbed_tom(num_slices, slice_axis) -> ToMLayer:
     torch.manual_seed(0)
-    layer = ToMLayer(8, num_slices=num_slices, d_state=4)
+    layer = ToMLayer(8, num_slices=num_slices, d_state=4, slice_axis=slice_axis)
     with torch.no_grad():
         for p in layer.parameters():  # break symmetries so that a wrong order or parameter slice shows
             p.add_(0.1 * torch.randn_like(p))
+    return layer.double()
+
+
+@pytest.mark.parametrize("num_slices", [None, 4])
+def test_tom_layer_matches_official_three_order_scan(num_slices):
+    # slice_axis=0 reads the map as stored: the official code's (D, H, W) arrays, whose first axis holds the slices
+    layer = _perturbed_tom(num_slices, slice_axis=0)
     x = torch.randn(2, 8, 4, 6, 4, dtype=torch.float64)
-    layer = layer.double()
     torch.testing.assert_close(layer(x), _reference_tom(layer, x), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("num_slices", [None, 4])
+@pytest.mark.parametrize("slice_axis", [-1, 1])
+def test_slice_axis_is_the_official_layout_permuted(slice_axis, num_slices):
+    """A ToM layer scanning through ``slice_axis`` of a (B, C, X, Y, Z) map (-1: z, MONAI's slices) equals the same
+    weights on the map permuted to the official layout (slices first: (B, C, Z, X, Y) for z), permuted back."""
+    layer, official = _perturbed_tom(num_slices, slice_axis), _perturbed_tom(num_slices, 0)
+    official.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 8, 4, 6, 5, dtype=torch.float64)  # three sizes: a wrong axis cannot pass by symmetry
+    d = 2 + slice_axis % 3
+    out = layer(x)
+    torch.testing.assert_close(out, official(x.movedim(d, 2)).movedim(2, d), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(out, _reference_tom(official, x.movedim(d, 2)).movedim(2, d), rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(out, official(x), atol=1e-3)  # the axis changes the result (the old scan ran along x)
 
 
 def _official_param_count(cin: int, cout: int, dims=(48, 96, 192, 384), hidden=768, depths=(2, 2, 2, 2)) -> int:
@@ -165,3 +188,7 @@ def test_clear_errors():
     paper_slices = SegMamba(1, 2, feature_size=(8, 16, 16, 32), hidden_size=32, depths=(1, 1, 1, 1))
     with pytest.raises(ValueError, match="num_slices=16"):  # stage 3 of a 48^3 patch: 6^3 tokens
         paper_slices(torch.randn(1, 1, 48, 48, 48))
+    with pytest.raises(ValueError, match="slice_axis=3 is not an axis of a 3D map"):
+        SegMamba(1, 2, **TINY, slice_axis=3)
+    with pytest.raises(ValueError, match="slice_axis=-4 is not an axis of a 3D spatial map"):
+        ToMLayer(8, slice_axis=-4)(torch.randn(1, 8, 2, 2, 2))

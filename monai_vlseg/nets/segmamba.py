@@ -7,6 +7,9 @@ MICCAI 2024 (arXiv 2401.13560). Layout as in the official code (ge-xing/SegMamba
 - every stage i: a gated spatial convolution (GSC) block, then ``depths[i]`` tri-oriented Mamba (ToM) layers
   ``x + ToM(LN(x))`` whose three orders (forward, backward, inter-slice with ``num_slices[i]`` = 64/32/16/8) are
   summed before the output projection (:class:`monai_vlseg.nets.blocks.mamba.MambaLayer` with ``CROSS_3D``);
+- the official arrays are (D, H, W) with D the slices (SimpleITK order); MONAI's are (X, Y, Z) after ``Orientationd``
+  RAS, so the slice axis is an argument (``slice_axis``, default the last spatial axis = z) and every ToM layer reads
+  the map with that axis first: forward = slice by slice, inter-slice = each in-plane position through the slices;
 - stage outputs: ``InstanceNorm -> MLP (1x1 conv, GELU, 1x1 conv, hidden 2C)``;
 - decoder: MONAI ``UnetrBasicBlock`` on the input and on each stage output, a ``hidden_size`` bottleneck block,
   four ``UnetrUpBlock`` and a final ``UnetrBasicBlock`` + ``UnetOutBlock``.
@@ -70,13 +73,17 @@ class ToMLayer(nn.Module):
 
     ToM is the foundation's :class:`~monai_vlseg.nets.blocks.mamba.MambaLayer` with the three
     :data:`~monai_vlseg.ops.cross_scan.CROSS_3D` orders (forward, backward, inter-slice), each with its own conv1d
-    and SSM parameters, summed before ``out_proj`` as in the official ``bimamba_type="v3"``.
+    and SSM parameters, summed before ``out_proj`` as in the official ``bimamba_type="v3"``. The tokens are read
+    with ``slice_axis`` first (the other axes in their order), as the official code reads its (D, H, W) arrays:
+    forward finishes one slice before the next, inter-slice steps through the slices at each in-plane position.
 
     Args:
         dim: channels.
-        num_slices: blocks of the inter-slice order (None: the first spatial size).
+        num_slices: blocks of the inter-slice order (None: the size of the slice axis).
         d_state, d_conv, expand: Mamba settings (16, 4, 2).
         use_checkpoint: recompute this layer in the backward pass (activation memory of one layer instead of all).
+        slice_axis: spatial axis of the slices (-1: the last, z of MONAI's (X, Y, Z); 0 reads the map as it is
+            stored, the official (D, H, W) layout).
     """
 
     def __init__(
@@ -87,16 +94,27 @@ class ToMLayer(nn.Module):
         d_conv: int = 4,
         expand: int = 2,
         use_checkpoint: bool = False,
+        slice_axis: int = -1,
     ) -> None:
         super().__init__()
-        self.num_slices, self.use_checkpoint = num_slices, use_checkpoint
+        self.num_slices, self.use_checkpoint, self.slice_axis = num_slices, use_checkpoint, int(slice_axis)
         self.norm = nn.LayerNorm(dim)
         self.mamba = MambaLayer(dim, d_state, d_conv, expand, directions=CROSS_3D, nslices=num_slices)
 
+    def _token_dims(self, spatial_ndim: int) -> list[int]:
+        """Dimensions of a (B, C, *spatial) map in the order its tokens are read: (B, slice axis, the other spatial
+        axes, C); ``x.permute(...)`` then flattens to (B, L, C) tokens."""
+        if not -spatial_ndim <= self.slice_axis < spatial_ndim:
+            raise ValueError(f"slice_axis={self.slice_axis} is not an axis of a {spatial_ndim}D spatial map.")
+        axis = 2 + self.slice_axis % spatial_ndim
+        return [0, axis, *(d for d in range(2, 2 + spatial_ndim) if d != axis), 1]
+
     def _mix(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = x.flatten(2).transpose(1, 2)  # (B, L, C), row-major over the spatial axes
-        out = self.mamba(self.norm(tokens), x.shape[2:])
-        return x + out.transpose(1, 2).reshape(x.shape)
+        dims = self._token_dims(x.ndim - 2)
+        moved = [x.shape[d] for d in dims]  # (B, S, *in-plane, C)
+        tokens = x.permute(dims).reshape(moved[0], -1, moved[-1])  # (B, L, C): one copy, which LayerNorm needs anyway
+        out = self.mamba(self.norm(tokens), moved[1:-1])
+        return x + out.reshape(moved).permute([dims.index(d) for d in range(x.ndim)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[2:].numel()
@@ -104,7 +122,7 @@ class ToMLayer(nn.Module):
             raise ValueError(
                 f"ToM inter-slice scan: a {tuple(x.shape[2:])} map has {n} tokens, not divisible into "
                 f"num_slices={self.num_slices}; use a patch size that makes it divisible (e.g. a multiple of 128 "
-                "per side for the paper's 64/32/16/8) or num_slices=None (scan through the first spatial axis)."
+                "per side for the paper's 64/32/16/8) or num_slices=None (one block per slice of the slice axis)."
             )
         if self.use_checkpoint and torch.is_grad_enabled() and x.requires_grad:
             return checkpoint(self._mix, x, use_reentrant=False)
@@ -130,11 +148,12 @@ class SegMambaEncoder(nn.Module):
         in_channels: image channels.
         depths: ToM layers per stage (2, 2, 2, 2).
         dims: stage widths (48, 96, 192, 384).
-        num_slices: inter-slice blocks per stage (64, 32, 16, 8); None entries scan through the first spatial axis.
+        num_slices: inter-slice blocks per stage (64, 32, 16, 8); None entries: the size of the slice axis.
         spatial_dims: 3 (2 works too).
         d_state, d_conv, expand: Mamba settings.
         gsc_fusion: see :class:`GSC`.
         use_checkpoint: recompute ToM layers in the backward pass.
+        slice_axis: spatial axis of the slices, see :class:`ToMLayer` (-1: z of MONAI's (X, Y, Z)).
     """
 
     def __init__(
@@ -149,6 +168,7 @@ class SegMambaEncoder(nn.Module):
         expand: int = 2,
         gsc_fusion: str = "add",
         use_checkpoint: bool = False,
+        slice_axis: int = -1,
     ) -> None:
         super().__init__()
         if not (len(depths) == len(dims) == 4):
@@ -156,13 +176,20 @@ class SegMambaEncoder(nn.Module):
         num_slices = [None] * 4 if num_slices is None else list(num_slices)
         if len(num_slices) != 4:
             raise ValueError(f"num_slices needs one entry per stage (4), got {num_slices}.")
+        if not -spatial_dims <= slice_axis < spatial_dims:
+            raise ValueError(f"slice_axis={slice_axis} is not an axis of a {spatial_dims}D map.")
         conv, norm = Conv[Conv.CONV, spatial_dims], Norm[Norm.INSTANCE, spatial_dims]
         self.downsample = nn.ModuleList([nn.Sequential(conv(in_channels, dims[0], 7, 2, 3))])  # stem k7 s2
         for i in range(3):
             self.downsample.append(nn.Sequential(norm(dims[i]), conv(dims[i], dims[i + 1], 2, 2)))
         self.gscs = nn.ModuleList([GSC(d, spatial_dims, gsc_fusion) for d in dims])
         self.stages = nn.ModuleList(
-            nn.Sequential(*[ToMLayer(dims[i], num_slices[i], d_state, d_conv, expand, use_checkpoint) for _ in range(depths[i])])
+            nn.Sequential(
+                *[
+                    ToMLayer(dims[i], num_slices[i], d_state, d_conv, expand, use_checkpoint, slice_axis)
+                    for _ in range(depths[i])
+                ]
+            )
             for i in range(4)
         )
         self.norms = nn.ModuleList([norm(d) for d in dims])
@@ -187,13 +214,15 @@ class SegMamba(nn.Module):
         feature_size: stage widths (48, 96, 192, 384); the decoder uses the same widths.
         hidden_size: bottleneck width (768).
         num_slices: inter-slice scan blocks per stage (64, 32, 16, 8 as in the official code, sized for 128^3
-            patches; None entries scan through the first spatial axis of each stage's map).
+            patches; None entries: the size of the slice axis of each stage's map).
         norm_name: decoder normalisation (MONAI name, "instance").
         res_block: residual decoder blocks.
         spatial_dims: 3 (2 is accepted for experiments).
         d_state, d_conv, expand: Mamba settings (16, 4, 2).
         gsc_fusion: "add" (official code) or "mul" (the paper's product).
         use_checkpoint: recompute ToM layers in the backward pass (bounded CPU memory at 96^3-128^3 patches).
+        slice_axis: spatial axis of the slices, which the ToM layers scan through (-1: the last = z of MONAI's RAS
+            (X, Y, Z) arrays; 0: the first, the official (D, H, W) layout).
 
     Input spatial sizes must be multiples of 16.
     """
@@ -214,12 +243,14 @@ class SegMamba(nn.Module):
         expand: int = 2,
         gsc_fusion: str = "add",
         use_checkpoint: bool = False,
+        slice_axis: int = -1,
     ) -> None:
         super().__init__()
         f = list(feature_size)
         self.spatial_dims = spatial_dims
         self.encoder = SegMambaEncoder(
-            in_channels, depths, f, num_slices, spatial_dims, d_state, d_conv, expand, gsc_fusion, use_checkpoint
+            in_channels, depths, f, num_slices, spatial_dims, d_state, d_conv, expand, gsc_fusion, use_checkpoint,
+            slice_axis,
         )
 
         def basic(cin: int, cout: int) -> UnetrBasicBlock:

@@ -2,7 +2,9 @@
 
 A selective scan reads a 1-D sequence; vision Mamba networks read a feature map along several orders and sum the
 results back on the grid. VM-UNet's SS2D uses four 2D orders (row-major, column-major and both reversed; Liu et al.,
-VMamba, "cross-scan"); SegMamba's tri-oriented Mamba uses three 3D orders (forward, backward and inter-slice).
+VMamba, "cross-scan"); SegMamba's tri-oriented Mamba uses three 3D orders (forward, backward and inter-slice), with
+the slices along the first spatial axis as in the official (D, H, W) arrays (:class:`monai_vlseg.nets.segmamba.ToMLayer`
+moves its ``slice_axis`` there).
 Every order is a permutation of the row-major token index (:func:`scan_permutations`); each is also a transpose of a
 2D view of the tokens and/or a flip, which is how :func:`cross_scan` and :func:`cross_merge` compute them (strided
 copies rather than gathers).
@@ -19,7 +21,8 @@ __all__ = ["CROSS_2D", "CROSS_3D", "scan_permutations", "cross_scan", "cross_mer
 
 #: VM-UNet / VMamba order: row-major, column-major, row-major reversed, column-major reversed.
 CROSS_2D: tuple[str, ...] = ("row", "col", "row_rev", "col_rev")
-#: SegMamba order: forward, backward (reversed) and inter-slice (each in-plane position through the slices).
+#: SegMamba order: forward, backward (reversed) and inter-slice (each in-plane position through the slices of the
+#: first spatial axis).
 CROSS_3D: tuple[str, ...] = ("forward", "backward", "inter_slice")
 
 
