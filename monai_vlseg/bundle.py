@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from monai_vlseg.datalist import load_datalist, read_datalist
+from monai_vlseg.datalist import MASK_DERIVED_SOURCES, TEXT_SOURCES, load_datalist, read_datalist, text_source_of
 from monai_vlseg.errors import InputError
 from monai_vlseg.files import atomic_write_bytes
 from monai_vlseg.io.dicom import dicom_files_in, is_dicom_file
@@ -35,6 +35,7 @@ __all__ = [
     "as_flag",
     "channel_output_transform",
     "check_model_config",
+    "check_text_supervision",
     "checkpoint_record",
     "condition_items",
     "ddp_device",
@@ -241,6 +242,80 @@ def eval_datalist(datalist: str, split: str = "test", shuffle_text: Any = False)
     if items is None:
         raise ValueError(f"datalist {datalist} has no '{split}' section to evaluate.")
     return items
+
+
+#: the switch of a text-supervised bundle that lets it train on texts derived from the mask (named in its error).
+ALLOW_MASK_DERIVED_SWITCH = "allow_mask_derived_text"
+
+
+def check_text_supervision(
+    datalist: str, split: str = "training", allow_mask_derived_text: Any = False, text_supervised: Any = True
+) -> dict[str, int]:
+    """Refuse a text-supervised run whose texts carry the mask; return the count of each ``text_source``.
+
+    Text-supervised training (TIFCMamba) learns where the object is from the text alone: a text computed from the
+    ground-truth mask (``text_source`` ``mask_derived``, or ``synthetic`` from a generator that also draws the mask;
+    :data:`monai_vlseg.datalist.MASK_DERIVED_SOURCES`) hands it the answer, and its results are then not
+    text-supervised. Texts whose source is not declared (no ``text_source``, or ``unknown``) are refused as well:
+    they may be mask-derived. ``caption``, ``report`` and ``template`` pass. ``synthetic`` texts alone (only this
+    project's demo generators write them) run with a warning, so ``train.json`` works on the embedded demo.
+
+    Args:
+        datalist: datalist JSON.
+        split: the section the run reads.
+        allow_mask_derived_text: a switch (see :func:`as_flag`): run anyway, with a ``UserWarning`` that names the
+            counts.
+        text_supervised: a switch; ``False`` (the network is trained on the masks) skips the check.
+
+    Raises:
+        InputError: naming the datalist, the section, how many of its texts are mask-derived or undeclared, and
+            the switch.
+    """
+    data = read_datalist(datalist)
+    items = data.get(split)
+    if not isinstance(items, list):
+        raise InputError(datalist, f"datalist has no '{split}' section")
+    meta = data.get("meta") if isinstance(data.get("meta"), Mapping) else None
+    counts: dict[str, int] = {}
+    for item in items:
+        if isinstance(item, Mapping) and str(item.get("text") or "").strip():
+            source = text_source_of(item, meta) or "unmarked"
+            counts[source] = counts.get(source, 0) + 1
+    counts = dict(sorted(counts.items()))
+    if not as_flag(text_supervised):
+        return counts
+    derived = {k: v for k, v in counts.items() if k in MASK_DERIVED_SOURCES}
+    undeclared = {k: v for k, v in counts.items() if k not in TEXT_SOURCES or k == "unknown"}
+    if not derived and not undeclared:
+        return counts
+    total = sum(counts.values())
+    if set(derived) == {"synthetic"} and not undeclared:  # the project's own demo generators: run, and say so
+        warnings.warn(
+            f"{datalist}: section '{split}': {derived['synthetic']} of its {total} texts are synthetic demo texts, "
+            "generated from the same ground truth that draws the mask: the run shows the bundle works end to end; "
+            "its results are not text-supervised", stacklevel=2,
+        )  # fmt: skip
+        return counts
+    parts = []
+    if derived:
+        what = ", ".join(f"{k} {v}" for k, v in derived.items())
+        parts.append(f"{sum(derived.values())} of its {total} texts are derived from the ground-truth mask ({what})")
+    if undeclared:
+        what = ", ".join(f"{k} {v}" for k, v in undeclared.items())
+        parts.append(f"{sum(undeclared.values())} of its {total} texts do not say where they came from ({what})")
+    found = f"section '{split}': " + " and ".join(parts)
+    if as_flag(allow_mask_derived_text):
+        warnings.warn(
+            f"{datalist}: {found}; running on them anyway ({ALLOW_MASK_DERIVED_SWITCH} true): the model learns the "
+            "mask through the text, so its results are not text-supervised", stacklevel=2,
+        )  # fmt: skip
+        return counts
+    raise InputError(
+        datalist,
+        f"{found}; text-supervised training would learn the mask through the text. Use texts written without the "
+        "mask (text_source caption, report or template; a preparer's --texts-csv F --texts-source caption), or set "
+        f"--{ALLOW_MASK_DERIVED_SWITCH} true (results are then not text-supervised)",
+    )
 
 
 def unlabelled_datalist(datalist: str, split: str = "training") -> list[dict[str, Any]]:

@@ -22,11 +22,16 @@ from monai_vlseg.files import atomic_write_bytes
 
 __all__ = [
     "DATALIST_KEYS",
+    "MASK_DERIVED_SOURCES",
     "PATH_KEYS",
     "SPLIT_TO_KEY",
+    "TEXT_SOURCES",
     "convert_paths",
+    "count_text_sources",
     "load_datalist",
     "read_datalist",
+    "summarise_text_sources",
+    "text_source_of",
     "write_datalist",
 ]
 
@@ -37,6 +42,24 @@ PATH_KEYS: tuple[str, ...] = ("image", "label", "negated_label")
 DATALIST_KEYS: tuple[str, ...] = ("training", "validation", "test")
 #: LViT split folder prefix -> datalist key.
 SPLIT_TO_KEY: dict[str, str] = {"Train": "training", "Val": "validation", "Test": "test"}
+
+#: Where an item's ``text`` came from: the item key ``text_source`` holds one of these words (every datalist writer of
+#: the package sets it on every item with a text); ``meta.text_source`` holds the word all items share, or
+#: ``"mixed"``, and ``meta.text_sources`` the count of each. The words say whether the text could have been written
+#: without the ground-truth mask, which is what text-supervised training (the ``tifcmamba`` bundle) must know.
+TEXT_SOURCES: dict[str, str] = {
+    "caption": "written by a person about the image, without the mask (a data set's captions; a texts CSV declared so)",
+    "report": "a clinical report or annotation text that came with the data (LViT's xlsx reports, a PACS report)",
+    "template": "a fixed sentence from what is known without the mask: the class name ('polyp'), an image-level label",
+    "mask_derived": "computed from the ground-truth mask or its annotation (count, size, location, coverage): "
+    "it restates the answer",
+    "synthetic": "written by a demo generator from the same ground truth that draws the mask: it describes the mask "
+    "exactly",
+    "unknown": "provenance not declared (a texts CSV given without --texts-source)",
+}
+#: text sources that carry the ground-truth mask: text-supervised training refuses them (and undeclared ones) unless
+#: told otherwise, because a model trained on them learns the mask through the text.
+MASK_DERIVED_SOURCES: frozenset[str] = frozenset({"mask_derived", "synthetic"})
 
 
 def convert_paths(
@@ -176,3 +199,39 @@ def load_datalist(
     items = load_decathlon_datalist(path, is_segmentation=is_segmentation, data_list_key=split, base_dir=base_dir)
     extra = [k for k in PATH_KEYS if k not in ("image", "label")]
     return convert_paths({"items": items}, base_dir, relative=False, keys=extra)["items"]
+
+
+def text_source_of(item: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> str | None:
+    """The :data:`TEXT_SOURCES` word of one item: its own ``text_source``, else the datalist's ``meta.text_source``
+    when that is a vocabulary word (a hand-written datalist may mark all its items once there), else ``None``
+    (unmarked: a datalist written before the marks, or by hand)."""
+    own = item.get("text_source")
+    if own is not None:
+        return str(own)
+    shared = (meta or {}).get("text_source")
+    return str(shared) if shared in TEXT_SOURCES else None
+
+
+def count_text_sources(
+    datalist: Mapping[str, Any], splits: Iterable[str] | None = None
+) -> dict[str, int]:
+    """How many items with a text each source has in ``splits`` (default: every list-of-items section), by
+    :func:`text_source_of`; unmarked items count under ``"unmarked"``."""
+    meta = datalist.get("meta") if isinstance(datalist.get("meta"), Mapping) else None
+    keys = list(splits) if splits is not None else [k for k, v in datalist.items() if isinstance(v, list)]
+    counts: dict[str, int] = {}
+    for key in keys:
+        for item in datalist.get(key) or []:
+            if not isinstance(item, Mapping) or not str(item.get("text") or "").strip():
+                continue
+            source = text_source_of(item, meta) or "unmarked"
+            counts[source] = counts.get(source, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def summarise_text_sources(datalist: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"text_source": the word every item shares or "mixed" (or "none" without texts), "text_sources": counts}``
+    for a datalist's ``meta``."""
+    counts = count_text_sources(datalist)
+    shared = next(iter(counts)) if len(counts) == 1 else ("mixed" if counts else "none")
+    return {"text_source": shared, "text_sources": counts}

@@ -15,7 +15,9 @@ from PIL import Image
 from bundle_testing import REPO_ROOT, BundleConfigs, check_bundle_layout, check_run_folder, run_ddp_training
 from test_tifcmamba import TINY_CLIP
 
+from monai_vlseg.bundle import check_text_supervision
 from monai_vlseg.datasets.synthetic.polyp import generate_polyp_demo
+from monai_vlseg.errors import InputError, find_one_line_error
 
 cfg = BundleConfigs("tifcmamba")
 CONFIGS, META, LOGGING = cfg.dir, cfg.meta, cfg.logging
@@ -43,12 +45,15 @@ def bundle(tmp_path_factory):
         item["label"] = "does/not/exist.png"
     with open(datalist, "w") as f:
         json.dump(dl, f)
+    # the demo's descriptions are written from the scene that draws the mask (text_source "synthetic"): train.json
+    # runs on them without the switch, with a warning that its results are not text-supervised
     overrides = {
         "bundle_root": str(tmp / "bundle"), "datalist": datalist, "image_size": [32, 32], "batch_size": 4,
         "max_epochs": 2, "clip_pretrain_epochs": 1, **TINY_NET,
     }  # fmt: skip
     wf = cfg.workflow("train", "train.json", **overrides)
-    wf.initialize()
+    with pytest.warns(UserWarning, match="8 of its 8 texts are synthetic demo texts.*not text-supervised"):
+        wf.initialize()
     assert wf.check_properties() == []
     trainer = wf.parser.get_parsed_content("train#trainer")
     seen = {"batches": 0, "keys": set()}
@@ -95,6 +100,93 @@ def test_training_reads_no_labels(bundle):
     # both stages in one run folder, both checkpoints put in models/ at its end
     run_dir = check_run_folder(root, "model.pt", image_size=[32, 32], in_channels=3)
     assert check_run_folder(root, "clip.pt") == run_dir
+
+
+def _marked_copy(bundle, source):
+    """The fixture's datalist with every text marked ``source`` (``None``: unmarked, and no meta), written beside it."""
+    with open(bundle["datalist"]) as f:
+        dl = json.load(f)
+    dl.pop("meta")  # its text_source would mark the items left unmarked
+    for key in ("training", "validation", "test"):
+        for item in dl[key]:
+            item.pop("text_source")
+            if source is not None:
+                item["text_source"] = source
+    path = os.path.join(os.path.dirname(bundle["datalist"]), f"datalist_{source}.json")
+    with open(path, "w") as f:
+        json.dump(dl, f)
+    return path
+
+
+@pytest.mark.parametrize("source", ["mask_derived", "unknown", None])
+def test_training_refuses_mask_derived_texts_by_default(bundle, tmp_path, source):
+    """Without the switch, text-supervised training stops before its run starts on texts that carry the mask
+    (a preparer's template, MedVLSM's p6) or say nothing of where they came from, with one line naming the
+    datalist, the count and the switch. (The project's own synthetic demo texts run, with a warning: the fixture.)"""
+    datalist = _marked_copy(bundle, source)
+    overrides = dict(bundle["overrides"], datalist=datalist, bundle_root=str(tmp_path), allow_mask_derived_text=False)
+    wf = cfg.workflow("train", "train.json", **overrides)
+    with pytest.raises(Exception) as info:
+        wf.initialize()
+    brief = find_one_line_error(info.value)
+    assert isinstance(brief, InputError), info.value
+    message = str(brief)
+    assert message.startswith(f"{datalist}: section 'training': 8 of its 8 texts") and "\n" not in message
+    label = source or "unmarked"
+    assert f"({label} 8)" in message and "--allow_mask_derived_text true" in message
+    assert ("derived from the ground-truth mask" in message) == (source == "mask_derived")
+    assert not (tmp_path / "runs").exists()  # refused before the run folder is made
+
+
+def test_training_takes_texts_written_without_the_mask_and_the_switch(bundle, tmp_path):
+    """Captions, reports and class-name templates pass; with ``--allow_mask_derived_text true`` mask-derived texts
+    pass too, with a warning; the fully
+    supervised variant, which learns from the masks anyway, is not checked."""
+    for source in ("caption", "report", "template"):
+        overrides = dict(bundle["overrides"], datalist=_marked_copy(bundle, source), bundle_root=str(tmp_path / source),
+                         allow_mask_derived_text=False)  # fmt: skip
+        cfg.workflow("train", "train.json", **overrides).initialize()
+    derived = _marked_copy(bundle, "mask_derived")
+    overrides = dict(bundle["overrides"], datalist=derived, bundle_root=str(tmp_path / "allowed"),
+                     allow_mask_derived_text="true")  # fmt: skip  (as the command line passes it)
+    with pytest.warns(UserWarning, match="8 of its 8 texts are derived from the ground-truth mask .* not text-supervised"):
+        cfg.workflow("train", "train.json", **overrides).initialize()
+    overrides = dict(bundle["overrides"], datalist=derived, bundle_root=str(tmp_path / "sup"), allow_mask_derived_text=False)
+    cfg.workflow("train", "train.json", "supervised.json", **overrides).initialize()
+    assert bundle["seen"]["batches"] == 4  # the fixture trained on synthetic descriptions without the switch
+
+
+def test_evaluation_refuses_mask_derived_texts_by_default(bundle):
+    """The model reads the text at test time too: evaluate.json refuses a test section of mask-derived texts
+    unless told otherwise (demo.json tells it)."""
+    overrides = dict(bundle["overrides"], datalist=_marked_copy(bundle, "mask_derived"), allow_mask_derived_text=False)
+    with pytest.raises(Exception) as info:
+        cfg.workflow("eval", "train.json", "evaluate.json", **overrides).initialize()
+    assert "section 'test': 4 of its 4 texts are derived" in str(find_one_line_error(info.value))
+
+
+def test_check_text_supervision_counts_mixed_sections(tmp_path):
+    path = tmp_path / "d.json"
+    items = [{"image": f"{i}.png", "text": "a polyp", "text_source": s}
+             for i, s in enumerate(["caption", "caption", "mask_derived", "template"])]  # fmt: skip
+    path.write_text(json.dumps({"training": [*items, {"image": "x.png", "text": "t"}, {"image": "y.png"}]}))
+    with pytest.raises(InputError) as info:
+        check_text_supervision(str(path))
+    assert str(info.value) == (
+        f"{path}: section 'training': 1 of its 5 texts are derived from the ground-truth mask (mask_derived 1) and 1 of "
+        "its 5 texts do not say where they came from (unmarked 1); text-supervised training would learn the mask "
+        "through the text. Use texts written without the mask (text_source caption, report or template; a preparer's "
+        "--texts-csv F --texts-source caption), or set --allow_mask_derived_text true (results are then not "
+        "text-supervised)"
+    )
+    counts = {"caption": 2, "mask_derived": 1, "template": 1, "unmarked": 1}
+    with pytest.warns(UserWarning, match="running on them anyway"):
+        assert check_text_supervision(str(path), allow_mask_derived_text=True) == counts
+    assert check_text_supervision(str(path), text_supervised=False) == counts
+    path.write_text(json.dumps({"training": items[:2], "meta": {"text_source": "caption"}}))
+    assert check_text_supervision(str(path)) == {"caption": 2}
+    with pytest.raises(InputError, match="no 'validation' section"):
+        check_text_supervision(str(path), "validation")
 
 
 def _train(overrides, stop_at_iteration=None):

@@ -266,6 +266,13 @@ def test_demo_layout_and_determinism(demo_dir, tmp_path):
         assert [(i["image"], i["label"], i["text"]) for i in items] == [
             (i["image"], i["label"], i["text"]) for i in built[key]
         ]
+    # the reports are generated from the lesions that draw the masks: marked so, in every section and the meta
+    assert built["meta"]["text_source"] == "report"  # what the LViT builder says of a real LViT layout
+    marks = {it["text_source"] for k, v in raw.items() if isinstance(v, list) and k != "skipped" for it in v}
+    assert marks == {"synthetic"} and raw["meta"]["text_source"] == "synthetic"
+    assert sum(raw["meta"]["text_sources"].values()) == sum(
+        len(v) for k, v in raw.items() if isinstance(v, list) and k != "skipped"
+    )  # fmt: skip
 
 
 def test_demo_masks_match_text(demo_dir):
@@ -440,3 +447,61 @@ def test_other_wording_splits(demo_dir):
         pos = np.asarray(Image.open(item["label"])) > 0
         assert not (neg & pos).any()
         assert neg.any() == bool(item["distractor_zones"])  # the negated lesions are the unnamed ones
+
+
+def test_polyp_demo_marks_its_descriptions_as_synthetic(tmp_path):
+    """The polyp demo's descriptions are written from the scene that draws the mask: each item and the meta say so,
+    and the datalist's counts match its items."""
+    from monai_vlseg.datasets.synthetic.polyp import generate_polyp_demo
+
+    path = generate_polyp_demo(str(tmp_path / "polyp"), n_train=3, n_val=1, n_test=2, size=32, seed=0)
+    with open(path) as f:
+        raw = json.load(f)
+    assert all(it["text_source"] == "synthetic" for k in ("training", "validation", "test") for it in raw[k])
+    assert raw["meta"]["text_source"] == "synthetic" and raw["meta"]["text_sources"] == {"synthetic": 6}
+    assert "draw the mask" in raw["meta"]["text_origin"]
+    assert load_datalist(path, "training")[0]["text_source"] == "synthetic"  # kept through MONAI's loader
+
+
+def test_polyp_description_alone_places_the_polyp(tmp_path):
+    """What makes the demo's descriptions mask-derived: size class and 3 x 3 cell read back from the text give a disc
+    that overlaps the mask far above chance (scripts/tifc_text_prior.py scores it as evaluate.json scores a model)."""
+    import importlib.util
+
+    from monai_vlseg.datasets.synthetic.polyp import (
+        described_disc, generate_polyp_demo, location_phrase, read_description, synthesize_polyp_case,
+    )  # fmt: skip
+
+    for i in range(12):
+        case = synthesize_polyp_case([0, 2, i], size=64)
+        size, row, col = read_description(case.text)
+        assert size == case.size and location_phrase(row, col) == case.location
+        disc, mask = described_disc(case.text, 64, 64), case.mask > 0
+        assert 2 * (disc & mask).sum() / (disc.sum() + mask.sum()) > 0.2
+    with pytest.raises(ValueError, match="no polyp size"):
+        read_description("a polyp somewhere")
+    path = generate_polyp_demo(str(tmp_path / "polyp"), n_train=1, n_val=1, n_test=8, size=64, seed=0)
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "tifc_text_prior.py")
+    spec = importlib.util.spec_from_file_location("tifc_text_prior", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.main(["--datalist", path, "--json", str(tmp_path / "p.json")])
+    assert out["images"] == 8 and out["mean_dice"] > 0.5 and out["mean_iou"] < out["mean_dice"]
+    assert json.loads((tmp_path / "p.json").read_text())["mean_dice"] == out["mean_dice"]
+
+
+def test_text_source_helpers():
+    """An item's own mark wins; a vocabulary word in ``meta.text_source`` marks the items without one; anything else
+    leaves them unmarked."""
+    from monai_vlseg.datalist import MASK_DERIVED_SOURCES, TEXT_SOURCES, count_text_sources, summarise_text_sources
+
+    assert MASK_DERIVED_SOURCES <= set(TEXT_SOURCES) and {"caption", "report", "template"} <= set(TEXT_SOURCES)
+    dl = {"training": [{"image": "a", "text": "x", "text_source": "caption"}, {"image": "b", "text": "y"},
+                       {"image": "c", "text": "  "}],
+          "test": [{"image": "d", "text": "z", "text_source": "mask_derived"}], "skipped": [{"file": "e"}]}  # fmt: skip
+    assert count_text_sources(dl) == {"caption": 1, "mask_derived": 1, "unmarked": 1}
+    assert count_text_sources({**dl, "meta": {"text_source": "report"}}, ["training"]) == {"caption": 1, "report": 1}
+    assert count_text_sources({**dl, "meta": {"text_source": "LViT xlsx"}}, ["training"]) == {"caption": 1, "unmarked": 1}
+    assert summarise_text_sources(dl)["text_source"] == "mixed"
+    assert summarise_text_sources({"training": dl["test"]}) == {"text_source": "mask_derived", "text_sources": {"mask_derived": 1}}
+    assert summarise_text_sources({"training": []})["text_source"] == "none"

@@ -407,8 +407,9 @@ def test_export_folder_to_datalist_sr_text_and_errors(ct_export, tmp_path):
     assert sorted(by_mod) == ["CR", "CT"] and len(res.items) == 2
     check_ct_item(by_mod["CT"], series)
     assert by_mod["CT"]["text"] == "Nodule in the right upper lobe. Suspicious for malignancy."  # SR join
+    assert by_mod["CT"]["text_source"] == "report"  # a clinical report, written without any mask
     cr = by_mod["CR"]
-    assert "text" not in cr and cr["dicom_sources"] == [str(root / "cr_image")]
+    assert "text" not in cr and "text_source" not in cr and cr["dicom_sources"] == [str(root / "cr_image")]
     assert nib.load(cr["image"]).shape == (1841, 1955) and nib.load(cr["image"]).get_data_dtype() == np.uint16
     reasons = {os.path.basename(e["path"]): e["reason"] for e in res.errors}
     assert set(reasons) == {"corrupt.dcm", "notes.txt"}

@@ -99,7 +99,10 @@ def test_kvasir_template_seeded_split_and_jpeg_masks_to_png(tmp_path):
     assert prepare_main(["kvasir", str(tmp_path), out, "--val-fraction", "0.2", "--test-fraction", "0.2"]) == 0
     with open(out) as f:
         dl = json.load(f)
-    assert dl["meta"]["dataset"] == "Kvasir-SEG" and "template" in dl["meta"]["text_source"]
+    assert dl["meta"]["dataset"] == "Kvasir-SEG" and "template" in dl["meta"]["text_origin"]
+    # template sentences are computed from the masks: every item and the meta say so
+    assert dl["meta"]["text_source"] == "mask_derived" and dl["meta"]["text_sources"] == {"mask_derived": 5}
+    assert all(it["text_source"] == "mask_derived" for k in ("training", "validation", "test") for it in dl[k])
     assert [r["file"] for r in dl["skipped"]] == ["Kvasir-SEG/masks/cju0005abc.jpg"]
     items = sum((load_datalist(out, k) for k in ("training", "validation", "test")), [])
     assert len(items) == 5 and len(load_datalist(out, "test")) == 1
@@ -137,9 +140,14 @@ def test_kvasir_medvlsm_captions_give_split_and_text(tmp_path):
     assert [it["text"] for it in dl["test"]] == ["A polyp."]
     reasons = sorted(r["reason"].split(" (")[0] for r in dl["skipped"])
     assert reasons == ["duplicate", "file missing"]
-    assert "MedVLSM" in dl["meta"]["text_source"]
+    assert "MedVLSM" in dl["meta"]["text_origin"]
+    # p2 onwards carry what MedVLSM computed from the masks; p1 is the class name only (auto fell back to it)
+    assert [it["text_source"] for it in dl["training"]] == ["mask_derived", "mask_derived"]
+    assert [it["text_source"] for it in dl["validation"]] == ["template"]
+    assert dl["meta"]["text_source"] == "mixed" and dl["meta"]["text_sources"] == {"mask_derived": 3, "template": 1}
     dl1 = build_kvasir_datalist(root, None, prompt="p1")
-    assert all(it["text"] == "Polyp." for it in dl1["training"])
+    assert all(it["text"] == "Polyp." and it["text_source"] == "template" for it in dl1["training"])
+    assert dl1["meta"]["text_source"] == "template"
     dl6 = build_kvasir_datalist(root, None)  # default p6: absent in these records -> every row skipped, reported
     assert sum(len(dl6[k]) for k in ("training", "validation", "test")) == 0
     assert all("empty prompt 'p6'" in r["reason"] for r in dl6["skipped"] if "prompt" in r["reason"])
@@ -177,12 +185,19 @@ def test_cvc_clinicdb_tif_and_png_layouts(tmp_path, layout):
         stem = os.path.splitext(os.path.basename(it["image"]))[0]
         assert np.array_equal(_read_png(it["label"]), truth[stem])
         assert it["text"].startswith("One ") and it["text"].endswith("of the colonoscy image.".replace("colonoscy", "colonoscopy"))
+        assert it["text_source"] == "mask_derived"
     # same split again; a CSV of texts replaces the template, rows it lacks are skipped
     dl2 = build_cvc_datalist(str(tmp_path), out, texts_csv=str(texts), val_fraction=0.2, test_fraction=0.2, seed=1)
     assert [os.path.basename(i["image"]) for i in dl2["test"]] == [os.path.basename(i["image"]) for i in dl["test"]]
     assert all(it["text"] == f"polyp number {os.path.splitext(os.path.basename(it['image']))[0]}" for it in dl2["training"])
     assert any(r["file"].endswith(f"3{ext}") and r["reason"] == "no text" for r in dl2["skipped"])
-    assert "user CSV" in dl2["meta"]["text_source"]
+    assert "user CSV" in dl2["meta"]["text_origin"]
+    # a CSV's texts are what the preparer is told they are: undeclared by default, "caption" when declared so
+    assert dl2["meta"]["text_source"] == "unknown" and all(it["text_source"] == "unknown" for it in dl2["training"])
+    dl4 = build_cvc_datalist(str(tmp_path), None, texts_csv=str(texts), texts_source="caption", val_fraction=0.2, test_fraction=0.2, seed=1)
+    assert dl4["meta"]["text_source"] == "caption" and dl4["meta"]["text_sources"] == {"caption": 8}
+    with pytest.raises(ValueError, match="text source must be one of"):
+        build_cvc_datalist(str(tmp_path), None, texts_csv=str(texts), texts_source="human")
     if layout == "png":  # MedVLSM's captions for CVC-ClinicDB name the PNG copy's files
         anns = tmp_path / "anns"
         anns.mkdir()
@@ -194,6 +209,7 @@ def test_cvc_clinicdb_tif_and_png_layouts(tmp_path, layout):
         assert dl3["test"][0]["text"] == "one small pink polyp, located in center of the image"
         assert np.array_equal(_read_png(dl3["test"][0]["label"]), truth["6"])
         assert [r["reason"] for r in dl3["skipped"]] == ["caption file missing"]  # no val.json
+        assert dl3["meta"]["text_source"] == "mask_derived"  # the default p6 names count, size and place from the mask
 
 
 # ------------------------------------------------------------------------------------------------ ISIC 2017
@@ -228,6 +244,8 @@ def test_isic2017_official_split_diagnosis_template(tmp_path):
     assert dl["skipped"] == [{"split": "test", "file": "ISIC-2017_Test_v2_Part1_GroundTruth/ISIC_0000005_segmentation.png",
                               "reason": "mask file missing (ISIC-2017_Test_v2_Part1_GroundTruth/ISIC_0000005_segmentation.png)"}]  # fmt: skip
     assert dl["training"][0]["label"] == "isic/ISIC-2017_Training_Part1_GroundTruth/ISIC_0000000_segmentation.png"
+    # size and place come from the mask (the diagnosis does not): the whole template counts as mask-derived
+    assert dl["meta"]["text_sources"] == {"mask_derived": 5} and "Part 3 diagnosis" in dl["meta"]["text_origin"]
     items = load_datalist(out, "training")
     assert all(os.path.isfile(it["image"]) and os.path.isfile(it["label"]) for it in items)
 
@@ -279,6 +297,7 @@ def test_monuseg_xml_rasterised_official_test_folder(tmp_path):
     texts = {os.path.basename(it["image"]): it["text"] for k in ("training", "validation") for it in load_datalist(out, k)}
     assert texts[f"{stems[2]}.tif"].startswith("Three cell nuclei covering")
     assert "official test folder" in dl["meta"]["split"]
+    assert dl["meta"]["text_source"] == "mask_derived" and test["text_source"] == "mask_derived"  # from the polygons
 
 
 def test_prepare_front_door_usage_and_errors(tmp_path, capsys):
@@ -321,6 +340,7 @@ def test_front_door_lvit_covid19_variant_and_subset(tmp_path):
     assert [len(dl[k]) for k in ("training", "validation", "test")] == [6, 2, 3] and dl["skipped"] == []
     assert dl["training"][0]["image"].endswith("Train_Folder/img/covid_Train_0.png")
     assert dl["training"][0]["label"].endswith("Train_Folder/labelcol/mask_covid_Train_0.png")
+    assert dl["meta"]["text_source"] == "report" and dl["meta"]["text_sources"] == {"report": 11}
     # a low-data cut written elsewhere: seeded, order kept, paths still resolve
     small = str(tmp_path / "cuts" / "qata_small.json")
     assert prepare_main(["subset", out, small, "--training", "3", "--test", "2", "--seed", "1"]) == 0
@@ -330,5 +350,42 @@ def test_front_door_lvit_covid19_variant_and_subset(tmp_path):
     idx = [full.index(it["image"]) for it in tr]
     assert idx == sorted(idx) and all(os.path.isfile(it["image"]) and os.path.isfile(it["label"]) for it in tr)
     with open(small) as f:
-        assert json.load(f)["meta"]["subset"]["sizes"] == {"training": 3, "test": 2}
+        cut = json.load(f)
+    assert cut["meta"]["subset"]["sizes"] == {"training": 3, "test": 2}
+    assert all(it["text_source"] == "report" for it in cut["training"])  # the marks travel with the items
+    assert cut["meta"]["text_sources"] == {"report": 7}  # 3 + 2 cut, the 2 validation items kept
     assert prepare_main(["subset", out, small, "--training", "99"]) == 1
+
+
+def test_texts_source_is_declared_on_the_command_line_and_reported(tmp_path, capsys):
+    """``--texts-source`` marks a CSV's texts (here ISIC with descriptions written from the images), the command says
+    what it wrote, and an undeclared CSV is marked ``unknown``."""
+    root = tmp_path / "isic"
+    for i in range(2):
+        _rgb(str(root / "ISIC-2017_Training_Data" / f"ISIC_{i:07d}.jpg"), fmt="JPEG")
+        _mask(str(root / "ISIC-2017_Training_Part1_GroundTruth" / f"ISIC_{i:07d}_segmentation.png"), [(8, 10, 24, 30)])
+    texts = tmp_path / "texts.csv"
+    texts.write_text("image,text\nISIC_0000000,a dark brown lesion\nISIC_0000001,a pale pink lesion\n")
+    out = str(tmp_path / "isic.json")
+    assert prepare_main(["isic", str(root), out, "--texts-csv", str(texts), "--texts-source", "caption"]) == 0
+    assert "text_source: caption 2" in capsys.readouterr().out
+    with open(out) as f:
+        dl = json.load(f)
+    assert [it["text_source"] for it in dl["training"]] == ["caption", "caption"]
+    assert dl["meta"]["text_source"] == "caption" and "declared caption" in dl["meta"]["text_origin"]
+    assert prepare_main(["isic", str(root), out, "--texts-csv", str(texts)]) == 0
+    assert "text_source: unknown 2" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        prepare_main(["isic", str(root), out, "--texts-csv", str(texts), "--texts-source", "human"])
+
+
+def test_medvlsm_prompt_sources():
+    """Only MedVLSM's class-name prompt was written without the mask; ``auto`` resolves per record."""
+    from monai_vlseg.datasets.public.kvasir import medvlsm_prompt_source, pick_prompt, resolve_prompt_key
+
+    prompts = {"p0": "", "p1": "polyp", "p6": "one small pink polyp, located in right of the image", "p7": ["a", "b"]}
+    assert resolve_prompt_key(prompts, "auto") == "p7" and pick_prompt(prompts, "auto", 1) == "b"
+    assert resolve_prompt_key({"p0": "", "p1": "polyp", "p2": ""}, "auto") == "p1"
+    assert resolve_prompt_key({"p0": ""}, "auto") is None and pick_prompt({"p0": ""}, "auto") == ""
+    assert medvlsm_prompt_source("p1") == "template"
+    assert [medvlsm_prompt_source(f"p{i}") for i in range(2, 10)] == ["mask_derived"] * 8

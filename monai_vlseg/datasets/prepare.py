@@ -36,7 +36,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from monai_vlseg.datalist import DATALIST_KEYS, convert_paths, write_datalist
+from monai_vlseg.datalist import DATALIST_KEYS, convert_paths, summarise_text_sources, write_datalist
 
 __all__ = ["PREPARERS", "main", "subset_datalist"]
 
@@ -60,7 +60,8 @@ def subset_datalist(
     relative: bool = True,
 ) -> dict[str, Any]:
     """Write a copy of a datalist whose splits in ``sizes`` hold a seeded sample of that many items (in their
-    original order); other splits are kept whole. Paths are rewritten for ``output_json``'s folder.
+    original order); other splits are kept whole. Paths are rewritten for ``output_json``'s folder; the items keep their
+    ``text_source`` and ``meta.text_sources`` counts the items kept.
 
     Raises:
         ValueError: a split is missing or smaller than asked.
@@ -78,6 +79,8 @@ def subset_datalist(
         data[split] = [items[i] for i in keep]
     meta = dict(data.get("meta") or {})
     meta["subset"] = {"source": src, "sizes": dict(sizes), "seed": seed}
+    if "text_sources" in meta:  # the counts of the items kept
+        meta.update(summarise_text_sources({k: v for k, v in data.items() if k != "meta"}))
     data["meta"] = meta
     write_datalist(data, output_json, relative=relative)
     return data

@@ -303,7 +303,8 @@ def build_dicom_datalist(
         datalist_name: file name of the datalist in ``output_dir``.
 
     Items: ``image`` (NIfTI), ``text`` (when a report was found; de-identified with
-    :func:`monai_vlseg.transforms.report.deidentify` and the study's patient fields), ``dicom_sources``, ``modality``,
+    :func:`monai_vlseg.transforms.report.deidentify` and the study's patient fields) and its ``text_source``
+    (``report``), ``dicom_sources``, ``modality``,
     ``study_instance_uid``, ``series_instance_uid`` (and ``sop_instance_uid`` for radiographs).
     """
     if key not in _KEYS:
@@ -325,6 +326,7 @@ def build_dicom_datalist(
         text = text_for(rec)
         if text:  # the study's patient fields and any names, IDs, dates go before the datalist stores the text
             item["text"], _ = deidentify(text, read_dataset(rec.path, stop_before_pixels=True))
+            item["text_source"] = "report"  # a report of the study (CSV or SR): monai_vlseg.datalist.TEXT_SOURCES
         else:
             msg = f"{rec.path}: no report text ({key} not in the CSV and no SR in the study)"
             logger.warning(msg)

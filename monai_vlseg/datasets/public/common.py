@@ -5,9 +5,12 @@ recording items, template texts from masks, seeded splits, the common command-li
 
 Templates (:func:`describe_mask`) are deterministic: the same mask always gives the same sentence, built from
 the number of connected regions, their size relative to the image and the 3x3-grid position of the largest —
-the kind of prompt MedVLSM's ``p3``–``p6`` are. They carry information derived from the mask, so a model that
-reads them is not comparable with image-only models; ``meta.text_source`` in the datalist says which text was
-used.
+the kind of prompt MedVLSM's ``p2``–``p9`` are. They carry information derived from the mask, so a model that
+reads them is not comparable with image-only models, and a model *trained* on them (text-supervised) has learnt
+from the mask. Every item records where its text came from in ``text_source`` (a word of
+:data:`monai_vlseg.datalist.TEXT_SOURCES`: template sentences are ``mask_derived``, a texts CSV is what
+``--texts-source`` declares, ``unknown`` by default); ``meta.text_source`` is the word all items share (or
+``mixed``), ``meta.text_sources`` the counts, ``meta.text_origin`` the preparer's description of the texts.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from monai_vlseg.datalist import write_datalist
+from monai_vlseg.datalist import TEXT_SOURCES, summarise_text_sources, write_datalist
 from monai_vlseg.files import atomic_write_bytes
 
 __all__ = [
     "DEFAULT_TEMPLATE",
+    "MASK_TEMPLATE_SOURCE",
     "add_common_args",
     "build_item",
     "check_image",
@@ -45,6 +49,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: the ``text_source`` of every sentence :func:`describe_mask` writes.
+MASK_TEMPLATE_SOURCE = "mask_derived"
 #: default sentence template; fields: count (word), target (singular/plural as counted), size, location, modality.
 DEFAULT_TEMPLATE = "{count} {size} {target} at the {location} of the {modality}."
 
@@ -228,8 +234,11 @@ def build_item(
     describe: Any = None,
     mask_out: str | None = None,
     mask_array: np.ndarray | None = None,
+    text_source: str = "unknown",
+    describe_source: str = MASK_TEMPLATE_SOURCE,
 ) -> dict[str, Any] | None:
-    """One datalist item ``{"image", "label", "text"}``, or ``None`` after recording why in ``skipped``.
+    """One datalist item ``{"image", "label", "text", "text_source"}``, or ``None`` after recording why in
+    ``skipped``.
 
     Args:
         split: datalist key the item belongs to (for the skip record).
@@ -240,7 +249,12 @@ def build_item(
         text: the item's text; when ``None`` ``describe(mask_bool_array)`` makes it.
         describe: callable making a text from the boolean mask (templates).
         mask_out: write the binary mask as a 0/255 PNG there and point ``label`` at it; ``None`` keeps ``mask``.
+        text_source: the :data:`~monai_vlseg.datalist.TEXT_SOURCES` word of a given ``text``.
+        describe_source: the word of the texts ``describe`` makes (default ``mask_derived``: made from the mask).
     """
+    for word in (text_source, describe_source):
+        if word not in TEXT_SOURCES:
+            raise ValueError(f"text source must be one of {sorted(TEXT_SOURCES)}, got {word!r}.")
 
     def rel(p: str) -> str:
         return os.path.relpath(p, root).replace(os.sep, "/")
@@ -261,15 +275,17 @@ def build_item(
         except Exception as e:  # PIL raises many types for broken files
             skip(mask, f"unreadable mask ({type(e).__name__}: {e})")
             return None
+    source = text_source
     if text is None and describe is not None:
-        text = describe(mask_array)
+        text, source = describe(mask_array), describe_source
     if not text or not str(text).strip():
         skip(image, "no text")
         return None
     label = mask if mask_out is None else save_mask_png(mask_array, mask_out)
     if label is None:
         raise ValueError(f"{image}: a rasterised mask needs `mask_out`.")
-    return {"image": os.path.abspath(image), "label": os.path.abspath(label), "text": str(text).strip()}
+    image, label = os.path.abspath(image), os.path.abspath(label)
+    return {"image": image, "label": label, "text": str(text).strip(), "text_source": source}
 
 
 def default_mask_dir(output_json: str | os.PathLike | None, mask_dir: str | os.PathLike | None) -> str | None:
@@ -293,6 +309,8 @@ def finish_datalist(
     """Log (or with ``strict`` raise on) the skipped entries, write the datalist, return it.
 
     ``skipped`` records are ``{"split", "file", "reason"}`` like :func:`~monai_vlseg.datasets.public.lvit.build_lvit_datalist`.
+    ``meta`` gets ``text_source`` (the word every item's ``text_source`` shares, or ``mixed``) and ``text_sources``
+    (the count of each) from the items; the preparer's description of its texts goes in ``meta["text_origin"]``.
     """
     if skipped:
         lines = [
@@ -305,8 +323,9 @@ def finish_datalist(
         logger.warning(msg)
     result: dict[str, Any] = {k: list(v) for k, v in splits.items()}
     result["skipped"] = skipped
-    result["meta"] = dict(meta)
-    logger.info("%s: text source: %s", meta.get("dataset", root), meta.get("text_source", "?"))
+    result["meta"] = {**dict(meta), **summarise_text_sources(splits)}
+    dataset, origin = meta.get("dataset", root), meta.get("text_origin", "?")
+    logger.info("%s: text source: %s (%s)", dataset, result["meta"]["text_source"], origin)
     if output_json is not None:
         write_datalist(result, output_json, relative=relative)
     return result
@@ -323,6 +342,12 @@ def add_common_args(p: Any, texts: bool = True, split: bool = True) -> None:
     if texts:
         p.add_argument("--texts-csv", default=None, help="CSV with 'image' and 'text' columns (overrides templates)")
         p.add_argument("--template", default=None, help=f"sentence template (default '{DEFAULT_TEMPLATE}')")
+        p.add_argument(
+            "--texts-source", default="unknown", choices=sorted(TEXT_SOURCES),
+            help="what the --texts-csv texts are, written into each item's text_source: caption (written by a person "
+            "looking at the image, not the mask), report, template (class name / image-level label), mask_derived "
+            "(computed from the masks); default unknown, which text-supervised training (tifcmamba) refuses",
+        )  # fmt: skip
     p.add_argument("--absolute", action="store_true", help="store absolute paths (default: relative to the JSON)")
     p.add_argument("--strict", action="store_true", help="fail on any bad or missing file")
 
@@ -336,8 +361,10 @@ def run_cli(build: Any, args: Any, **kwargs: Any) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     counts = ", ".join(f"{k}: {len(v)}" for k, v in dl.items() if k not in ("skipped", "meta"))
+    meta = dl.get("meta", {})
+    sources = ", ".join(f"{k} {v}" for k, v in meta.get("text_sources", {}).items())
     print(
         f"wrote {os.path.abspath(args.output_json)} ({counts}; skipped: {len(dl['skipped'])}; "
-        f"text: {dl.get('meta', {}).get('text_source', 'LViT xlsx')})"
+        f"text: {meta.get('text_origin', '?')}; text_source: {sources or 'none'})"
     )
     return 0

@@ -17,8 +17,11 @@ CVC-ClinicDB has no official split and no text: the split is seeded (``val_fract
 ``seed``; note that frames of one sequence are near-duplicates, so a frame-level split — the one the papers
 use — is optimistic) and the texts come from a CSV (``texts_csv``, columns ``image``, ``text``) or the
 deterministic template :func:`monai_vlseg.datasets.prepare.describe_mask` ("One medium polyp at the center of the
-colonoscopy image."). Masks (TIFF, sometimes RGB) are written as 0/255 PNGs beside the datalist
-(``<out stem>_masks/``).
+colonoscopy image."). Template sentences are marked ``text_source: mask_derived`` (as are MedVLSM's prompts but
+``p1``, see :mod:`monai_vlseg.datasets.public.kvasir`), a CSV's texts what ``texts_source`` declares: CVC-ClinicDB
+has no text that was written without the mask, so text-supervised training (``tifcmamba``) needs a CSV of
+descriptions written from the images (``--texts-csv F --texts-source caption``). Masks (TIFF, sometimes RGB) are
+written as 0/255 PNGs beside the datalist (``<out stem>_masks/``).
 
 Command line::
 
@@ -81,6 +84,7 @@ def build_cvc_datalist(
     mask_dir: str | os.PathLike | None = None,
     relative: bool = True,
     strict: bool = False,
+    texts_source: str = "unknown",
 ) -> dict[str, Any]:
     """Build a datalist with text from CVC-ClinicDB (see the module docstring).
 
@@ -93,6 +97,7 @@ def build_cvc_datalist(
         template: sentence template for :func:`~monai_vlseg.datasets.prepare.describe_mask`.
         val_fraction, test_fraction, seed: the seeded split.
         relative: paths in the JSON relative to its folder; strict: raise on any problem.
+        texts_source: the ``text_source`` of the ``texts_csv`` texts (:data:`monai_vlseg.datalist.TEXT_SOURCES`).
     """
     root = data_root(root, "CVC-ClinicDB")
     img_dir, msk_dir = find_cvc_folders(root)
@@ -117,7 +122,7 @@ def build_cvc_datalist(
         )  # fmt: skip
         meta = {
             "dataset": "CVC-ClinicDB",
-            "text_source": f"MedVLSM captions ({os.path.abspath(os.fspath(captions))}), prompt '{prompt}', alternative {prompt_index}",
+            "text_origin": f"MedVLSM captions ({os.path.abspath(os.fspath(captions))}), prompt '{prompt}', alternative {prompt_index}",
             "split": "MedVLSM caption files",
             "root": root,
             "images": os.path.relpath(img_dir, root),
@@ -134,12 +139,13 @@ def build_cvc_datalist(
                 os.path.join(msk_dir, masks[stem]) if stem in masks else None, root, skipped, text=text,
                 describe=lambda m: describe_mask(m, target="polyp", modality="colonoscopy image", **kw),
                 mask_out=None if out_masks is None else os.path.join(out_masks, stem + ".png"),
+                text_source=texts_source,
             )  # fmt: skip
             if item:
                 splits[key].append(item)
     meta = {
         "dataset": "CVC-ClinicDB",
-        "text_source": f"user CSV {texts_csv}" if texts_csv else "template from the mask",
+        "text_origin": f"user CSV {texts_csv} (declared {texts_source})" if texts_csv else "template from the mask",
         "split": f"seeded split (val {val_fraction}, test {test_fraction}, seed {seed})",
         "root": root,
         "images": os.path.relpath(img_dir, root),
@@ -158,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     return run_cli(
         build_cvc_datalist, a, captions=a.captions, prompt=a.prompt, prompt_index=a.prompt_index, texts_csv=a.texts_csv, template=a.template, val_fraction=a.val_fraction,
-        test_fraction=a.test_fraction, seed=a.seed, mask_dir=a.mask_dir,
+        test_fraction=a.test_fraction, seed=a.seed, mask_dir=a.mask_dir, texts_source=a.texts_source,
     )  # fmt: skip
 
 

@@ -13,7 +13,10 @@ Layout as downloaded (one folder per zip)::
 The official split is used (2000 / 150 / 600 images). ISIC has no text: texts come from a CSV (``texts_csv``,
 columns ``image``, ``text``) or a deterministic template filled from the Part 3 diagnosis labels (melanoma,
 seborrheic keratosis, else nevus; left out when the CSV is absent) and the mask (size, position):
-"A medium melanoma skin lesion at the center of the dermoscopy image." Masks are used as they are.
+"A medium melanoma skin lesion at the center of the dermoscopy image." The template takes size and position from
+the mask, so its sentences are marked ``text_source: mask_derived``; a CSV's texts are what ``texts_source``
+declares. ISIC has no text written without the mask: text-supervised training (``tifcmamba``) needs a CSV of
+descriptions written from the images (``--texts-csv F --texts-source caption``). Masks are used as they are.
 
 Command line::
 
@@ -75,6 +78,7 @@ def build_isic2017_datalist(
     template: str | None = None,
     relative: bool = True,
     strict: bool = False,
+    texts_source: str = "unknown",
 ) -> dict[str, Any]:
     """Build a datalist with text from ISIC 2017 Task 1 (see the module docstring).
 
@@ -85,6 +89,7 @@ def build_isic2017_datalist(
         template: sentence template (default :data:`ISIC_TEMPLATE`; field ``diagnosis`` besides
             :func:`~monai_vlseg.datasets.prepare.describe_mask`'s).
         relative: paths in the JSON relative to its folder; strict: raise on any problem.
+        texts_source: the ``text_source`` of the ``texts_csv`` texts (:data:`monai_vlseg.datalist.TEXT_SOURCES`).
     """
     root = data_root(root, "ISIC 2017")
     texts = read_text_csv(texts_csv) if texts_csv else None
@@ -119,15 +124,15 @@ def build_isic2017_datalist(
                 key, os.path.join(data, f), os.path.join(gt, stem + _MASK_SUFFIX), root, skipped, text=text,
                 describe=lambda m, extra=extra: describe_mask(
                     m, target="skin lesion", modality="dermoscopy image", template=template or ISIC_TEMPLATE, extra=extra
-                ),
+                ), text_source=texts_source,
             )  # fmt: skip
             if item:
                 splits[key].append(item)
     if not splits:
         raise FileNotFoundError(f"{root}: no ISIC-2017_*_Data folder found.")
-    source = f"user CSV {texts_csv}" if texts_csv else (
+    source = f"user CSV {texts_csv} (declared {texts_source})" if texts_csv else (
         "template from the mask" + (" and the Part 3 diagnosis" if diag_used else ""))  # fmt: skip
-    meta = {"dataset": "ISIC 2017", "text_source": source, "split": "official ISIC 2017 split", "root": root}
+    meta = {"dataset": "ISIC 2017", "text_origin": source, "split": "official ISIC 2017 split", "root": root}
     return finish_datalist(splits, skipped, meta, output_json, relative=relative, strict=strict, root=root)
 
 
@@ -136,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m monai_vlseg.datasets.public.isic", description=__doc__.split("\n\n")[0])
     add_common_args(p, split=False)
     a = p.parse_args(argv)
-    return run_cli(build_isic2017_datalist, a, texts_csv=a.texts_csv, template=a.template)
+    return run_cli(build_isic2017_datalist, a, texts_csv=a.texts_csv, template=a.template, texts_source=a.texts_source)
 
 
 if __name__ == "__main__":

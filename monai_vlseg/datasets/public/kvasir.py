@@ -16,10 +16,19 @@ string or a list of alternatives. They define the split (the one MedVLSM's bench
 key (default ``p6``: "one small pink circle polyp, located in right of the image", the most detailed caption with
 location words; ``"auto"``: the highest-numbered non-empty one), ``prompt_index`` the alternative of a list.
 
+**Which MedVLSM prompts come from the mask.** MedVLSM's prompt script computes the size, the number and the
+location of the target from the ground-truth mask (``get_mask_description`` in its ``features_from_img.py``); the
+polyp files' ``p2``/``p3`` name shape and colour, whose origin the files do not record, and in MedVLSM's other data
+sets the same keys hold size and count. So only ``p1`` (the class name, "polyp") is marked ``template`` here; every
+other prompt is marked ``mask_derived`` (``p0`` is empty and skipped). The default ``p6`` is mask-derived: fine as
+the *input* of a mask-supervised text-guided model (and what UA-VLS uses), but text-supervised training
+(``tifcmamba``) refuses it unless told otherwise.
+
 Without caption files: a seeded split (``val_fraction``/``test_fraction``/``seed``) and texts from a CSV
 (``texts_csv``) or the deterministic template :func:`monai_vlseg.datasets.prepare.describe_mask` ("One small polyp at
-the top left of the colonoscopy image."), whose count is the number of boxes in ``kavsir_bboxes.json`` when the
-image is listed there. JPEG masks are written as 0/255 PNGs beside the datalist (``<out stem>_masks/``).
+the top left of the colonoscopy image."), whose count is the number of boxes in ``kavsir_bboxes.json`` when the image
+is listed there (``mask_derived``; a CSV's texts are what ``texts_source`` declares). JPEG masks are written as 0/255
+PNGs beside the datalist (``<out stem>_masks/``).
 
 Command line::
 
@@ -49,12 +58,22 @@ from monai_vlseg.datasets.public.common import (
     user_text,
 )
 
-__all__ = ["build_kvasir_datalist", "main", "pick_prompt", "read_medvlsm_captions"]
+__all__ = [
+    "MEDVLSM_MASK_FREE_PROMPTS",
+    "build_kvasir_datalist",
+    "main",
+    "medvlsm_prompt_source",
+    "pick_prompt",
+    "read_medvlsm_captions",
+    "resolve_prompt_key",
+]
 
 CAPTION_SPLITS = {"train": "training", "val": "validation", "test": "test"}
 #: MedVLSM prompt used by default: p6 is "<count> <size> <colour> <shape> polyp, located in <where> of the image",
 #: the most detailed single caption with location words (UA-VLS picks those); p7-p9 append generic definitions.
 DEFAULT_PROMPT = "p6"
+#: MedVLSM prompt keys whose text was not taken from the mask: ``p0`` (empty) and ``p1`` (the class name).
+MEDVLSM_MASK_FREE_PROMPTS = ("p0", "p1")
 _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
 
@@ -71,23 +90,40 @@ def read_medvlsm_captions(path: str | os.PathLike) -> list[dict[str, Any]]:
     return data
 
 
+def _prompt_text(value: Any, index: int) -> str:
+    if isinstance(value, list):
+        value = value[index % len(value)] if value else ""
+    return str(value or "").strip()
+
+
+def resolve_prompt_key(prompts: Any, key: str = "auto", index: int = 0) -> str | None:
+    """The key :func:`pick_prompt` reads in one ``prompts`` dict: ``key`` itself, or for ``"auto"`` the
+    highest-numbered ``pN`` with a non-empty text (``None`` when there is none)."""
+    if key != "auto":
+        return key
+    if not isinstance(prompts, dict):
+        return None
+    numbered = sorted(
+        (int(m.group(1)), k)
+        for k in prompts
+        if (m := re.fullmatch(r"p(\d+)", str(k))) and _prompt_text(prompts[k], index)
+    )
+    return numbered[-1][1] if numbered else None
+
+
 def pick_prompt(prompts: Any, key: str = "auto", index: int = 0) -> str:
     """The text of one MedVLSM ``prompts`` dict: key ``key`` (``"auto"``: highest-numbered non-empty ``pN``),
     alternative ``index`` (modulo the number of alternatives) when the value is a list. ``""`` when absent."""
     if not isinstance(prompts, dict):
         return ""
+    resolved = resolve_prompt_key(prompts, key, index)
+    return _prompt_text(prompts.get(resolved), index) if resolved else ""
 
-    def text(v: Any) -> str:
-        if isinstance(v, list):
-            v = v[index % len(v)] if v else ""
-        return str(v or "").strip()
 
-    if key != "auto":
-        return text(prompts.get(key))
-    numbered = sorted(
-        (int(m.group(1)), k) for k in prompts if (m := re.fullmatch(r"p(\d+)", str(k))) and text(prompts[k])
-    )
-    return text(prompts[numbered[-1][1]]) if numbered else ""
+def medvlsm_prompt_source(key: str | None) -> str:
+    """The ``text_source`` of a MedVLSM prompt key: ``template`` for :data:`MEDVLSM_MASK_FREE_PROMPTS`, else
+    ``mask_derived`` (see the module docstring)."""
+    return "template" if key in MEDVLSM_MASK_FREE_PROMPTS else "mask_derived"
 
 
 def _find(folder: str, name: str) -> str | None:
@@ -145,12 +181,13 @@ def medvlsm_splits(
             seen.add(img_name)
             mask = _find(msk_dir, mask_name) or os.path.join(msk_dir, mask_name)
             text = pick_prompt(rec.get("prompts"), prompt, prompt_index)
+            source = medvlsm_prompt_source(resolve_prompt_key(rec.get("prompts"), prompt, prompt_index))
             if not text:
                 reason = f"empty prompt '{prompt}' ({where})"
                 skipped.append({"split": key, "file": os.path.relpath(image, root), "reason": reason})
                 continue
             out = None if mask_out is None else mask_out(key, mask_name)
-            item = build_item(key, image, mask, root, skipped, text=text, mask_out=out)
+            item = build_item(key, image, mask, root, skipped, text=text, mask_out=out, text_source=source)
             if item:
                 splits[key].append(item)
     return splits
@@ -170,6 +207,7 @@ def build_kvasir_datalist(
     mask_dir: str | os.PathLike | None = None,
     relative: bool = True,
     strict: bool = False,
+    texts_source: str = "unknown",
 ) -> dict[str, Any]:
     """Build a datalist with text from Kvasir-SEG (see the module docstring for the layout).
 
@@ -183,9 +221,11 @@ def build_kvasir_datalist(
         template: sentence template for :func:`~monai_vlseg.datasets.prepare.describe_mask`.
         val_fraction, test_fraction, seed: the seeded split used without caption files.
         relative: paths in the JSON relative to its folder; strict: raise on any problem.
+        texts_source: the ``text_source`` of the ``texts_csv`` texts (:data:`monai_vlseg.datalist.TEXT_SOURCES`).
 
     Returns:
-        ``{"training", "validation", "test", "skipped", "meta"}``; ``meta.text_source`` names the texts used.
+        ``{"training", "validation", "test", "skipped", "meta"}``; every item's ``text_source`` says where its text
+        came from, ``meta.text_origin`` describes the texts used.
     """
     root = data_root(root, "Kvasir-SEG")
     base = root
@@ -232,13 +272,16 @@ def build_kvasir_datalist(
 
                 item = build_item(
                     key, os.path.join(img_dir, name), _find(msk_dir, name), root, skipped, text=text,
-                    describe=describe, mask_out=mask_out(key, name),
+                    describe=describe, mask_out=mask_out(key, name), text_source=texts_source,
                 )  # fmt: skip
                 if item:
                     splits[key].append(item)
-        source = f"user CSV {texts_csv}" if texts_csv else "template from the mask (count from kavsir_bboxes.json)"
+        source = (
+            f"user CSV {texts_csv} (declared {texts_source})" if texts_csv
+            else "template from the mask (count from kavsir_bboxes.json)"
+        )  # fmt: skip
         split_source = f"seeded split (val {val_fraction}, test {test_fraction}, seed {seed})"
-    meta = {"dataset": "Kvasir-SEG", "text_source": source, "split": split_source, "root": root}
+    meta = {"dataset": "Kvasir-SEG", "text_origin": source, "split": split_source, "root": root}
     return finish_datalist(splits, skipped, meta, output_json, relative=relative, strict=strict, root=root)
 
 
@@ -254,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(
         build_kvasir_datalist, a, captions=a.captions, prompt=a.prompt, prompt_index=a.prompt_index,
         texts_csv=a.texts_csv, template=a.template, val_fraction=a.val_fraction, test_fraction=a.test_fraction,
-        seed=a.seed, mask_dir=a.mask_dir,
+        seed=a.seed, mask_dir=a.mask_dir, texts_source=a.texts_source,
     )  # fmt: skip
 
 

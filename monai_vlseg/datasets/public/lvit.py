@@ -18,9 +18,13 @@ Variants that are accepted as well:
 - the Covid19 copy keeps one ``Train_Val_text.xlsx`` for Train and Val: each row belongs to whichever of
   ``Train_Folder`` / ``Val_Folder`` holds its files.
 
-Masks are 0/255 PNGs. Problems are never dropped silently: rows whose image or mask is missing or whose
-description is empty, and files on disk without a row, are logged (one warning line per file) and listed
-under the ``"skipped"`` key of the returned datalist; ``strict=True`` raises instead.
+Texts are LViT's, written by its annotators for each image (number, side and zone of the infected areas): items are
+marked ``text_source: report`` (:data:`monai_vlseg.datalist.TEXT_SOURCES`). LViT does not say whether the annotators
+had the masks in view; a data set whose texts were written from its masks is prepared with
+``text_source="mask_derived"`` (``--text-source``). Masks are 0/255 PNGs. Problems are never dropped silently: rows
+whose image or mask is missing or whose description is empty, and files on disk without a row, are logged (one
+warning line per file) and listed under the ``"skipped"`` key of the returned datalist; ``strict=True`` raises
+instead.
 
 Command line::
 
@@ -36,7 +40,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from monai_vlseg.datalist import SPLIT_TO_KEY
+from monai_vlseg.datalist import SPLIT_TO_KEY, TEXT_SOURCES
 from monai_vlseg.datasets.public.common import add_common_args, data_root, finish_datalist, run_cli
 
 __all__ = ["build_lvit_datalist", "read_lvit_text_xlsx", "IMAGE_SUFFIXES", "main"]
@@ -136,6 +140,7 @@ def build_lvit_datalist(
     strict: bool = False,
     image_dir: str = "img",
     label_dir: str = "labelcol",
+    text_source: str = "report",
 ) -> dict[str, list[dict[str, Any]]]:
     """Build a MONAI decathlon-style datalist from an LViT-layout data set (QaTa-COV19, MosMedData+).
 
@@ -150,18 +155,23 @@ def build_lvit_datalist(
         strict: raise ``ValueError`` listing every problem instead of skipping and reporting.
         image_dir: image sub-folder of each split folder.
         label_dir: mask sub-folder of each split folder.
+        text_source: the ``text_source`` of every item (:data:`monai_vlseg.datalist.TEXT_SOURCES`; default
+            ``report``: the xlsx descriptions came with the data set).
 
     Returns:
         ``{"training": [...], "validation": [...], "test": [...], "skipped": [...], "meta": {...}}`` (only the
-        requested split keys). Items are ``{"image": abs path, "label": abs path, "text": description}`` in xlsx row
-        order. ``"skipped"`` lists ``{"split", "file", "reason"}`` records (``file`` relative to ``root``;
-        row problems also carry ``"xlsx"`` and ``"row"``), each of which is also logged as a warning.
+        requested split keys). Items are ``{"image": abs path, "label": abs path, "text": description,
+        "text_source"}`` in xlsx row order. ``"skipped"`` lists ``{"split", "file", "reason"}`` records (``file``
+        relative to ``root``; row problems also carry ``"xlsx"`` and ``"row"``), each of which is also logged as a
+        warning.
 
     Raises:
         FileNotFoundError: ``root`` is not a folder or holds none of the requested split folders.
         ValueError: ``strict=True`` and a problem was found; an unknown split name.
     """
     root = data_root(root, "LViT data")
+    if text_source not in TEXT_SOURCES:
+        raise ValueError(f"text source must be one of {sorted(TEXT_SOURCES)}, got {text_source!r}.")
     for s in splits:
         if s not in SPLIT_TO_KEY:
             raise ValueError(f"unknown split {s!r}; expected some of {tuple(SPLIT_TO_KEY)}.")
@@ -247,6 +257,7 @@ def build_lvit_datalist(
                     "image": os.path.join(folders[split], image_dir, im),
                     "label": os.path.join(folders[split], label_dir, mk),
                     "text": str(txt_val).strip(),
+                    "text_source": text_source,
                 }
             )
 
@@ -259,7 +270,7 @@ def build_lvit_datalist(
                 if f.lower().endswith(IMAGE_SUFFIXES):
                     skipped.append({"split": s, "file": f"{s}_Folder/{sub}/{f}", "reason": why})
 
-    meta = {"dataset": "lvit", "text_source": "LViT xlsx"}
+    meta = {"dataset": "lvit", "text_origin": "LViT xlsx"}
     return finish_datalist(out, skipped, meta, output_json, relative=relative, strict=strict, root=root)
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -269,8 +280,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--splits", nargs="+", default=["Train", "Val", "Test"], choices=list(SPLIT_TO_KEY))
     p.add_argument("--image-dir", default="img")
     p.add_argument("--label-dir", default="labelcol")
+    p.add_argument(
+        "--text-source", default="report", choices=sorted(TEXT_SOURCES),
+        help="what the xlsx descriptions are (each item's text_source; default report: they came with the data set)",
+    )  # fmt: skip
     a = p.parse_args(argv)
-    return run_cli(build_lvit_datalist, a, splits=a.splits, image_dir=a.image_dir, label_dir=a.label_dir)
+    return run_cli(
+        build_lvit_datalist, a, splits=a.splits, image_dir=a.image_dir, label_dir=a.label_dir, text_source=a.text_source
+    )
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,9 +16,10 @@ validation with a seeded ``val_fraction`` (and ``test_fraction`` when there is n
 Each ``Annotation/Regions/Region/Vertices/Vertex`` polygon (``X``, ``Y`` attributes, pixels) is filled with
 PIL's ``ImageDraw.polygon`` into one binary mask (semantic nuclei mask, as the text-guided papers use it), written
 as a 0/255 PNG beside the datalist (``<out stem>_masks/``). MoNuSeg has no text: a CSV (``texts_csv``) or the
-deterministic template :data:`MONUSEG_TEMPLATE` with the number of annotated nuclei and the area they cover
-("312 cell nuclei covering 27% of the H&E-stained tissue image."). LViT's copy of MoNuSeg, with its own texts in
-``*_text.xlsx``, is read by :mod:`monai_vlseg.datasets.public.lvit` instead.
+deterministic template :data:`MONUSEG_TEMPLATE` with the number of annotated nuclei and the area they cover ("312
+cell nuclei covering 27% of the H&E-stained tissue image."), taken from the annotations that are the mask: marked
+``text_source: mask_derived`` (a CSV's texts: what ``texts_source`` declares). LViT's copy of MoNuSeg, with its own
+texts in ``*_text.xlsx``, is read by :mod:`monai_vlseg.datasets.public.lvit` instead.
 
 Command line::
 
@@ -110,6 +111,7 @@ def build_monuseg_datalist(
     mask_dir: str | os.PathLike | None = None,
     relative: bool = True,
     strict: bool = False,
+    texts_source: str = "unknown",
 ) -> dict[str, Any]:
     """Build a datalist with text from MoNuSeg's images and XML annotations (see the module docstring).
 
@@ -122,6 +124,7 @@ def build_monuseg_datalist(
         val_fraction: validation fraction of the non-test images (seeded).
         test_fraction: test fraction, used only when no folder named "*test*" holds annotations.
         relative: paths in the JSON relative to its folder; strict: raise on any problem.
+        texts_source: the ``text_source`` of the ``texts_csv`` texts (:data:`monai_vlseg.datalist.TEXT_SOURCES`).
     """
     root = data_root(root, "MoNuSeg")
     out_masks = default_mask_dir(output_json, mask_dir)
@@ -174,13 +177,16 @@ def build_monuseg_datalist(
                     m, target="cell nucleus", plural="cell nuclei", modality="H&E-stained tissue image",
                     template=template or MONUSEG_TEMPLATE, extra={"coverage": c}, count=n,
                 ),
-                mask_out=os.path.join(out_masks, stem + ".png"),
+                mask_out=os.path.join(out_masks, stem + ".png"), text_source=texts_source,
             )  # fmt: skip
             if item:
                 splits[key].append(item)
     meta = {
         "dataset": "MoNuSeg",
-        "text_source": f"user CSV {texts_csv}" if texts_csv else "template from the XML annotations (count, coverage)",
+        "text_origin": (
+            f"user CSV {texts_csv} (declared {texts_source})" if texts_csv
+            else "template from the XML annotations (count, coverage)"
+        ),  # fmt: skip
         "split": ("official test folder; " if has_test else "")
         + f"seeded split (val {val_fraction}{'' if has_test else f', test {test_fraction}'}, seed {seed})",
         "root": root,
@@ -197,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     return run_cli(
         build_monuseg_datalist, a, texts_csv=a.texts_csv, template=a.template, val_fraction=a.val_fraction,
-        test_fraction=a.test_fraction, seed=a.seed, mask_dir=a.mask_dir,
+        test_fraction=a.test_fraction, seed=a.seed, mask_dir=a.mask_dir, texts_source=a.texts_source,
     )  # fmt: skip
 
 

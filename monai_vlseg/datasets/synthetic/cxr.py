@@ -17,6 +17,10 @@ lower right lung."``. In about half the images one or two lesions are NOT named 
 of the mask although they look exactly like the named ones, so the mask can only be predicted from image AND
 text. Masks (0/255) hold exactly the named lesions and are never empty.
 
+The reports are written from the lesions that also draw the mask, so they describe the mask exactly: every item is
+marked ``text_source: synthetic`` (:data:`monai_vlseg.datalist.TEXT_SOURCES`), which text-supervised training
+counts as mask-derived.
+
 Datalist items carry the metadata ``"zones"`` (named, in text order), ``"distractor_zones"`` and
 ``"zone_boxes"`` (``{zone: [row0, col0, row1, col1]}``, half-open, in the ``(H, W)`` array of
 ``numpy.asarray(PIL.Image.open(png))``; MONAI's ``PILReader`` returns the transposed ``(W, H)`` array).
@@ -42,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_vlseg.datalist import write_datalist
+from monai_vlseg.datalist import summarise_text_sources, write_datalist
 from monai_vlseg.datasets.public.lvit import build_lvit_datalist
 from monai_vlseg.datasets.synthetic.cxr_reports import negated_report, reworded_report
 from monai_vlseg.datasets.synthetic.encode import png_bytes, xlsx_bytes
@@ -395,13 +399,18 @@ def generate_demo_dataset(
             }
         atomic_write_bytes(os.path.join(root, f"{split}_text.xlsx"), xlsx_bytes(rows))
 
-    datalist = build_lvit_datalist(root, strict=True)
+    datalist = build_lvit_datalist(root, strict=True, text_source="synthetic")
     for key, items in datalist.items():
         if key in ("skipped", "meta"):
             continue
         for item in items:
             item.update(meta[item["image"]])
     datalist.update(_other_wording_splits(root, test_cases, seed))
+    datalist["meta"] = {
+        **datalist["meta"],
+        "text_origin": "generated from the lesions that draw the mask (count, side, zone; reworded and negated copies)",
+        **summarise_text_sources(datalist),
+    }
     datalist = {
         "name": "monai_vlseg synthetic QaTa-like demo",
         "description": "synthetic chest radiographs with text-described lesion masks; patient's left = image right",
@@ -422,6 +431,7 @@ def _other_wording_splits(root: str, cases: Sequence[tuple[str, DemoCase]], seed
         name = os.path.basename(image)
         label = os.path.join(root, "Test_Folder", "labelcol", "mask_" + name)
         extra = {"zones": case.zones, "distractor_zones": case.distractor_zones}
+        extra["text_source"] = "synthetic"
         reworded.append({"image": image, "label": label, "text": reworded_report(case.zones, rng), **extra})
         free = [z for z in ZONES if z not in case.zones]
         negate = case.distractor_zones or [free[int(rng.integers(len(free)))]]

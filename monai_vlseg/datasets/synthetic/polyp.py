@@ -10,8 +10,16 @@ described and are left out of the mask: the dark lumen, specular bubbles and, in
 blob of polyp-like size. Masks (0/255) hold the polyp only and exist for evaluation; text-supervised training never
 reads them.
 
+**The descriptions describe the mask.** They are written from the scene parameters that also draw the mask (size
+class, 3 x 3 cell), so they are exact where a person's description would be approximate: every item is marked
+``text_source: synthetic`` (:data:`monai_vlseg.datalist.TEXT_SOURCES`), which text-supervised training counts as
+mask-derived. The text alone places the polyp: a disc of the named size at the centre of the named cell, drawn
+without looking at the image, scores mDice 0.68 on the default test split at 64 px
+(``scripts/tifc_text_prior.py``).
+
 Layout: ``{train,val,test}/{img,label}/polyp_<split>_<i>.png`` and ``datalist.json`` (MONAI decathlon form, paths
-relative to the JSON) with items ``{"image", "label", "text", "colour", "shape", "size", "location"}``. "left" is
+relative to the JSON) with items ``{"image", "label", "text", "text_source", "colour", "shape", "size",
+"location"}`` and a ``meta`` with ``text_source`` / ``text_sources`` / ``text_origin``. "left" is
 the image's left (a photograph, not a radiograph). Deterministic: the same arguments give byte-identical files.
 
 Command line::
@@ -24,6 +32,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +41,7 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from monai_vlseg.datalist import write_datalist
+from monai_vlseg.datalist import summarise_text_sources, write_datalist
 from monai_vlseg.datasets.synthetic.encode import png_bytes
 from monai_vlseg.files import atomic_write_bytes, ensure_generated
 
@@ -41,9 +50,11 @@ __all__ = [
     "SHAPES",
     "SIZES",
     "PolypCase",
+    "described_disc",
     "ensure_polyp_demo_datalist",
     "generate_polyp_demo",
     "main",
+    "read_description",
     "synthesize_polyp_case",
 ]
 
@@ -90,6 +101,30 @@ def location_phrase(row: str, col: str) -> str:
     if col == "centre":
         return f"{row} part"
     return f"{row} {col}"
+
+
+def read_description(text: str) -> tuple[str, str, str]:
+    """``(size, row, column)`` a demo description states (the inverse of its templates): ``size`` of :data:`SIZES`,
+    ``row`` upper / middle / lower, ``column`` left / centre / right. ``ValueError`` when the text names no size."""
+    words = set(re.findall(r"[a-z]+", text.lower()))
+    size = next((s for s in SIZES if s in words), None)
+    if size is None:
+        raise ValueError(f"no polyp size ({', '.join(SIZES)}) in {text!r}")
+    row = next((r for r in ("upper", "lower") if r in words), "middle")
+    col = next((c for c in ("left", "right") if c in words), "centre")
+    return size, row, col
+
+
+def described_disc(text: str, height: int, width: int) -> np.ndarray:
+    """The mask a demo description implies without the image: a disc of the named size class (radius
+    :data:`SIZES` x the side) at the centre of the named 3 x 3 cell, as an ``(height, width)`` boolean array. The
+    generator places the polyp within 0.06 of that centre with a radius within 10 % of it, so this disc measures how
+    much of the answer the text alone gives."""
+    size, row, col = read_description(text)
+    yy = (np.arange(height)[:, None] + 0.5) / height
+    xx = (np.arange(width)[None, :] + 0.5) / width
+    r = SIZES[size]
+    return ((yy - _ROWS[row]) ** 2 + (xx - _COLS[col]) ** 2) <= r * r
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
@@ -250,6 +285,7 @@ def generate_polyp_demo(
                     "image": img_path,
                     "label": lab_path,
                     "text": case.text,
+                    "text_source": "synthetic",
                     "colour": case.colour,
                     "shape": case.shape,
                     "size": case.size,
@@ -257,6 +293,10 @@ def generate_polyp_demo(
                 }
             )
         datalist[_KEYS[split]] = items
+    datalist["meta"] = {
+        "text_origin": "generated from the scene parameters that draw the mask (colour, shape, size class, 3 x 3 cell)",
+        **summarise_text_sources(datalist),
+    }
     return write_datalist(datalist, os.path.join(root, "datalist.json"), relative=True)
 
 
