@@ -37,7 +37,7 @@ DIFFERENCES: dict[tuple[str, str], tuple[Any, str]] = {
         {"text_consistency", "laterality_left_on_image_right"},
         "text-free network on datasets that may carry texts: the consistency metrics run only when every image has one"),
     ("c2seg", "evaluate.json extra"): (
-        {"network"}, "evaluation loads model.pt whole: skip the stage-1 encoder checkpoint (and its warning)"),
+        {"network"}, "evaluation loads model.pt whole: no stage-1 encoder checkpoint needed"),
     ("lcpdn", "train.json missing"): (
         {"lr_scheduler", "min_epochs", "patience"}, "TextDiff's recipe: constant learning rate, fixed epoch count"),
     ("lcpdn", "train handlers"): (
