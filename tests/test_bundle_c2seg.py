@@ -142,6 +142,7 @@ def test_evaluate_writes_metrics_and_consistency(bundle, shuffle):
     summary = json.loads((out / "summary.json").read_text())
     metrics = {"val_mean_dice", "val_mean_iou", "val_hd95", "val_count_accuracy", "val_laterality_accuracy"}
     assert metrics <= set(summary) and summary["num_images"] == 4 and summary["shuffle_text"] == shuffle
+    assert summary["laterality"] == "patient"  # the chest demo datalist's meta.laterality
     assert 0.0 <= summary["val_mean_dice"] <= 1.0 and 0.0 <= summary["val_count_accuracy"] <= 1.0
     assert (out / "val_count_accuracy_raw.csv").is_file()
     with open(out / "val_mean_dice_raw.csv") as f:

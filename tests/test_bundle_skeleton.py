@@ -34,8 +34,9 @@ DIFFERENCES: dict[tuple[str, str], tuple[Any, str]] = {
         ({"val_dice_liver", "val_dice_lesion"}, {"val_count_accuracy", "val_laterality_accuracy"}),
         "multi-class liver/lesion output: per-class Dice; no text, so no text-mask consistency"),
     ("vm_unet", "evaluate.json extra"): (
-        {"text_consistency", "laterality_left_on_image_right"},
+        {"text_consistency"},
         "text-free network on datasets that may carry texts: the consistency metrics run only when every image has one"),
+    ("segmamba_ct", "evaluate.json missing"): ({"laterality"}, "no text, so no laterality agreement to score"),
     ("c2seg", "evaluate.json extra"): (
         {"network"}, "evaluation loads model.pt whole: no stage-1 encoder checkpoint needed"),
     ("lcpdn", "train.json missing"): (
@@ -78,7 +79,7 @@ SKELETON = {
         "dataloader", "inferer", "postprocessing", "manifest", "handlers", "evaluator", "initialize", "run", "inference",
     },
     "evaluate.json": {
-        "eval_split", "config_mismatch", "output_dir", "text_conditions", "validate#dataset#data",
+        "eval_split", "config_mismatch", "output_dir", "text_conditions", "laterality", "validate#dataset#data",
         "validate#dataset#cache_rate", "validate#handlers", "validate#additional_metrics", "initialize", "run",
         "evaluating",
     },
@@ -233,6 +234,12 @@ def test_evaluate_metrics(bundle):
     assert metrics["val_mean_iou"]["_target_"] == "MeanIoUHandler"
     hd95 = metrics["val_hd95"]["metric_fn"]  # empty predictions count as misses
     assert hd95["_target_"] == "monai_vlseg.metrics.HausdorffDistanceMissMetric" and hd95["percentile"] == 95
+    if "val_laterality_accuracy" in metrics:  # the side convention of the data set: its datalist's meta.laterality
+        evaluate = _load(bundle, "evaluate.json")
+        assert evaluate["laterality"].startswith("$monai_vlseg.bundle.laterality_convention(@datalist, ")
+        assert metrics["val_laterality_accuracy"]["left_on_image_right"] == (
+            "$monai_vlseg.bundle.left_on_image_right(@laterality)")  # fmt: skip
+        assert evaluate["run"][-1].endswith(", laterality=@laterality)")
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)

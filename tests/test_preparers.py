@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monai_vlseg.datalist import load_datalist
+from monai_vlseg.datalist import datalist_laterality, load_datalist
 from monai_vlseg.datasets.prepare import main as prepare_main
 from monai_vlseg.datasets.public.common import describe_mask, seeded_split
 
@@ -100,6 +100,7 @@ def test_kvasir_template_seeded_split_and_jpeg_masks_to_png(tmp_path):
     with open(out) as f:
         dl = json.load(f)
     assert dl["meta"]["dataset"] == "Kvasir-SEG" and "template" in dl["meta"]["text_source"]
+    assert datalist_laterality(out) == "image"  # endoscopy: "left" in its texts is the image's left
     assert [r["file"] for r in dl["skipped"]] == ["Kvasir-SEG/masks/cju0005abc.jpg"]
     items = sum((load_datalist(out, k) for k in ("training", "validation", "test")), [])
     assert len(items) == 5 and len(load_datalist(out, "test")) == 1
@@ -183,6 +184,7 @@ def test_cvc_clinicdb_tif_and_png_layouts(tmp_path, layout):
     assert all(it["text"] == f"polyp number {os.path.splitext(os.path.basename(it['image']))[0]}" for it in dl2["training"])
     assert any(r["file"].endswith(f"3{ext}") and r["reason"] == "no text" for r in dl2["skipped"])
     assert "user CSV" in dl2["meta"]["text_source"]
+    assert datalist_laterality(dl) == datalist_laterality(dl2) == "image"
     if layout == "png":  # MedVLSM's captions for CVC-ClinicDB name the PNG copy's files
         anns = tmp_path / "anns"
         anns.mkdir()
@@ -225,6 +227,7 @@ def test_isic2017_official_split_diagnosis_template(tmp_path):
         "A large nevus skin lesion at the center of the dermoscopy image.",
     ]
     assert dl["validation"][0]["text"] == "A large skin lesion at the center of the dermoscopy image."  # no Part 3 CSV
+    assert datalist_laterality(out) == "image"  # dermoscopy
     assert dl["skipped"] == [{"split": "test", "file": "ISIC-2017_Test_v2_Part1_GroundTruth/ISIC_0000005_segmentation.png",
                               "reason": "mask file missing (ISIC-2017_Test_v2_Part1_GroundTruth/ISIC_0000005_segmentation.png)"}]  # fmt: skip
     assert dl["training"][0]["label"] == "isic/ISIC-2017_Training_Part1_GroundTruth/ISIC_0000000_segmentation.png"
@@ -279,6 +282,24 @@ def test_monuseg_xml_rasterised_official_test_folder(tmp_path):
     texts = {os.path.basename(it["image"]): it["text"] for k in ("training", "validation") for it in load_datalist(out, k)}
     assert texts[f"{stems[2]}.tif"].startswith("Three cell nuclei covering")
     assert "official test folder" in dl["meta"]["split"]
+    assert datalist_laterality(out) == "image"  # histology
+
+
+def test_a_preparer_must_state_the_side_convention(tmp_path):
+    """finish_datalist (every preparer's last step) refuses a meta without a known laterality, and a datalist with
+    an unknown one is refused when read, naming the file."""
+    from monai_vlseg.datasets.public.common import finish_datalist
+    from monai_vlseg.errors import InputError
+
+    with pytest.raises(ValueError, match="laterality 'patient' or 'image'; got None"):
+        finish_datalist({"training": []}, [], {"dataset": "X"}, str(tmp_path / "x.json"))
+    assert not (tmp_path / "x.json").exists()
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps({"training": [], "meta": {"laterality": "radiological"}}))
+    with pytest.raises(InputError, match=r"odd\.json: meta\.laterality is 'radiological'; expected 'patient' or 'image'"):
+        datalist_laterality(str(path))
+    path.write_text(json.dumps({"training": []}))
+    assert datalist_laterality(str(path)) is None
 
 
 def test_prepare_front_door_usage_and_errors(tmp_path, capsys):
@@ -331,4 +352,5 @@ def test_front_door_lvit_covid19_variant_and_subset(tmp_path):
     assert idx == sorted(idx) and all(os.path.isfile(it["image"]) and os.path.isfile(it["label"]) for it in tr)
     with open(small) as f:
         assert json.load(f)["meta"]["subset"]["sizes"] == {"training": 3, "test": 2}
+    assert datalist_laterality(out) == datalist_laterality(small) == "patient"  # chest: the cut keeps the convention
     assert prepare_main(["subset", out, small, "--training", "99"]) == 1

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_vlseg.datalist import write_datalist
+from monai_vlseg.datalist import LATERALITY_CONVENTIONS, write_datalist
 from monai_vlseg.files import atomic_write_bytes
 
 __all__ = [
@@ -293,7 +293,14 @@ def finish_datalist(
     """Log (or with ``strict`` raise on) the skipped entries, write the datalist, return it.
 
     ``skipped`` records are ``{"split", "file", "reason"}`` like :func:`~monai_vlseg.datasets.public.lvit.build_lvit_datalist`.
+    ``meta`` must say the side convention of the texts, ``laterality`` (a key of
+    :data:`~monai_vlseg.datalist.LATERALITY_CONVENTIONS`): evaluation scores left / right with it.
     """
+    if meta.get("laterality") not in LATERALITY_CONVENTIONS:
+        raise ValueError(
+            f"{meta.get('dataset', root)}: a preparer's meta must say its texts' side convention, laterality "
+            f"{' or '.join(map(repr, LATERALITY_CONVENTIONS))}; got {meta.get('laterality')!r}."
+        )
     if skipped:
         lines = [
             f"  [{r.get('split', '')}] {r['file']}: {r['reason']}" + (f" (row {r['row']} of {r['xlsx']})" if "row" in r else "")

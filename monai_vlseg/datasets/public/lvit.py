@@ -259,7 +259,7 @@ def build_lvit_datalist(
                 if f.lower().endswith(IMAGE_SUFFIXES):
                     skipped.append({"split": s, "file": f"{s}_Folder/{sub}/{f}", "reason": why})
 
-    meta = {"dataset": "lvit", "text_source": "LViT xlsx"}
+    meta = {"dataset": "lvit", "text_source": "LViT xlsx", "laterality": "patient"}  # chest X-ray, axial CT
     return finish_datalist(out, skipped, meta, output_json, relative=relative, strict=strict, root=root)
 
 def main(argv: Sequence[str] | None = None) -> int:
