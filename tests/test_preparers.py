@@ -353,4 +353,7 @@ def test_front_door_lvit_covid19_variant_and_subset(tmp_path):
     with open(small) as f:
         assert json.load(f)["meta"]["subset"]["sizes"] == {"training": 3, "test": 2}
     assert datalist_laterality(out) == datalist_laterality(small) == "patient"  # chest: the cut keeps the convention
+    histology = str(tmp_path / "monuseg_lvit.json")  # LViT's MoNuSeg copy has the same layout: say its convention
+    assert prepare_main(["lvit", str(root), histology, "--laterality", "image"]) == 0
+    assert datalist_laterality(histology) == "image"
     assert prepare_main(["subset", out, small, "--training", "99"]) == 1

@@ -36,7 +36,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from monai_vlseg.datalist import SPLIT_TO_KEY
+from monai_vlseg.datalist import LATERALITY_CONVENTIONS, SPLIT_TO_KEY
 from monai_vlseg.datasets.public.common import add_common_args, data_root, finish_datalist, run_cli
 
 __all__ = ["build_lvit_datalist", "read_lvit_text_xlsx", "IMAGE_SUFFIXES", "main"]
@@ -136,6 +136,7 @@ def build_lvit_datalist(
     strict: bool = False,
     image_dir: str = "img",
     label_dir: str = "labelcol",
+    laterality: str = "patient",
 ) -> dict[str, list[dict[str, Any]]]:
     """Build a MONAI decathlon-style datalist from an LViT-layout data set (QaTa-COV19, MosMedData+).
 
@@ -150,6 +151,9 @@ def build_lvit_datalist(
         strict: raise ``ValueError`` listing every problem instead of skipping and reporting.
         image_dir: image sub-folder of each split folder.
         label_dir: mask sub-folder of each split folder.
+        laterality: the side convention of the texts, ``meta.laterality`` (see
+            :data:`~monai_vlseg.datalist.LATERALITY_CONVENTIONS`): ``"patient"`` for QaTa-COV19 (chest X-ray) and
+            MosMedData+ (axial CT); ``"image"`` for LViT's MoNuSeg copy (histology).
 
     Returns:
         ``{"training": [...], "validation": [...], "test": [...], "skipped": [...], "meta": {...}}`` (only the
@@ -259,7 +263,7 @@ def build_lvit_datalist(
                 if f.lower().endswith(IMAGE_SUFFIXES):
                     skipped.append({"split": s, "file": f"{s}_Folder/{sub}/{f}", "reason": why})
 
-    meta = {"dataset": "lvit", "text_source": "LViT xlsx", "laterality": "patient"}  # chest X-ray, axial CT
+    meta = {"dataset": "lvit", "text_source": "LViT xlsx", "laterality": laterality}
     return finish_datalist(out, skipped, meta, output_json, relative=relative, strict=strict, root=root)
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -269,8 +273,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--splits", nargs="+", default=["Train", "Val", "Test"], choices=list(SPLIT_TO_KEY))
     p.add_argument("--image-dir", default="img")
     p.add_argument("--label-dir", default="labelcol")
+    p.add_argument(
+        "--laterality", choices=list(LATERALITY_CONVENTIONS), default="patient",
+        help="side convention of the texts (meta.laterality): patient for QaTa-COV19 / MosMedData+ (default), "
+        "image for LViT's MoNuSeg copy",
+    )  # fmt: skip
     a = p.parse_args(argv)
-    return run_cli(build_lvit_datalist, a, splits=a.splits, image_dir=a.image_dir, label_dir=a.label_dir)
+    return run_cli(
+        build_lvit_datalist, a, splits=a.splits, image_dir=a.image_dir, label_dir=a.label_dir, laterality=a.laterality
+    )
 
 if __name__ == "__main__":
     sys.exit(main())
