@@ -253,14 +253,44 @@ def test_multi_gpu_set_up(bundle):
         assert ddp["validate#evaluator#val_handlers"] == "$monai_vlseg.bundle.rank_zero_handlers(@validate#handlers)"
 
 
+#: data-set override files: name -> (exact content, the bundles that have it, why). Each sets keys train.json has
+#: and is named in its bundle's docs/README.md with the command that uses it.
+DATASET_OVERRIDES: dict[str, tuple[dict[str, Any], set[str], str]] = {
+    "rgb.json": ({"in_channels": 3}, {"ua_vls", "c2seg", "lcpdn"},
+                 "colour data sets (Kvasir-SEG, CVC-ClinicDB, ISIC) in the text-guided bundles that default to grey"),
+    "mosmed.json": ({"learning_rate": 0.0005}, {"ua_vls"}, "UA-VLS's MosMedData+ learning rate (the paper, 5e-4)"),
+}  # fmt: skip
+#: variants of train.json that are neither stages nor data-set overrides
+VARIANTS = {"tifcmamba": {"supervised.json"}, "lcpdn": {"low_data.json"}}
+
+
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_stage1_configs(bundle):
-    """Two-stage bundles have one stage-1 config besides the common files; the others none."""
+    """Two-stage bundles have one stage-1 config besides the common files, variants and data-set overrides; the
+    others none."""
     common = {"train.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "metadata.json", "demo.json"}
-    optional = {"tifcmamba": {"supervised.json"}, "lcpdn": {"low_data.json"}}  # variants of train.json, not stages
+    overrides = {name for name, (_, bundles, _) in DATASET_OVERRIDES.items() if bundle in bundles}
     files = {f for f in os.listdir(os.path.join(REPO_ROOT, "bundles", bundle, "configs")) if f.endswith(".json")}
     stage1 = _diff(bundle, "stage-1 config")
-    assert files - common - optional.get(bundle, set()) == ({stage1} if stage1 else set())
+    assert files - common - VARIANTS.get(bundle, set()) - overrides == ({stage1} if stage1 else set())
+
+
+@pytest.mark.parametrize("name", sorted(DATASET_OVERRIDES))
+def test_dataset_override_files(name):
+    """Each data-set override file is where it is meant to be, sets only keys of train.json (a typo would add an
+    unused key and change nothing), and its bundle's docs give the command; a text-guided bundle that reads grey
+    images by default has rgb.json."""
+    content, bundles, _ = DATASET_OVERRIDES[name]
+    have = {b for b in BUNDLES if os.path.isfile(os.path.join(REPO_ROOT, "bundles", b, "configs", name))}
+    assert have == bundles
+    if name == "rgb.json":
+        assert bundles == {b for b in BUNDLES if _diff(b, "text", True) and _load(b, "train.json").get("in_channels") == 1}
+    for bundle in sorted(bundles):
+        assert _load(bundle, name) == content, bundle
+        assert set(content) <= set(_load(bundle, "train.json")), bundle
+        with open(os.path.join(REPO_ROOT, "bundles", bundle, "docs", "README.md"), encoding="utf-8") as f:
+            docs = f.read()
+        assert re.search(rf"--config_file \S*/train\.json\S*/{re.escape(name)}", docs), (bundle, name)
 
 
 def test_one_spelling_per_target():
