@@ -256,11 +256,12 @@ def all_have_text(items: Sequence[Mapping[str, Any]]) -> bool:
     return all(str(it.get("text") or "").strip() for it in items)
 
 
-def laterality_convention(datalist: str, fallback: str) -> str:
+def laterality_convention(datalist: str, fallback: str, scored: Any = True) -> str:
     """The side convention ``evaluate.json`` scores the text-mask laterality agreement with (its ``laterality``):
     the datalist's own ``meta.laterality`` (the preparers and demo generators write it: ``"patient"`` for chest X-ray
     and CT, ``"image"`` for endoscopy, dermoscopy and histology), else ``fallback``, the convention of the data the
     bundle is made for, with a warning that says how to choose (``--laterality patient|image`` replaces this call).
+    ``scored`` false (a text-free data set, whose laterality metric is switched off) drops the warning.
 
     Raises:
         InputError: the datalist cannot be read, or its ``meta.laterality`` is not a known convention.
@@ -271,6 +272,8 @@ def laterality_convention(datalist: str, fallback: str) -> str:
     if found is not None:
         logger.info("laterality convention %r (meta.laterality of %s)", found, datalist)
         return found
+    if not as_flag(scored):
+        return fallback
     logger.warning(
         "%s has no meta.laterality: scoring laterality with this bundle's default %r (%s); "
         "--laterality patient|image chooses, or add \"laterality\" to the datalist's \"meta\"",
