@@ -21,7 +21,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from monai_vlseg.datalist import MASK_DERIVED_SOURCES, TEXT_SOURCES, load_datalist, read_datalist, text_source_of
+from monai_vlseg.datalist import (
+    LATERALITY_CONVENTIONS,
+    MASK_DERIVED_SOURCES,
+    TEXT_SOURCES,
+    datalist_laterality,
+    load_datalist,
+    read_datalist,
+    text_source_of,
+)
 from monai_vlseg.errors import InputError
 from monai_vlseg.files import atomic_write_bytes
 from monai_vlseg.io.dicom import dicom_files_in, is_dicom_file
@@ -46,7 +54,9 @@ __all__ = [
     "find_bundle_root",
     "image_meta",
     "inference_datalist",
+    "laterality_convention",
     "latest_run",
+    "left_on_image_right",
     "network_signature",
     "publish_checkpoint",
     "rank_zero_handlers",
@@ -327,6 +337,41 @@ def unlabelled_datalist(datalist: str, split: str = "training") -> list[dict[str
 def all_have_text(items: Sequence[Mapping[str, Any]]) -> bool:
     """Whether every item has a non-empty ``text`` (the text-mask consistency metrics need one per image)."""
     return all(str(it.get("text") or "").strip() for it in items)
+
+
+def laterality_convention(datalist: str, fallback: str, scored: Any = True) -> str:
+    """The side convention ``evaluate.json`` scores the text-mask laterality agreement with (its ``laterality``):
+    the datalist's own ``meta.laterality`` (the preparers and demo generators write it: ``"patient"`` for chest X-ray
+    and CT, ``"image"`` for endoscopy, dermoscopy and histology), else ``fallback``, the convention of the data the
+    bundle is made for, with a warning that says how to choose (``--laterality patient|image`` replaces this call).
+    ``scored`` false (a text-free data set, whose laterality metric is switched off) drops the warning.
+
+    Raises:
+        InputError: the datalist cannot be read, or its ``meta.laterality`` is not a known convention.
+        ValueError: ``fallback`` is not a known convention.
+    """
+    left_on_image_right(fallback)  # validates
+    found = datalist_laterality(datalist)
+    if found is not None:
+        logger.info("laterality convention %r (meta.laterality of %s)", found, datalist)
+        return found
+    if not as_flag(scored):
+        return fallback
+    logger.warning(
+        "%s has no meta.laterality: scoring laterality with this bundle's default %r (%s); "
+        "--laterality patient|image chooses, or add \"laterality\" to the datalist's \"meta\"",
+        datalist, fallback, LATERALITY_CONVENTIONS[fallback],
+    )  # fmt: skip
+    return fallback
+
+
+def left_on_image_right(laterality: str) -> bool:
+    """Whether the patient's left is on the image's right under the side convention ``laterality`` (a key of
+    :data:`monai_vlseg.datalist.LATERALITY_CONVENTIONS`): the ``left_on_image_right`` of the consistency metrics."""
+    if laterality not in LATERALITY_CONVENTIONS:
+        choices = "; ".join(f"{k!r}: {v}" for k, v in LATERALITY_CONVENTIONS.items())
+        raise ValueError(f"laterality must be one of {choices}; got {laterality!r} (--laterality patient|image).")
+    return laterality == "patient"
 
 
 def image_meta(batch: Sequence[Mapping[str, Any]]) -> list[Any]:

@@ -23,11 +23,13 @@ from monai_vlseg.files import atomic_write_bytes
 __all__ = [
     "DATALIST_KEYS",
     "MASK_DERIVED_SOURCES",
+    "LATERALITY_CONVENTIONS",
     "PATH_KEYS",
     "SPLIT_TO_KEY",
     "TEXT_SOURCES",
     "convert_paths",
     "count_text_sources",
+    "datalist_laterality",
     "load_datalist",
     "read_datalist",
     "summarise_text_sources",
@@ -42,6 +44,14 @@ PATH_KEYS: tuple[str, ...] = ("image", "label", "negated_label")
 DATALIST_KEYS: tuple[str, ...] = ("training", "validation", "test")
 #: LViT split folder prefix -> datalist key.
 SPLIT_TO_KEY: dict[str, str] = {"Train": "training", "Val": "validation", "Test": "test"}
+#: values of a datalist's ``meta.laterality``: what "left" / "right" in its texts mean on its images. The preparers
+#: and demo generators write it; evaluation scores the text-mask laterality agreement with it.
+LATERALITY_CONVENTIONS: dict[str, str] = {
+    "patient": "the patient's side, shown the radiological way (chest X-ray, axial CT): "
+    "the patient's left is on the image's right",
+    "image": "the image's own side (endoscopy, dermoscopy, histology photographs; texts made from the mask): "
+    "'left' is the image's left",
+}
 
 #: Where an item's ``text`` came from: the item key ``text_source`` holds one of these words (every datalist writer of
 #: the package sets it on every item with a text); ``meta.text_source`` holds the word all items share, or
@@ -144,6 +154,29 @@ def read_datalist(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InputError(path, f"a datalist is a JSON object of splits, not a JSON {type(data).__name__}")
     return data
+
+
+def datalist_laterality(datalist: str | os.PathLike | Mapping[str, Any]) -> str | None:
+    """The side convention of a datalist's texts, ``meta.laterality`` (a key of :data:`LATERALITY_CONVENTIONS`), or
+    None when it states none.
+
+    Args:
+        datalist: the datalist JSON file, or its content.
+
+    Raises:
+        InputError: an unreadable file, or a ``meta.laterality`` that is not one of :data:`LATERALITY_CONVENTIONS`,
+            naming the file.
+    """
+    path = None if isinstance(datalist, Mapping) else os.fspath(datalist)
+    data = datalist if isinstance(datalist, Mapping) else read_datalist(os.fspath(datalist))
+    meta = data.get("meta")
+    value = meta.get("laterality") if isinstance(meta, Mapping) else None
+    if value is None:
+        return None
+    if value not in LATERALITY_CONVENTIONS:
+        choices = " or ".join(repr(k) for k in LATERALITY_CONVENTIONS)
+        raise InputError(path, f"meta.laterality is {value!r}; expected {choices}")
+    return str(value)
 
 
 def _check_split(path: str, data: Mapping[str, Any], split: str) -> None:

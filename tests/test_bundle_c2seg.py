@@ -4,6 +4,7 @@ verify_net_in_out, 2-process DDP training on CPU (gloo), and the metadata fields
 
 import csv
 import json
+import logging
 import os
 
 import numpy as np
@@ -17,6 +18,7 @@ from bundle_testing import (
 )  # fmt: skip
 
 from monai_vlseg.datasets.synthetic.cxr import generate_demo_dataset
+from monai_vlseg.errors import InputError, find_one_line_error
 
 cfg = BundleConfigs("c2seg")
 CONFIGS, META, LOGGING = cfg.dir, cfg.meta, cfg.logging
@@ -91,17 +93,46 @@ def test_optimizer_groups_small_encoder_lr_and_frozen_text(bundle):
     assert ids(opt.param_groups[1]["params"]) == ids(p for n, p in net.named_parameters() if p.requires_grad and not n.startswith("encoder."))
 
 
-def test_missing_pretrained_encoder_warns_or_fails_when_required(bundle, tmp_path):
-    parser = ConfigParser()
-    parser.read_config(cfg("train.json"))
-    parser.update(dict(bundle["overrides"], pretrained_encoder=str(tmp_path / "none.pt")))
-    with pytest.warns(UserWarning, match="randomly initialised image encoder"):
-        parser.get_parsed_content("network")
-    parser.update({"require_pretrained_encoder": True})
-    parser.parse(True)
-    with pytest.raises(RuntimeError) as err:
-        parser.get_parsed_content("network")
-    assert "run configs/pretrain.json" in repr(err.value) + repr(err.value.__cause__)
+def test_training_without_stage1_fails_and_names_the_stage1_command(bundle, tmp_path):
+    """Stage 2 without models/encoder.pt stops before training (no random encoder at the small encoder learning rate)
+    with one line that names the missing file, the stage-1 command and the switch to go on without it."""
+    overrides = dict(bundle["overrides"], bundle_root=str(tmp_path / "b"), max_epochs=1)
+    wf = cfg.workflow("train", "train.json", **overrides)
+    with pytest.raises(Exception) as info:
+        wf.initialize()
+        wf.run()
+    brief = find_one_line_error(info.value)
+    assert isinstance(brief, InputError), info.value
+    message = str(brief)
+    assert message.startswith(str(tmp_path / "b" / "models" / "encoder.pt") + ": stage-1 encoder checkpoint not found")
+    assert "python -m monai.bundle run pretraining --config_file bundles/c2seg/configs/pretrain.json" in message
+    assert "--require_pretrained_encoder false" in message and "\n" not in message
+    assert not (tmp_path / "b" / "models").exists()  # nothing trained
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_training_without_stage1_runs_when_switched_off_and_says_so(bundle, tmp_path):
+    """`--require_pretrained_encoder false` (a string on the command line) trains stage 2 from a random encoder and
+    says so loudly: a WARNING log banner and a UserWarning."""
+    overrides = dict(bundle["overrides"], bundle_root=str(tmp_path / "b"), max_epochs=1, require_pretrained_encoder="false")
+    seen = _Records()  # on the package's logger: the bundle's logging.conf replaces the root logger's handlers
+    logging.getLogger("monai_vlseg").addHandler(seen)
+    try:
+        with pytest.warns(UserWarning, match="WITHOUT STAGE 1"):
+            cfg.run("train", "train.json", **overrides)
+    finally:
+        logging.getLogger("monai_vlseg").removeHandler(seen)
+    banner = [r.getMessage() for r in seen.records if "RANDOMLY INITIALISED image encoder" in r.getMessage()]
+    assert len(banner) == 1 and banner[0].startswith("=" * 20)
+    assert (tmp_path / "b" / "models" / "model.pt").is_file()
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
@@ -111,6 +142,7 @@ def test_evaluate_writes_metrics_and_consistency(bundle, shuffle):
     summary = json.loads((out / "summary.json").read_text())
     metrics = {"val_mean_dice", "val_mean_iou", "val_hd95", "val_count_accuracy", "val_laterality_accuracy"}
     assert metrics <= set(summary) and summary["num_images"] == 4 and summary["shuffle_text"] == shuffle
+    assert summary["laterality"] == "patient"  # the chest demo datalist's meta.laterality
     assert 0.0 <= summary["val_mean_dice"] <= 1.0 and 0.0 <= summary["val_count_accuracy"] <= 1.0
     assert (out / "val_count_accuracy_raw.csv").is_file()
     with open(out / "val_mean_dice_raw.csv") as f:

@@ -34,10 +34,11 @@ DIFFERENCES: dict[tuple[str, str], tuple[Any, str]] = {
         ({"val_dice_liver", "val_dice_lesion"}, {"val_count_accuracy", "val_laterality_accuracy"}),
         "multi-class liver/lesion output: per-class Dice; no text, so no text-mask consistency"),
     ("vm_unet", "evaluate.json extra"): (
-        {"text_consistency", "laterality_left_on_image_right"},
+        {"text_consistency"},
         "text-free network on datasets that may carry texts: the consistency metrics run only when every image has one"),
+    ("segmamba_ct", "evaluate.json missing"): ({"laterality"}, "no text, so no laterality agreement to score"),
     ("c2seg", "evaluate.json extra"): (
-        {"network"}, "evaluation loads model.pt whole: skip the stage-1 encoder checkpoint (and its warning)"),
+        {"network"}, "evaluation loads model.pt whole: no stage-1 encoder checkpoint needed"),
     ("lcpdn", "train.json missing"): (
         {"lr_scheduler", "min_epochs", "patience"}, "TextDiff's recipe: constant learning rate, fixed epoch count"),
     ("lcpdn", "train handlers"): (
@@ -78,7 +79,7 @@ SKELETON = {
         "dataloader", "inferer", "postprocessing", "manifest", "handlers", "evaluator", "initialize", "run", "inference",
     },
     "evaluate.json": {
-        "eval_split", "config_mismatch", "output_dir", "text_conditions", "validate#dataset#data",
+        "eval_split", "config_mismatch", "output_dir", "text_conditions", "laterality", "validate#dataset#data",
         "validate#dataset#cache_rate", "validate#handlers", "validate#additional_metrics", "initialize", "run",
         "evaluating",
     },
@@ -233,6 +234,12 @@ def test_evaluate_metrics(bundle):
     assert metrics["val_mean_iou"]["_target_"] == "MeanIoUHandler"
     hd95 = metrics["val_hd95"]["metric_fn"]  # empty predictions count as misses
     assert hd95["_target_"] == "monai_vlseg.metrics.HausdorffDistanceMissMetric" and hd95["percentile"] == 95
+    if "val_laterality_accuracy" in metrics:  # the side convention of the data set: its datalist's meta.laterality
+        evaluate = _load(bundle, "evaluate.json")
+        assert evaluate["laterality"].startswith("$monai_vlseg.bundle.laterality_convention(@datalist, ")
+        assert metrics["val_laterality_accuracy"]["left_on_image_right"] == (
+            "$monai_vlseg.bundle.left_on_image_right(@laterality)")  # fmt: skip
+        assert evaluate["run"][-1].endswith(", laterality=@laterality)")
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
@@ -246,14 +253,44 @@ def test_multi_gpu_set_up(bundle):
         assert ddp["validate#evaluator#val_handlers"] == "$monai_vlseg.bundle.rank_zero_handlers(@validate#handlers)"
 
 
+#: data-set override files: name -> (exact content, the bundles that have it, why). Each sets keys train.json has
+#: and is named in its bundle's docs/README.md with the command that uses it.
+DATASET_OVERRIDES: dict[str, tuple[dict[str, Any], set[str], str]] = {
+    "rgb.json": ({"in_channels": 3}, {"ua_vls", "c2seg", "lcpdn"},
+                 "colour data sets (Kvasir-SEG, CVC-ClinicDB, ISIC) in the text-guided bundles that default to grey"),
+    "mosmed.json": ({"learning_rate": 0.0005}, {"ua_vls"}, "UA-VLS's MosMedData+ learning rate (the paper, 5e-4)"),
+}  # fmt: skip
+#: variants of train.json that are neither stages nor data-set overrides
+VARIANTS = {"tifcmamba": {"supervised.json"}, "lcpdn": {"low_data.json"}}
+
+
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_stage1_configs(bundle):
-    """Two-stage bundles have one stage-1 config besides the common files; the others none."""
+    """Two-stage bundles have one stage-1 config besides the common files, variants and data-set overrides; the
+    others none."""
     common = {"train.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "metadata.json", "demo.json"}
-    optional = {"tifcmamba": {"supervised.json"}, "lcpdn": {"low_data.json"}}  # variants of train.json, not stages
+    overrides = {name for name, (_, bundles, _) in DATASET_OVERRIDES.items() if bundle in bundles}
     files = {f for f in os.listdir(os.path.join(REPO_ROOT, "bundles", bundle, "configs")) if f.endswith(".json")}
     stage1 = _diff(bundle, "stage-1 config")
-    assert files - common - optional.get(bundle, set()) == ({stage1} if stage1 else set())
+    assert files - common - VARIANTS.get(bundle, set()) - overrides == ({stage1} if stage1 else set())
+
+
+@pytest.mark.parametrize("name", sorted(DATASET_OVERRIDES))
+def test_dataset_override_files(name):
+    """Each data-set override file is where it is meant to be, sets only keys of train.json (a typo would add an
+    unused key and change nothing), and its bundle's docs give the command; a text-guided bundle that reads grey
+    images by default has rgb.json."""
+    content, bundles, _ = DATASET_OVERRIDES[name]
+    have = {b for b in BUNDLES if os.path.isfile(os.path.join(REPO_ROOT, "bundles", b, "configs", name))}
+    assert have == bundles
+    if name == "rgb.json":
+        assert bundles == {b for b in BUNDLES if _diff(b, "text", True) and _load(b, "train.json").get("in_channels") == 1}
+    for bundle in sorted(bundles):
+        assert _load(bundle, name) == content, bundle
+        assert set(content) <= set(_load(bundle, "train.json")), bundle
+        with open(os.path.join(REPO_ROOT, "bundles", bundle, "docs", "README.md"), encoding="utf-8") as f:
+            docs = f.read()
+        assert re.search(rf"--config_file \S*/train\.json\S*/{re.escape(name)}", docs), (bundle, name)
 
 
 def test_one_spelling_per_target():

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from monai_vlseg.errors import InputError
 from monai_vlseg.nets.blocks import FrozenTextEncoder
 from monai_vlseg.nets.c2seg import BCAM, C2Seg, C2SegEncoder, C2SegPretrainNet, KGate
 from monai_vlseg.nets.c2seg import load_encoder_checkpoint
@@ -130,10 +131,12 @@ def test_pretrain_view_and_encoder_checkpoint_roundtrip(tmp_path):
     other = load_encoder_checkpoint(C2Seg(**TINY), str(path))
     for (k, a), b in zip(net.encoder.state_dict().items(), other.encoder.state_dict().values()):
         torch.testing.assert_close(a, b, msg=k)
-    with pytest.warns(UserWarning, match="randomly initialised"):
-        load_encoder_checkpoint(C2Seg(**TINY), str(tmp_path / "missing.pt"))
-    with pytest.raises(FileNotFoundError, match="run configs/pretrain.json"):
-        load_encoder_checkpoint(C2Seg(**TINY), str(tmp_path / "missing.pt"), required=True)
+    with pytest.raises(InputError, match=r"missing\.pt: stage-1 encoder checkpoint not found.*run stage 1 first"):
+        load_encoder_checkpoint(C2Seg(**TINY), str(tmp_path / "missing.pt"))  # required by default
+    with pytest.raises(InputError, match="not set"):
+        load_encoder_checkpoint(C2Seg(**TINY), None)
+    with pytest.warns(UserWarning, match="RANDOMLY INITIALISED image encoder"):
+        load_encoder_checkpoint(C2Seg(**TINY), str(tmp_path / "missing.pt"), required=False)
     torch.save({"foo": torch.zeros(1)}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="bad.pt"):
         load_encoder_checkpoint(C2Seg(**TINY), str(tmp_path / "bad.pt"))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -188,3 +190,77 @@ def test_negated_area_handler_on_the_negated_demo_split(tmp_path):
     assert int(torch.isnan(details).sum()) == sum(not it["distractor_zones"] for it in items)  # nothing negated: NaN
     negated_only, _ = run("negated_label")
     assert negated_only == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the side convention comes with the data set (its datalist's meta.laterality), not with the bundle
+
+#: bundles whose evaluate.json scores laterality -> the convention of the data they are made for (the fallback)
+LATERALITY_BUNDLES = {"ua_vls": "patient", "c2seg": "patient", "lcpdn": "patient", "tifcmamba": "image", "vm_unet": "patient"}
+
+
+@pytest.fixture(scope="module")
+def datalists(tmp_path_factory):
+    """A chest X-ray and an endoscopy demo datalist (as their generators write them) and one without meta."""
+    from monai_vlseg.datasets.synthetic.polyp import generate_polyp_demo
+
+    tmp = tmp_path_factory.mktemp("conventions")
+    chest = generate_demo_dataset(tmp / "chest", n_train=1, n_val=1, n_test=1, size=96)
+    endoscopy = generate_polyp_demo(tmp / "endoscopy", n_train=1, n_val=1, n_test=1, size=64)
+    bare = tmp / "bare.json"  # a hand-written datalist: no meta
+    bare.write_text(json.dumps({"test": load_decathlon_datalist(chest, True, "test")}))
+    return {"chest": chest, "endoscopy": endoscopy, "bare": str(bare), "root": tmp}
+
+
+def _score_image_left_lesion(handler) -> float:
+    """Run the evaluate config's laterality handler on ONE prediction, a lesion on the image's left half, whose text
+    says "left"."""
+    pred = torch.zeros(1, 64, 64)  # MONAI's (x, y): axis 1 here runs from the image's left to its right
+    pred[0, 4:24, 20:44] = 1
+    loader = DataLoader(Dataset([{"image": pred, "text": "One polyp on the left side."}]), batch_size=1)
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"), val_data_loader=loader, network=torch.nn.Identity(),
+        prepare_batch=lambda batch, device, non_blocking, **kw: (batch["image"], batch["image"]),
+        postprocessing=AsDiscreted("pred", threshold=0.5), key_val_metric={"side": handler},
+    )  # fmt: skip
+    evaluator.run()
+    return float(evaluator.state.metrics["side"])
+
+
+def _evaluate_config(bundle: str, root, **overrides):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles", bundle, "configs")
+    parser.read_config([os.path.join(configs, f) for f in ("train.json", "evaluate.json")])
+    parser.update({"bundle_root": str(root), **overrides})
+    return parser
+
+
+@pytest.mark.parametrize("bundle", sorted(LATERALITY_BUNDLES))
+def test_each_datalist_is_scored_with_its_own_side_convention(bundle, datalists):
+    """The same prediction and text score "left" the radiological way with the chest datalist (the lesion on the
+    image's left is in the patient's right lung: disagreement) and the photographic way with the endoscopy datalist
+    (agreement), whichever bundle's evaluate.json builds the handler; a datalist without meta gets the bundle's
+    default, and --laterality overrides both."""
+    expected = {"chest": ("patient", 0.0), "endoscopy": ("image", 1.0)}
+    expected["bare"] = (LATERALITY_BUNDLES[bundle], 0.0 if LATERALITY_BUNDLES[bundle] == "patient" else 1.0)
+    for name, (convention, score) in expected.items():
+        parser = _evaluate_config(bundle, datalists["root"], datalist=datalists[name])
+        assert parser.get_parsed_content("laterality") == convention, name
+        handler = parser.get_parsed_content("validate#additional_metrics#val_laterality_accuracy")
+        assert _score_image_left_lesion(handler) == score, name
+    parser = _evaluate_config(bundle, datalists["root"], datalist=datalists["chest"], laterality="image")
+    assert _score_image_left_lesion(parser.get_parsed_content("validate#additional_metrics#val_laterality_accuracy")) == 1.0
+    parser = _evaluate_config(bundle, datalists["root"], datalist=datalists["chest"], laterality="radiological")
+    with pytest.raises(Exception) as err:
+        parser.get_parsed_content("validate#additional_metrics#val_laterality_accuracy")
+    assert "--laterality patient|image" in str(err.value) + str(err.value.__cause__)
+
+
+def test_demo_generators_write_their_side_convention(datalists):
+    from monai_vlseg.datalist import datalist_laterality
+
+    assert datalist_laterality(datalists["chest"]) == "patient"
+    assert datalist_laterality(datalists["endoscopy"]) == "image"
+    assert datalist_laterality(datalists["bare"]) is None

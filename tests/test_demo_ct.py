@@ -95,6 +95,7 @@ def test_ensure_datalist_generates_once_and_picks_the_format(tmp_path):
     assert ensure_demo_ct_datalist(target, **SMALL) == path and os.path.getmtime(path) == mtime
     dpath = ensure_demo_ct_datalist(target, image_format="dicom")
     assert dpath.endswith("datalist_dicom.json") and json.load(open(dpath))["image_format"] == "dicom"
+    assert json.load(open(path))["meta"]["laterality"] == json.load(open(dpath))["meta"]["laterality"] == "patient"
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".set.tmp")]  # no temporary folder left
     with pytest.raises(ValueError, match="image_format"):
         ensure_demo_ct_datalist(target, image_format="png")

@@ -418,6 +418,7 @@ def test_export_folder_to_datalist_sr_text_and_errors(ct_export, tmp_path):
     # the datalist loads with MONAI (relative image paths resolved) and the report file lists the errors
     items = load_datalist(res.datalist_path, split="test")
     assert {os.path.realpath(it["image"]) for it in items} == {os.path.realpath(it["image"]) for it in res.items}
+    assert json.loads(open(res.datalist_path).read())["meta"]["laterality"] == "patient"  # DICOM: reports name the patient's side
     report = json.loads(open(res.report_path).read())
     assert report["items"] == 2 and len(report["errors"]) == 2
     loaded = LoadImaged("image", image_only=True)(items[0])["image"]

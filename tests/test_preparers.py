@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monai_vlseg.datalist import load_datalist
+from monai_vlseg.datalist import datalist_laterality, load_datalist
 from monai_vlseg.datasets.prepare import main as prepare_main
 from monai_vlseg.datasets.public.common import describe_mask, seeded_split
 
@@ -103,6 +103,7 @@ def test_kvasir_template_seeded_split_and_jpeg_masks_to_png(tmp_path):
     # template sentences are computed from the masks: every item and the meta say so
     assert dl["meta"]["text_source"] == "mask_derived" and dl["meta"]["text_sources"] == {"mask_derived": 5}
     assert all(it["text_source"] == "mask_derived" for k in ("training", "validation", "test") for it in dl[k])
+    assert datalist_laterality(out) == "image"  # endoscopy: "left" in its texts is the image's left
     assert [r["file"] for r in dl["skipped"]] == ["Kvasir-SEG/masks/cju0005abc.jpg"]
     items = sum((load_datalist(out, k) for k in ("training", "validation", "test")), [])
     assert len(items) == 5 and len(load_datalist(out, "test")) == 1
@@ -198,6 +199,7 @@ def test_cvc_clinicdb_tif_and_png_layouts(tmp_path, layout):
     assert dl4["meta"]["text_source"] == "caption" and dl4["meta"]["text_sources"] == {"caption": 8}
     with pytest.raises(ValueError, match="text source must be one of"):
         build_cvc_datalist(str(tmp_path), None, texts_csv=str(texts), texts_source="human")
+    assert datalist_laterality(dl) == datalist_laterality(dl2) == "image"
     if layout == "png":  # MedVLSM's captions for CVC-ClinicDB name the PNG copy's files
         anns = tmp_path / "anns"
         anns.mkdir()
@@ -241,6 +243,7 @@ def test_isic2017_official_split_diagnosis_template(tmp_path):
         "A large nevus skin lesion at the center of the dermoscopy image.",
     ]
     assert dl["validation"][0]["text"] == "A large skin lesion at the center of the dermoscopy image."  # no Part 3 CSV
+    assert datalist_laterality(out) == "image"  # dermoscopy
     assert dl["skipped"] == [{"split": "test", "file": "ISIC-2017_Test_v2_Part1_GroundTruth/ISIC_0000005_segmentation.png",
                               "reason": "mask file missing (ISIC-2017_Test_v2_Part1_GroundTruth/ISIC_0000005_segmentation.png)"}]  # fmt: skip
     assert dl["training"][0]["label"] == "isic/ISIC-2017_Training_Part1_GroundTruth/ISIC_0000000_segmentation.png"
@@ -298,6 +301,24 @@ def test_monuseg_xml_rasterised_official_test_folder(tmp_path):
     assert texts[f"{stems[2]}.tif"].startswith("Three cell nuclei covering")
     assert "official test folder" in dl["meta"]["split"]
     assert dl["meta"]["text_source"] == "mask_derived" and test["text_source"] == "mask_derived"  # from the polygons
+    assert datalist_laterality(out) == "image"  # histology
+
+
+def test_a_preparer_must_state_the_side_convention(tmp_path):
+    """finish_datalist (every preparer's last step) refuses a meta without a known laterality, and a datalist with
+    an unknown one is refused when read, naming the file."""
+    from monai_vlseg.datasets.public.common import finish_datalist
+    from monai_vlseg.errors import InputError
+
+    with pytest.raises(ValueError, match="laterality 'patient' or 'image'; got None"):
+        finish_datalist({"training": []}, [], {"dataset": "X"}, str(tmp_path / "x.json"))
+    assert not (tmp_path / "x.json").exists()
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps({"training": [], "meta": {"laterality": "radiological"}}))
+    with pytest.raises(InputError, match=r"odd\.json: meta\.laterality is 'radiological'; expected 'patient' or 'image'"):
+        datalist_laterality(str(path))
+    path.write_text(json.dumps({"training": []}))
+    assert datalist_laterality(str(path)) is None
 
 
 def test_prepare_front_door_usage_and_errors(tmp_path, capsys):
@@ -354,6 +375,10 @@ def test_front_door_lvit_covid19_variant_and_subset(tmp_path):
     assert cut["meta"]["subset"]["sizes"] == {"training": 3, "test": 2}
     assert all(it["text_source"] == "report" for it in cut["training"])  # the marks travel with the items
     assert cut["meta"]["text_sources"] == {"report": 7}  # 3 + 2 cut, the 2 validation items kept
+    assert datalist_laterality(out) == datalist_laterality(small) == "patient"  # chest: the cut keeps the convention
+    histology = str(tmp_path / "monuseg_lvit.json")  # LViT's MoNuSeg copy has the same layout: say its convention
+    assert prepare_main(["lvit", str(root), histology, "--laterality", "image"]) == 0
+    assert datalist_laterality(histology) == "image"
     assert prepare_main(["subset", out, small, "--training", "99"]) == 1
 
 

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -153,3 +154,35 @@ def test_seu_softmax_onehot_and_training_signal():
         SEULoss(sigmoid=True, softmax=True)
     with pytest.raises(ValueError, match="shape"):
         SEULoss()(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 5))
+
+
+@pytest.mark.parametrize("softmax, channels, size", [(False, 1, (16, 16)), (False, 1, (12, 20)), (True, 3, (8, 8))])
+def test_seu_spectral_term_scale_against_eq28(softmax, channels, size):
+    """Eq. 28 as printed is the squared L2 norm of the difference of the unnormalised Fourier magnitudes; the default
+    (the official code's mean over the orthonormal spectrum) is exactly eq. 28 / (C * (HW)^2), so the default
+    lambda_F = 0.3 is eq. 28 with lambda_F = 0.3 / (C * (HW)^2)."""
+    torch.manual_seed(1)
+    logits = torch.randn(2, channels, *size, dtype=torch.float64)
+    target = (torch.rand(2, channels, *size) > 0.6).double()
+    kw = dict(sigmoid=not softmax, softmax=softmax, lambda_entropy=0.0)
+
+    def spectral(**extra):  # the spectral term alone: the loss with it minus the loss without it, per image
+        with_term = SEULoss(**kw, reduction="none", **extra)(logits, target)
+        return with_term - SEULoss(**kw, reduction="none", lambda_spectral=0.0)(logits, target)
+
+    p = torch.softmax(logits, 1) if softmax else torch.sigmoid(logits)
+    eq28 = np.array([  # NumPy's unnormalised 2D FFT, summed over channels and frequencies
+        sum(((np.abs(np.fft.fft2(p[b, c].numpy())) - np.abs(np.fft.fft2(target[b, c].numpy()))) ** 2).sum()
+            for c in range(channels))
+        for b in range(2)
+    ])  # fmt: skip
+    scale = channels * (size[0] * size[1]) ** 2
+    np.testing.assert_allclose(spectral(lambda_spectral=1.0, spectral_reduction="sum").numpy(), eq28, rtol=1e-5)  # float32 loss
+    np.testing.assert_allclose(spectral(lambda_spectral=1.0).numpy(), eq28 / scale, rtol=1e-5)
+    # the documented equivalence: the default weight 0.3 == eq. 28 at 0.3 / (C (HW)^2), the whole loss alike
+    torch.testing.assert_close(
+        SEULoss(sigmoid=not softmax, softmax=softmax)(logits, target),
+        SEULoss(sigmoid=not softmax, softmax=softmax, spectral_reduction="sum", lambda_spectral=0.3 / scale)(logits, target),
+    )
+    with pytest.raises(ValueError, match="spectral_reduction"):
+        SEULoss(spectral_reduction="max")

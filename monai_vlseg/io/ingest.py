@@ -359,7 +359,9 @@ def build_dicom_datalist(
         first = next(r for r in recs if r.path == volume.paths[0])
         add(first, volume, series_uid, {})
 
-    datalist_path = write_datalist({split: items}, os.path.join(output_dir, datalist_name))
+    # DICOM images (radiographs, CT / MR slices): reports name the patient's side
+    meta = {"source": "DICOM export", "laterality": "patient"}
+    datalist_path = write_datalist({split: items, "meta": meta}, os.path.join(output_dir, datalist_name))
     report = {"export_dir": os.path.abspath(export_dir), "datalist": datalist_path, "items": len(items),
               "errors": errors, "warnings": warnings}  # fmt: skip
     report_path = atomic_write_bytes(

@@ -15,8 +15,14 @@ class SEULoss(_Loss):
     """``L = L_Dice + lambda_F * R_Spectral + lambda_E * R_Entropy`` (eq. 26) on logits.
 
     - ``L_Dice = 1 - (2 sum(Y G) + eps) / (sum Y + sum G + eps)``, summed over channels and space per image (27);
-    - ``R_Spectral``: squared difference of the 2D Fourier magnitudes ``|F(Y)|`` and ``|F(G)|`` (28), averaged over
-      frequencies with the orthonormal FFT so its scale does not grow with the image size (as the official code);
+    - ``R_Spectral``: squared difference of the 2D Fourier magnitudes ``|F(Y)|`` and ``|F(G)|`` (28). Eq. 28 as
+      printed is a squared L2 norm of the unnormalised spectra (``spectral_reduction="sum"``); the official code, and
+      the default here, take the mean over channels and frequencies of the orthonormal spectra (``"mean"``), which
+      is exactly eq. 28 divided by ``C * (H*W)**2`` per image (``|F_ortho| = |F| / sqrt(HW)``, then a mean over
+      ``C*H*W`` values). So ``lambda_spectral=0.3`` here equals eq. 28 with ``lambda_F = 0.3 / (C * (H*W)**2)``
+      (1.2e-10 at 224x224, one channel): the weight the paper's 0.3 was tuned with in the official code, and one
+      whose scale does not grow with the image size. Eq. 28 literally with ``lambda_F = 0.3`` would weigh the
+      spectral term ~1e9 times more than the Dice term at 224x224;
     - ``R_Entropy = -1/(BHW) sum_{b,c,h,w} Y log(Y + delta)`` (29). With ``sigmoid=True`` a one-channel map is read
       as the two classes {1 - p, p}, so the term is the binary entropy (eq. 29 over the implicit background).
 
@@ -25,7 +31,10 @@ class SEULoss(_Loss):
         softmax: apply a softmax over channels (multi-class; the target may then be a label map).
         to_onehot_y: one-hot the (B, 1, H, W) label map to the prediction's channels (softmax only).
         include_background: keep channel 0 in the Dice and spectral terms (softmax only).
-        lambda_spectral: lambda_F (0.3).
+        lambda_spectral: lambda_F (0.3, for ``spectral_reduction="mean"``).
+        spectral_reduction: ``"mean"`` (official code: mean over the orthonormal spectrum) or ``"sum"`` (eq. 28 as
+            printed: squared L2 norm over channels and frequencies of the unnormalised spectrum); see above for the
+            weight that makes them equal.
         lambda_entropy: lambda_E (0.1).
         smooth: eps of eq. 27; delta of eq. 29 is 1e-8.
         reduction: "mean", "sum" or "none" over the batch (Dice term per image; regularisers are batch means).
@@ -41,10 +50,14 @@ class SEULoss(_Loss):
         lambda_entropy: float = 0.1,
         smooth: float = 1e-5,
         reduction: LossReduction | str = LossReduction.MEAN,
+        spectral_reduction: str = "mean",
     ) -> None:
         super().__init__(reduction=LossReduction(reduction).value)
         if sigmoid == softmax:
             raise ValueError("exactly one of sigmoid and softmax must be True.")
+        if spectral_reduction not in ("mean", "sum"):
+            raise ValueError(f"spectral_reduction must be 'mean' (official code) or 'sum' (eq. 28), got {spectral_reduction!r}.")
+        self.spectral_reduction = spectral_reduction
         self.sigmoid, self.softmax, self.to_onehot_y = sigmoid, softmax, to_onehot_y
         self.include_background = include_background
         self.lambda_spectral, self.lambda_entropy, self.smooth = lambda_spectral, lambda_entropy, smooth
@@ -73,9 +86,14 @@ class SEULoss(_Loss):
         dice = 1 - (2 * inter + self.smooth) / (prob.sum(dims) + target.sum(dims) + self.smooth)  # (27)
 
         space = tuple(range(2, prob.ndim))
-        mag_p = torch.fft.fftn(prob, dim=space, norm="ortho").abs()
-        mag_t = torch.fft.fftn(target, dim=space, norm="ortho").abs()
-        spectral = F.mse_loss(mag_p, mag_t, reduction="none").mean(dims)  # (28)
+        if self.spectral_reduction == "mean":  # official code: eq. 28 / (C * (HW)^2)
+            mag_p = torch.fft.fftn(prob, dim=space, norm="ortho").abs()
+            mag_t = torch.fft.fftn(target, dim=space, norm="ortho").abs()
+            spectral = F.mse_loss(mag_p, mag_t, reduction="none").mean(dims)  # (28)
+        else:  # eq. 28 as printed: || |F(Y)| - |F(G)| ||_2^2 of the unnormalised spectra, per image
+            mag_p = torch.fft.fftn(prob, dim=space).abs()
+            mag_t = torch.fft.fftn(target, dim=space).abs()
+            spectral = ((mag_p - mag_t) ** 2).sum(dims)  # (28)
 
         loss = dice + self.lambda_spectral * spectral + self.lambda_entropy * entropy.flatten(1).mean(1)  # (26)
         if self.reduction == LossReduction.MEAN.value:

@@ -9,7 +9,10 @@ The paper gives no equation numbers in the text we follow; comments name the qua
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 from monai.networks.nets.basic_unet import Down, TwoConv, UpCat
 from monai.utils import convert_to_tensor
 
+from monai_vlseg.errors import InputError
 from monai_vlseg.nets.blocks.attention import MultiHeadAttention
 from monai_vlseg.nets.blocks.kan import KANLinear, OverlapPatchEmbed, TokenizedKANBlock
 from monai_vlseg.nets.blocks.text_encoder import FrozenTextEncoder
@@ -32,11 +36,16 @@ __all__ = [
     "C2SegFusion",
     "C2Seg",
     "C2SegPretrainNet",
+    "STAGE1_COMMAND",
     "load_encoder_checkpoint",
 ]
 
+logger = logging.getLogger("monai_vlseg")
+
 #: the paper's text tower (the text half of CLIP ViT-B/32; 512-d tokens).
 CLIP_TEXT_MODEL = "openai/clip-vit-base-patch32"
+#: the stage-1 run that writes ``<ckpt_dir>/encoder.pt``, what stage 2 (train.json) loads.
+STAGE1_COMMAND = "python -m monai.bundle run pretraining --config_file bundles/c2seg/configs/pretrain.json"
 
 
 class C2SegEncoder(nn.Module):
@@ -391,30 +400,35 @@ class C2SegPretrainNet(nn.Module):
         return torch.stack([F.normalize(v, dim=-1), F.normalize(l.to(v.dtype), dim=-1)], dim=1)
 
 
-def load_encoder_checkpoint(network: nn.Module, path: str | None, required: bool = False) -> nn.Module:
+def load_encoder_checkpoint(network: nn.Module, path: str | None, required: bool = True) -> nn.Module:
     """Load a stage-1 image-encoder checkpoint (a state dict of ``network.encoder``, or ``{"encoder": ...}``) into
     ``network`` with :func:`monai_vlseg.utils.load_checkpoint` and return ``network``.
 
-    A missing file (or ``path`` None/empty) warns and leaves the encoder randomly initialised, unless ``required``,
-    which raises ``FileNotFoundError``. A file that does not fit the encoder raises ``ValueError`` naming the file.
+    C2Seg is a two-stage method: stage 2 trains the encoder at a learning rate 10x smaller than the rest because
+    stage 1 (CaCL) has aligned it already. So a missing file (or ``path`` None/empty) raises an
+    :class:`~monai_vlseg.errors.InputError` naming the file and :data:`STAGE1_COMMAND`. With ``required=False``
+    (``--require_pretrained_encoder false``) stage 2 goes on with a randomly initialised encoder, which is a one-stage
+    method and not the paper's: that is logged at WARNING in a banner and warned (``UserWarning``).
+    A file that does not fit the encoder always raises ``ValueError`` naming the file.
     """
-    hint = (
-        "run configs/pretrain.json first "
-        "(python -m monai.bundle run pretraining --config_file bundles/c2seg/configs/pretrain.json)"
+    if path and os.path.isfile(path):
+        load_checkpoint(network.encoder, path, required=True, keys=("encoder", "model"))
+        return network
+    where = f"'{path}'" if path else "none (pretrained_encoder is not set)"
+    if required:
+        raise InputError(
+            path or None,
+            f"stage-1 encoder checkpoint {'not found' if path else 'not set'}: C2Seg is a two-stage method, run stage 1 "
+            f"first ({STAGE1_COMMAND}, with the same --bundle_root / --ckpt_dir, --datalist and extra config files "
+            "such as demo.json as this run; it writes <ckpt_dir>/encoder.pt), or train without it (one-stage, not "
+            "the paper's method): --require_pretrained_encoder false",
+        )
+    msg = (
+        f"C2Seg WITHOUT STAGE 1: stage-1 encoder checkpoint {where} not found and --require_pretrained_encoder is "
+        "false, so stage 2 trains a RANDOMLY INITIALISED image encoder at the encoder learning rate "
+        "(encoder_learning_rate): a one-stage method, not the paper's two-stage C2Seg. To train the paper's method, "
+        f"run stage 1 first: {STAGE1_COMMAND}"
     )
-    hint += (
-        ", or set require_pretrained_encoder to false."
-        if required
-        else "; training stage 2 with a randomly initialised image encoder."
-    )
-    load_checkpoint(network.encoder, path, required=required, keys=("encoder", "model"), hint=hint)
-    return network
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "encoder" in state and isinstance(state["encoder"], dict):
-        state = state["encoder"]
-    try:
-        network.encoder.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise ValueError(f"'{path}' is not an encoder checkpoint for this network: {first}") from None
+    logger.warning("%s\n%s\n%s", "=" * 100, msg, "=" * 100)
+    warnings.warn(msg, UserWarning, stacklevel=2)
     return network

@@ -40,6 +40,16 @@ def _source_name(img: Any) -> str:
     return str(meta.get("filename_or_obj", "<in-memory image>"))
 
 
+def _is_colour(img: Any) -> bool:
+    """Whether a channel-first RGB(A) image holds colour, not grey saved as RGB (its channels differ by more than 2 %
+    of its range on average)."""
+    rgb = torch.as_tensor(img)[:3].float()
+    if rgb.shape[0] < 3 or not rgb.numel():
+        return False
+    spread = float((rgb.amax(0) - rgb.amin(0)).abs().mean())
+    return spread > 0.02 * max(float(rgb.max() - rgb.min()), 1e-6)
+
+
 def output_stem(path: str | os.PathLike) -> str:
     """An input's name without its image extension (``.nii.gz`` counts as one); a DICOM series folder keeps its name."""
     name = os.path.basename(os.path.normpath(os.fspath(path)))
@@ -150,16 +160,20 @@ class SaveImageAtomicd(SaveImaged):
 
 
 class EnsureChannels(Transform):
-    """Bring a channel-first image to ``channels`` channels.
+    """Bring a channel-first image to ``channels`` channels (a bundle's ``in_channels``).
 
-    RGBA drops alpha; RGB -> grey uses ITU-R BT.601 luma (exact when the three channels are equal, as in grey
-    images saved as RGB); grey -> RGB repeats the channel. Anything else raises a ValueError naming the file.
+    RGBA drops alpha; RGB -> grey (only when ``channels`` is 1) uses ITU-R BT.601 luma (exact when the three channels
+    are equal, as in grey images saved as RGB); grey -> RGB repeats the channel. Anything else raises a ValueError
+    naming the file. A colour image made grey is not silent: the first one logs a warning naming the file and
+    ``in_channels 3`` (the text-guided bundles' ``configs/rgb.json``), the setting for colour data sets (Kvasir-SEG,
+    CVC-ClinicDB, ISIC).
     """
 
     def __init__(self, channels: int = 1) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}.")
         self.channels = channels
+        self._warned = False
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         c = img.shape[0]
@@ -168,6 +182,12 @@ class EnsureChannels(Transform):
         if c == self.channels:
             return img
         if c == 3 and self.channels == 1:
+            if not self._warned and _is_colour(img):
+                self._warned = True
+                logging.getLogger("monai_vlseg").warning(
+                    "%s: a colour image read as grey (in_channels 1: BT.601 luma); for colour data (Kvasir-SEG, "
+                    "CVC-ClinicDB, ISIC) use in_channels 3 (add the bundle's configs/rgb.json)", _source_name(img),
+                )  # fmt: skip
             w = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32).view(3, *([1] * (img.ndim - 1)))
             return (img.float() * w.to(img.device)).sum(0, keepdim=True)
         if c == 1 and self.channels == 3:
@@ -236,11 +256,8 @@ class InputSpec:
                 found.append(f"lowest value {lo:g}: not a CT in Hounsfield units (air is about -1000 HU)")
             elif self.format != "hounsfield" and lo < -100.0:
                 found.append(f"values down to {lo:g} look like CT Hounsfield units, the model reads {self.description}")
-            if self.num_channels == 1 and x.shape[0] in (3, 4):
-                rgb = x[:3]
-                spread = float((rgb.amax(0) - rgb.amin(0)).abs().mean())
-                if spread > 0.02 * max(float(rgb.max() - rgb.min()), 1e-6):
-                    found.append(f"a colour image, the model reads grey-scale {self.description}")
+            if self.num_channels == 1 and x.shape[0] in (3, 4) and _is_colour(x):
+                found.append(f"a colour image, the model reads grey-scale {self.description}")
         return found
 
 
@@ -256,17 +273,21 @@ class CheckInputd(MapTransform):
         metadata: the bundle's ``metadata.json`` (path or content), see :class:`InputSpec`.
         on_mismatch: ``"flag"`` (warn and flag the output), ``"error"`` (raise an
             :class:`~monai_vlseg.errors.InputError` naming the file: inference skips it), ``"off"``.
+        channels: the channels the network reads (the config's ``in_channels``), in place of the metadata's
+            ``num_channels``: a bundle run with ``in_channels 3`` (``configs/rgb.json``) takes colour images.
     """
 
     def __init__(
         self, keys: KeysCollection = "image", metadata: str | os.PathLike | Mapping[str, Any] | None = None,
-        on_mismatch: str = "flag", allow_missing_keys: bool = False,
+        on_mismatch: str = "flag", allow_missing_keys: bool = False, channels: int | None = None,
     ) -> None:  # fmt: skip
         super().__init__(keys, allow_missing_keys)
         if on_mismatch not in ("flag", "error", "off"):
             raise ValueError(f"on_mismatch must be 'flag', 'error' or 'off', got {on_mismatch!r}")
         self.on_mismatch = on_mismatch
         self.spec = InputSpec(metadata or {}, key=self.keys[0] if isinstance(self.keys[0], str) else "image")
+        if channels is not None:
+            self.spec.num_channels = int(channels)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

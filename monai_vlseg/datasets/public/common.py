@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_vlseg.datalist import TEXT_SOURCES, summarise_text_sources, write_datalist
+from monai_vlseg.datalist import LATERALITY_CONVENTIONS, TEXT_SOURCES, summarise_text_sources, write_datalist
 from monai_vlseg.files import atomic_write_bytes
 
 __all__ = [
@@ -311,7 +311,14 @@ def finish_datalist(
     ``skipped`` records are ``{"split", "file", "reason"}`` like :func:`~monai_vlseg.datasets.public.lvit.build_lvit_datalist`.
     ``meta`` gets ``text_source`` (the word every item's ``text_source`` shares, or ``mixed``) and ``text_sources``
     (the count of each) from the items; the preparer's description of its texts goes in ``meta["text_origin"]``.
+    ``meta`` must say the side convention of the texts, ``laterality`` (a key of
+    :data:`~monai_vlseg.datalist.LATERALITY_CONVENTIONS`): evaluation scores left / right with it.
     """
+    if meta.get("laterality") not in LATERALITY_CONVENTIONS:
+        raise ValueError(
+            f"{meta.get('dataset', root)}: a preparer's meta must say its texts' side convention, laterality "
+            f"{' or '.join(map(repr, LATERALITY_CONVENTIONS))}; got {meta.get('laterality')!r}."
+        )
     if skipped:
         lines = [
             f"  [{r.get('split', '')}] {r['file']}: {r['reason']}" + (f" (row {r['row']} of {r['xlsx']})" if "row" in r else "")

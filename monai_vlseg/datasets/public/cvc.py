@@ -126,6 +126,7 @@ def build_cvc_datalist(
             "split": "MedVLSM caption files",
             "root": root,
             "images": os.path.relpath(img_dir, root),
+            "laterality": "image",
         }
         return finish_datalist(splits, skipped, meta, output_json, relative=relative, strict=strict, root=root)
     kw = {"template": template} if template else {}
@@ -149,6 +150,7 @@ def build_cvc_datalist(
         "split": f"seeded split (val {val_fraction}, test {test_fraction}, seed {seed})",
         "root": root,
         "images": os.path.relpath(img_dir, root),
+        "laterality": "image",
     }
     return finish_datalist(splits, skipped, meta, output_json, relative=relative, strict=strict, root=root)
 

@@ -133,6 +133,7 @@ def build_isic2017_datalist(
     source = f"user CSV {texts_csv} (declared {texts_source})" if texts_csv else (
         "template from the mask" + (" and the Part 3 diagnosis" if diag_used else ""))  # fmt: skip
     meta = {"dataset": "ISIC 2017", "text_origin": source, "split": "official ISIC 2017 split", "root": root}
+    meta["laterality"] = "image"  # dermoscopy photographs: "left" is the image's left
     return finish_datalist(splits, skipped, meta, output_json, relative=relative, strict=strict, root=root)
 
 

@@ -281,7 +281,7 @@ def build_kvasir_datalist(
             else "template from the mask (count from kavsir_bboxes.json)"
         )  # fmt: skip
         split_source = f"seeded split (val {val_fraction}, test {test_fraction}, seed {seed})"
-    meta = {"dataset": "Kvasir-SEG", "text_origin": source, "split": split_source, "root": root}
+    meta = {"dataset": "Kvasir-SEG", "text_origin": source, "split": split_source, "root": root, "laterality": "image"}
     return finish_datalist(splits, skipped, meta, output_json, relative=relative, strict=strict, root=root)
 
 

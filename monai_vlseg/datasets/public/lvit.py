@@ -40,7 +40,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from monai_vlseg.datalist import SPLIT_TO_KEY, TEXT_SOURCES
+from monai_vlseg.datalist import LATERALITY_CONVENTIONS, SPLIT_TO_KEY, TEXT_SOURCES
 from monai_vlseg.datasets.public.common import add_common_args, data_root, finish_datalist, run_cli
 
 __all__ = ["build_lvit_datalist", "read_lvit_text_xlsx", "IMAGE_SUFFIXES", "main"]
@@ -141,6 +141,7 @@ def build_lvit_datalist(
     image_dir: str = "img",
     label_dir: str = "labelcol",
     text_source: str = "report",
+    laterality: str = "patient",
 ) -> dict[str, list[dict[str, Any]]]:
     """Build a MONAI decathlon-style datalist from an LViT-layout data set (QaTa-COV19, MosMedData+).
 
@@ -157,6 +158,9 @@ def build_lvit_datalist(
         label_dir: mask sub-folder of each split folder.
         text_source: the ``text_source`` of every item (:data:`monai_vlseg.datalist.TEXT_SOURCES`; default
             ``report``: the xlsx descriptions came with the data set).
+        laterality: the side convention of the texts, ``meta.laterality`` (see
+            :data:`~monai_vlseg.datalist.LATERALITY_CONVENTIONS`): ``"patient"`` for QaTa-COV19 (chest X-ray) and
+            MosMedData+ (axial CT); ``"image"`` for LViT's MoNuSeg copy (histology).
 
     Returns:
         ``{"training": [...], "validation": [...], "test": [...], "skipped": [...], "meta": {...}}`` (only the
@@ -270,7 +274,7 @@ def build_lvit_datalist(
                 if f.lower().endswith(IMAGE_SUFFIXES):
                     skipped.append({"split": s, "file": f"{s}_Folder/{sub}/{f}", "reason": why})
 
-    meta = {"dataset": "lvit", "text_origin": "LViT xlsx"}
+    meta = {"dataset": "lvit", "text_origin": "LViT xlsx", "laterality": laterality}
     return finish_datalist(out, skipped, meta, output_json, relative=relative, strict=strict, root=root)
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -284,9 +288,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--text-source", default="report", choices=sorted(TEXT_SOURCES),
         help="what the xlsx descriptions are (each item's text_source; default report: they came with the data set)",
     )  # fmt: skip
+    p.add_argument(
+        "--laterality", choices=list(LATERALITY_CONVENTIONS), default="patient",
+        help="side convention of the texts (meta.laterality): patient for QaTa-COV19 / MosMedData+ (default), "
+        "image for LViT's MoNuSeg copy",
+    )  # fmt: skip
     a = p.parse_args(argv)
     return run_cli(
-        build_lvit_datalist, a, splits=a.splits, image_dir=a.image_dir, label_dir=a.label_dir, text_source=a.text_source
+        build_lvit_datalist, a, splits=a.splits, image_dir=a.image_dir, label_dir=a.label_dir, text_source=a.text_source,
+        laterality=a.laterality,
     )
 
 if __name__ == "__main__":

@@ -191,6 +191,7 @@ def build_monuseg_datalist(
         + f"seeded split (val {val_fraction}{'' if has_test else f', test {test_fraction}'}, seed {seed})",
         "root": root,
         "masks": "Aperio XML polygons filled with PIL ImageDraw (binary, 0/255 PNG)",
+        "laterality": "image",
     }
     return finish_datalist(splits, skipped, meta, output_json, relative=relative, strict=strict, root=root)
 

@@ -222,6 +222,7 @@ def generate_demo_ct_dataset(
         "labels": {str(v): k for k, v in CT_LABELS.items()},
         "generator": {"n_train": n_train, "n_val": n_val, "n_test": n_test, "size": size, "seed": seed,
                       "fov_z_mm": fov_z_mm},
+        "meta": {"laterality": "patient"},  # axial CT: the patient's left on the image's right
     }
     if dicom:
         write_datalist({**header, "image_format": "dicom", **dcm}, os.path.join(root, "datalist_dicom.json"))

@@ -268,6 +268,7 @@ def generate_polyp_demo(
             "size": size,
             "seed": seed,
         },
+        "meta": {"laterality": "image"},  # the texts' "left" is the image's left (an endoscopy frame)
     }
     for si, (split, n) in enumerate(zip(_SPLITS, (n_train, n_val, n_test))):
         items = []
