@@ -501,6 +501,9 @@ def save_metrics_summary(metrics: Mapping[str, Any], path: str, **extra: Any) ->
 # --- run folders ---------------------------------------------------------------------------------------------------
 #: the record of a run's configuration in its folder; beside a published checkpoint it is ``<stem>.json``
 RUN_RECORD = "config.json"
+#: ``model_config`` keys added after checkpoints were first recorded -> the value a checkpoint recorded without the key
+#: was trained with (SegMamba's ToM layers scanned along the first array axis, x, before ``slice_axis``: issue 19)
+RECORD_DEFAULTS: dict[str, Any] = {"slice_axis": 0}
 _EPOCH_CHECKPOINT = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 _FLAG_WORDS = ("true", "1", "yes", "on", "false", "0", "no", "off", "", "none")
 logger = logging.getLogger(__name__)
@@ -662,7 +665,8 @@ def check_model_config(ckpt_path: str, model_config: Mapping[str, Any], on_misma
     inference) with the record of the configuration ``ckpt_path`` was trained with (:func:`checkpoint_record`).
 
     A difference raises ``ValueError`` naming both values, the record and the override to use (``on_mismatch``
-    ``"warn"``: a warning instead); a checkpoint without a record gets a warning. Keys one side lacks are not compared.
+    ``"warn"``: a warning instead); a checkpoint without a record gets a warning. Keys one side lacks are not compared,
+    except those of :data:`RECORD_DEFAULTS`: a record from before such a key existed is read with the key's old value.
     """
     if on_mismatch not in ("error", "warn"):
         raise ValueError(f"config_mismatch must be 'error' or 'warn', got {on_mismatch!r}.")
@@ -676,7 +680,8 @@ def check_model_config(ckpt_path: str, model_config: Mapping[str, Any], on_misma
         )
         return
     path, record = found
-    problems = _mismatches(record["model_config"], model_config)
+    recorded = {**{k: v for k, v in RECORD_DEFAULTS.items() if k in model_config}, **record["model_config"]}
+    problems = _mismatches(recorded, model_config)
     if not problems:
         return
     msg = f"{ckpt_path} was trained with another configuration (recorded in {path}): {'; '.join(problems)}."

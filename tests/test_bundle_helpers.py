@@ -248,6 +248,10 @@ def test_check_model_config(tmp_path):
     assert "image_size [64, 64] there, [96, 96] here: add --image_size '[64, 64]'" in msg
     assert "text_len 24 there, 16 here: add --text_len '24'" in msg and "network_def N" in msg
     assert "--config_mismatch warn" in msg and "\n" not in msg
+    # a SegMamba checkpoint recorded before slice_axis existed scanned along x (axis 0): refused at the new default
+    with pytest.raises(ValueError, match="slice_axis 0 there, -1 here: add --slice_axis '0'"):
+        mb.check_model_config(str(ckpt), dict(CONFIG, network_def={"class": "N"}, slice_axis=-1))
+    mb.check_model_config(str(ckpt), dict(CONFIG, network_def={"class": "N"}, slice_axis=0))
     with pytest.warns(UserWarning, match="image_size"):
         mb.check_model_config(str(ckpt), dict(CONFIG, image_size=[96, 96]), on_mismatch="warn")
     with pytest.raises(ValueError, match="config_mismatch must be"):
