@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from monai_vlseg.datalist import write_datalist
+from monai_vlseg.datasets.public.common import record_text_tokens
 from monai_vlseg.datasets.public.lvit import build_lvit_datalist
 from monai_vlseg.datasets.synthetic.cxr_reports import negated_report, reworded_report
 from monai_vlseg.datasets.synthetic.encode import png_bytes, xlsx_bytes
@@ -359,7 +360,8 @@ def generate_demo_dataset(
 
     Returns:
         absolute path of ``root/datalist.json``; items also carry ``zones``, ``distractor_zones`` and
-        ``zone_boxes`` metadata.
+        ``zone_boxes`` metadata; ``meta.text_tokens`` holds the text lengths in tokens, as written and as the chest
+        bundles read them (``report_parser: "chest"``), over every split.
     """
     root = os.path.abspath(os.fspath(root))
     if os.path.isdir(root) and os.listdir(root):
@@ -402,6 +404,7 @@ def generate_demo_dataset(
         for item in items:
             item.update(meta[item["image"]])
     datalist.update(_other_wording_splits(root, test_cases, seed))
+    record_text_tokens(datalist, report_parsers=(None, "chest"))  # meta.text_tokens over every split
     datalist = {
         "name": "monai_vlseg synthetic QaTa-like demo",
         "description": "synthetic chest radiographs with text-described lesion masks; patient's left = image right",

@@ -11,7 +11,8 @@ blob of polyp-like size. Masks (0/255) hold the polyp only and exist for evaluat
 reads them.
 
 Layout: ``{train,val,test}/{img,label}/polyp_<split>_<i>.png`` and ``datalist.json`` (MONAI decathlon form, paths
-relative to the JSON) with items ``{"image", "label", "text", "colour", "shape", "size", "location"}``. "left" is
+relative to the JSON) with items ``{"image", "label", "text", "colour", "shape", "size", "location"}`` and
+``meta.text_tokens`` (the descriptions' lengths in tokens). "left" is
 the image's left (a photograph, not a radiograph). Deterministic: the same arguments give byte-identical files.
 
 Command line::
@@ -33,6 +34,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from monai_vlseg.datalist import write_datalist
+from monai_vlseg.datasets.public.common import record_text_tokens
 from monai_vlseg.datasets.synthetic.encode import png_bytes
 from monai_vlseg.files import atomic_write_bytes, ensure_generated
 
@@ -257,6 +259,7 @@ def generate_polyp_demo(
                 }
             )
         datalist[_KEYS[split]] = items
+    record_text_tokens(datalist)  # meta.text_tokens: the descriptions' lengths in tokens
     return write_datalist(datalist, os.path.join(root, "datalist.json"), relative=True)
 
 
