@@ -34,6 +34,7 @@ from monai_vlseg.errors import InputError
 from monai_vlseg.files import atomic_write_bytes
 from monai_vlseg.io.dicom import dicom_files_in, is_dicom_file
 from monai_vlseg.transforms.image import OUTPUT_NAME_KEY, unique_output_names
+from monai_vlseg.transforms.report import count_truncated, text_token_stats
 from monai_vlseg.utils import load_checkpoint
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "channel_output_transform",
     "check_model_config",
     "check_text_supervision",
+    "check_text_len",
     "checkpoint_record",
     "condition_items",
     "ddp_device",
@@ -372,6 +374,83 @@ def left_on_image_right(laterality: str) -> bool:
         choices = "; ".join(f"{k!r}: {v}" for k, v in LATERALITY_CONVENTIONS.items())
         raise ValueError(f"laterality must be one of {choices}; got {laterality!r} (--laterality patient|image).")
     return laterality == "patient"
+
+
+def _recorded_text_tokens(
+    data: Mapping[str, Any], tokenizer: str, parser: str | None, splits: Sequence[str]
+) -> dict[str, Any] | None:
+    """The lengths a preparer recorded in ``meta.text_tokens`` for ``tokenizer`` and ``parser``, summed over
+    ``splits``; None when not recorded, or when a split's count of texts no longer matches (the datalist changed)."""
+    entries = (data.get("meta") or {}).get("text_tokens") if isinstance(data.get("meta"), Mapping) else None
+    for e in entries if isinstance(entries, list) else []:
+        if not isinstance(e, Mapping) or e.get("tokenizer") != tokenizer or e.get("report_parser") != parser:
+            continue
+        by = e.get("by_split") or {}
+        hist: dict[str, int] = {}
+        for s in splits:
+            texts = [i.get("text") for i in data[s] if isinstance(i, Mapping) and str(i.get("text") or "").strip()]
+            if s not in by or by[s].get("texts") != len(texts):
+                return None
+            for k, n in by[s].get("histogram", {}).items():
+                hist[k] = hist.get(k, 0) + int(n)
+        return {"tokenizer": tokenizer, "report_parser": parser, "texts": sum(hist.values()),
+                "max_tokens": max((int(k) for k in hist), default=0), "histogram": hist, "recorded": True}  # fmt: skip
+    return None
+
+
+def check_text_len(
+    source: str | os.PathLike | Sequence[Mapping[str, Any]],
+    tokenizer: str | None,
+    text_len: int,
+    report_parser: str | None = None,
+    splits: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """At the start of a run: warn when texts are longer than the network's ``text_len``, i.e. cut before the
+    network reads them. Returns the lengths (:func:`monai_vlseg.transforms.report.text_token_stats`) with
+    ``text_len`` and ``truncated``, the number of texts longer than it.
+
+    The texts are counted as the bundle reads them (:class:`~monai_vlseg.transforms.report.PrepareReportd` with
+    ``report_parser``, then ``tokenizer``). For a datalist JSON the preparer's record (``meta.text_tokens``, per split)
+    is used when it was made with the same tokenizer and parser and still fits the datalist; otherwise the texts are
+    counted now (a fast tokenizer: about a millisecond a text).
+
+    Args:
+        source: a datalist JSON, or the items of a run (``inference_datalist``'s).
+        tokenizer: the bundle's ``text_model`` (``None``: the default).
+        text_len: the bundle's ``text_len``.
+        report_parser: the bundle's ``report_parser``.
+        splits: the datalist sections the run reads (default: every section with items).
+    """
+    tokenizer = str(tokenizer or "default")
+    stats: dict[str, Any] | None = None
+    if isinstance(source, (str, os.PathLike)):
+        where = os.fspath(source)
+        data = read_datalist(where)
+        sections = [k for k, v in data.items() if k not in ("skipped", "meta") and isinstance(v, list)]
+        wanted = [s for s in (splits or sections) if s in sections]
+        stats = _recorded_text_tokens(data, tokenizer, report_parser, wanted)
+        if stats is None:
+            items = [(s, i) for s in wanted for i in data[s] if isinstance(i, Mapping)]
+            texts, groups = [i.get("text") for _, i in items], [s for s, _ in items]
+            stats = text_token_stats(texts, tokenizer, report_parser, splits=groups)
+        where = f"{where} ({', '.join(wanted)})"
+    else:
+        where = "the inputs of this run"
+        stats = text_token_stats([i.get("text") if isinstance(i, Mapping) else None for i in source], tokenizer,
+                                 report_parser)  # fmt: skip
+    stats = {**stats, "text_len": int(text_len), "truncated": count_truncated(stats, text_len)}
+    if stats["truncated"] and _rank() == 0:
+        warnings.warn(
+            f"{stats['truncated']} of {stats['texts']} texts in {where} are longer than text_len={text_len} tokens "
+            f"(the longest: {stats['max_tokens']}; tokenizer {tokenizer}, report_parser {report_parser}): the network "
+            "reads them cut short (PrepareReportd keeps finding sentences first and counts each item's "
+            f"dropped_tokens). --text_len {stats['max_tokens']} fits them all; a network trained with another "
+            "text_len must be trained again.",
+            stacklevel=2,
+        )
+    elif stats["texts"]:
+        logger.info(f"texts fit text_len={text_len}: the longest has {stats['max_tokens']} tokens ({where})")
+    return stats
 
 
 def image_meta(batch: Sequence[Mapping[str, Any]]) -> list[Any]:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from types import TracebackType
 
 __all__ = [
+    "CheckpointNotFoundError",
     "InputError",
     "InputsSkippedError",
     "OneLineError",
@@ -41,6 +42,10 @@ class InputError(OneLineError, ValueError):
         self.path = os.fspath(path) if path is not None else None
         self.reason = reason
         super().__init__(reason if self.path is None else f"{self.path}: {reason}")
+
+
+class CheckpointNotFoundError(OneLineError, FileNotFoundError):
+    """A checkpoint a run needs (e.g. LCPDN's stage-1 output) is missing: the message says how to make it."""
 
 
 class OutputExistsError(OneLineError, FileExistsError):

@@ -69,7 +69,7 @@ def test_pretraining_writes_the_encoder_and_training_loads_it(bundle):
     model = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
     assert any(k.startswith("fusions.4.attn.l_key") for k in model)  # BCAM with KAN projections
     # each stage ran in its own run folder and put its checkpoint in models/, with the record of its configuration
-    stage1 = check_run_folder(bundle["root"] / "bundle", "encoder.pt", image_size=[64, 64], text_len=24)
+    stage1 = check_run_folder(bundle["root"] / "bundle", "encoder.pt", image_size=[64, 64], text_len=34)
     assert check_run_folder(bundle["root"] / "bundle", "model.pt", image_size=[64, 64]) != stage1
 
 

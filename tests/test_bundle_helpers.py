@@ -264,3 +264,38 @@ def test_network_signature_tells_networks_apart():
     assert sig["values"] == 8 * 9 + 8 + 4 * 8 + 1
     assert sig == mb.network_signature(nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8)))
     assert sig["shapes"] != mb.network_signature(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)))["shapes"]
+
+
+def test_check_text_len_warns_when_a_run_would_truncate_texts(tmp_path, recwarn):
+    """At the start of a run: the texts of the splits it reads, counted as the bundle reads them (report parser,
+    tokenizer); the preparer's record in meta.text_tokens when it fits the datalist, else counted now."""
+    from monai_vlseg.datasets.public.common import record_text_tokens
+
+    one = "Unilateral pulmonary infection, one infected area, upper left lung."  # 17 tokens
+    two = "Bilateral pulmonary infection, two infected areas, upper left lung and upper right lung."  # 18
+    long = "Findings: patchy opacity at the right base and in the left upper zone, slightly worse than before."
+    data = {"training": [{"image": "a.png", "text": one}, {"image": "b.png", "text": two}],
+            "validation": [{"image": "c.png", "text": two}], "test": [{"image": "d.png", "text": long}]}  # fmt: skip
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps(data))
+    fits = mb.check_text_len(str(path), "default", 18, "chest", ["training", "validation"])
+    assert fits["truncated"] == 0 and fits["max_tokens"] == 18 and fits["texts"] == 3 and not recwarn.list
+    expected = r"2 of 3 texts in .*datalist.json \(training, validation\) are longer than text_len=17 tokens "
+    with pytest.warns(UserWarning, match=expected + r"\(the longest: 18.*--text_len 18 fits them all"):
+        cut = mb.check_text_len(str(path), "default", 17, "chest", ["training", "validation"])
+    assert "recorded" not in cut
+    # as written (no parser) the test report is longer than its canonical sentence
+    raw = mb.check_text_len(str(path), None, 34, None, ["test"])
+    canonical = mb.check_text_len(str(path), None, 34, "chest", ["test"])
+    assert raw["texts"] == 1 and raw["max_tokens"] > canonical["max_tokens"]
+    # the preparer's record is used while it fits the datalist; a changed datalist is counted again
+    record_text_tokens(data, (None, "chest"))
+    path.write_text(json.dumps(data))
+    assert mb.check_text_len(str(path), "default", 17, "chest", ["training"])["recorded"] is True
+    data["training"].append({"image": "e.png", "text": one})
+    path.write_text(json.dumps(data))
+    again = mb.check_text_len(str(path), "default", 18, "chest", ["training"])
+    assert "recorded" not in again and again["texts"] == 3
+    # the items of an inference run (a folder and one --text)
+    with pytest.warns(UserWarning, match="1 of 1 texts in the inputs of this run"):
+        assert mb.check_text_len([{"image": "x.png", "text": two}], "default", 10, "chest")["truncated"] == 1

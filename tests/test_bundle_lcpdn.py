@@ -16,14 +16,13 @@ from bundle_testing import (
 )  # fmt: skip
 
 from monai_vlseg.datasets.synthetic.cxr import generate_demo_dataset
+from monai_vlseg.errors import find_one_line_error
 
 cfg = BundleConfigs("lcpdn")
 CONFIGS, META, LOGGING = cfg.dir, cfg.meta, cfg.logging
 TINY_NET = {
     "network_def#unet_config": {"channels": [8, 16, 16], "attention_levels": [False, False, True], "num_res_blocks": 1,
                                 "num_head_channels": 8, "norm_num_groups": 8, "resblock_updown": False},
-    "network_def#vision_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                                  "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
     "network_def#text_config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                                 "intermediate_size": 64},
     "network_def#prompt_dim": 16,
@@ -39,11 +38,20 @@ def bundle(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lcpdn")
     datalist = generate_demo_dataset(str(tmp / "data"), n_train=6, n_val=3, n_test=3, size=96, seed=1)
     overrides = {"bundle_root": str(tmp / "bundle"), "datalist": datalist, "image_size": [32, 32], "batch_size": 2,
-                 "max_epochs": 2, "text_len": 12, **TINY_NET}  # fmt: skip
+                 "max_epochs": 2, **TINY_NET}  # fmt: skip
     cfg.run("train", "train.json", "pretrain_diffusion.json", pretrain_epochs=1, pretrain_batch_size=3, **overrides)
     stage1 = torch.load(tmp / "bundle" / "models" / "diffusion.pt", map_location="cpu", weights_only=True)
-    with pytest.warns(UserWarning, match="not found: the frozen UNet is random"):  # without stage 1
-        cfg.workflow("train", "train.json", **dict(overrides, bundle_root=str(tmp / "nothing"))).initialize()
+    # without stage 1: a one-line error saying to run it (the frozen UNet would be random), or, asked for, a warning
+    nothing = dict(overrides, bundle_root=str(tmp / "nothing"))
+    with pytest.raises(Exception) as err:  # noqa: PT011 - MONAI's parser wraps it; the one-line error is inside
+        cfg.workflow("train", "train.json", **nothing).initialize()
+    brief = find_one_line_error(err.value)
+    assert isinstance(brief, FileNotFoundError) and "frozen UNet would be random" in str(brief)
+    assert "configs/pretrain_diffusion.json" in str(brief) and "--require_stage1 false" in str(brief)
+    with pytest.warns(UserWarning, match="not found: the frozen UNet is random"):
+        cfg.workflow("train", "train.json", **dict(nothing, require_stage1=False)).initialize()
+    # every other run reads this stage-1 output (a DDP run in another bundle root too)
+    overrides["diffusion_ckpt"] = str(tmp / "bundle" / "models" / "diffusion.pt")
     wf = cfg.run("train", "train.json", **overrides)
     return {"root": tmp, "datalist": datalist, "overrides": overrides, "stage1": stage1, "train_wf": wf}
 
@@ -58,7 +66,7 @@ def test_stage1_checkpoint_is_loaded_by_stage2_and_unet_stays_frozen(bundle):
     # the UNet was trained in stage 1: its zero-initialised output convs moved
     assert stage1["unet.out.2.conv.weight"].abs().sum() > 0
     assert any(k.startswith("ltfr.0.") for k in ckpt) and any(k.startswith("classifier.") for k in ckpt)
-    stage1 = check_run_folder(bundle["root"] / "bundle", "diffusion.pt", image_size=[32, 32], text_len=12)
+    stage1 = check_run_folder(bundle["root"] / "bundle", "diffusion.pt", image_size=[32, 32], text_len=34)
     assert check_run_folder(bundle["root"] / "bundle", "model.pt", image_size=[32, 32]) != stage1
 
 
@@ -115,6 +123,89 @@ def test_paper_configuration_in_train_json():
     assert net["timesteps"] == [50, 150, 250] and net["blocks"] == [4, 6, 8, 12] and net["unet_config"] is None
     assert parser.get("batch_size") == 1 and parser.get("learning_rate") == 1e-4 and parser.get("max_epochs") == 50
     assert parser.get("image_size") == [256, 256]
+    # CPRFL reads the stage-1 UNet's own features; stage 2 refuses to start without the stage-1 checkpoint
+    assert parser.get("vision_model") == "unet" and parser.get("require_stage1") is True
+    for name in ("train.json", "multi_gpu_train.json"):
+        assert LOAD_STAGE1 in ConfigParser.load_config_file(cfg(name)[0])["initialize"], name
+
+
+LOAD_STAGE1 = (
+    "$@network_def.load_diffusion_checkpoint(@diffusion_ckpt, required=monai_vlseg.bundle.as_flag(@require_stage1))"
+)
+
+
+def test_text_len_fits_every_chest_report():
+    """text_len 34: the longest sentence the chest parser hands on (all six zones) fits the default tokenizer, so no
+    report loses a zone; TextDiff's 10 cut even the shortest one (one zone) before its location."""
+    from monai_vlseg.transforms.report import CHEST_ZONES, PrepareReportd, chest_zone_sentence
+
+    parser = ConfigParser()
+    parser.read_config(cfg("train.json"))
+    text_len = parser.get("text_len")
+    assert text_len == 34 and ConfigParser.load_config_file(cfg("inference.json")[0])["text_len"] == text_len
+    count = PrepareReportd(tokenizer=parser.get("text_model")).token_count
+    assert count(chest_zone_sentence(list(CHEST_ZONES))) == text_len
+    assert count(chest_zone_sentence(["upper left"])) > 10
+
+
+def _demo_network(*extra: str, seed: int, **overrides):
+    parser = ConfigParser()
+    parser.read_config(cfg("train.json", *extra, "demo.json"))
+    parser.update(overrides)
+    torch.manual_seed(seed)
+    return parser.get_parsed_content("trained_module" if extra else "network_def")
+
+
+def test_default_network_has_no_frozen_random_weights(tmp_path):
+    """No frozen random network in the default: every frozen weight is either loaded from a pretrained file when the
+    network is built (the text tower) or filled from the stage-1 checkpoint that stage 2 requires (the UNet, whose
+    features are also CPRFL's image tokens); there is no CLIP tower of random weights."""
+    nets = [_demo_network(seed=s) for s in (1, 2)]
+    a, b = (dict(n.named_parameters()) for n in nets)
+    frozen = {k for k, p in a.items() if not p.requires_grad}
+    random_at_construction = {k for k in frozen if not torch.equal(a[k], b[k])}
+    assert random_at_construction and all(k.startswith("diffusion.unet.") for k in random_at_construction)
+    assert nets[0].diffusion.vision is None and not any(".vision." in k for k in a)
+    # the frozen text tower holds the packaged model's weights
+    from transformers import AutoModel
+
+    from monai_vlseg.utils import load_pretrained
+
+    packaged = load_pretrained(AutoModel, None).state_dict()
+    tower = nets[0].diffusion.text_encoder.model.state_dict()
+    assert all(torch.equal(v, packaged[k]) for k, v in tower.items())
+    # a stage-1 output (what pretrain_diffusion.json saves: the state of network_def.diffusion) fills every one
+    stage1 = _demo_network("pretrain_diffusion.json", seed=3)
+    torch.save({"model": stage1.state_dict()}, tmp_path / "diffusion.pt")
+    for n in nets:
+        n.load_diffusion_checkpoint(str(tmp_path / "diffusion.pt"))
+    a, b = (dict(n.named_parameters()) for n in nets)
+    assert all(torch.equal(a[k], b[k]) for k in frozen)
+    state = stage1.state_dict()
+    assert all(torch.equal(a[k], state[k.removeprefix("diffusion.")]) for k in random_at_construction)
+
+
+def test_paper_clip_image_encoder_is_one_override_away(tmp_path):
+    """--vision_model PATH (or a HuggingFace id in the local cache) puts the paper's frozen CLIP image encoder back
+    in CPRFL; here a tiny CLIP saved from a transformers config (nothing downloaded)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    text = {"vocab_size": 99, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "max_position_embeddings": 16}  # fmt: skip
+    vision = {"hidden_size": 24, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": 32, "patch_size": 8}  # fmt: skip
+    torch.manual_seed(0)
+    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8))
+    clip.save_pretrained(tmp_path / "clip")
+    net = _demo_network(seed=0, vision_model=str(tmp_path / "clip"))
+    tower = net.diffusion.vision
+    assert tower is not None and net.diffusion.cprfl.w_k.in_features == 24
+    saved = clip.vision_model.state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in tower.vision_model.state_dict().items())  # loaded, not random
+    assert all(not p.requires_grad for p in tower.parameters())
+    ids = torch.randint(1000, 2000, (1, 34))
+    with torch.no_grad():
+        assert net(torch.rand(1, 1, 64, 64), ids, torch.ones_like(ids)).shape == (1, 1, 64, 64)
 
 
 def test_multi_gpu_config_runs_ddp_on_cpu(bundle, tmp_path):

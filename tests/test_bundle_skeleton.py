@@ -404,3 +404,52 @@ def test_model_config_is_recorded_and_checked(bundle):
     assert _load(bundle, "evaluate.json")["initialize"][-1] == check.format("@ckpt_dir + '/model.pt'")
     assert infer["initialize"][-1] == check.format("@ckpt_path")
     assert _load(bundle, "evaluate.json")["config_mismatch"] == infer["config_mismatch"] == "error"
+
+
+TEXT_BUNDLES = tuple(b for b in BUNDLES if _diff(b, "text", True))
+TEXT_LEN_CHECK = "$monai_vlseg.bundle.check_text_len("
+
+
+@pytest.mark.parametrize("bundle", TEXT_BUNDLES)
+def test_runs_check_that_texts_fit_text_len(bundle):
+    """Every run of a text-guided bundle (training, stage 1, evaluation, inference) starts by counting the texts it
+    reads with its tokenizer and warning when some are longer than text_len."""
+    names = ["train.json", "multi_gpu_train.json", "evaluate.json", "inference.json"]
+    names += [_diff(bundle, "stage-1 config")] if _diff(bundle, "stage-1 config") else []
+    for name in names:
+        calls = [x for x in _load(bundle, name)["initialize"] if x.startswith(TEXT_LEN_CHECK)]
+        assert len(calls) == 1 and "@text_model, @text_len, " in calls[0], (bundle, name)
+
+
+def _default_texts(bundle: str, parser: str | None) -> list[str]:
+    """The longest texts the bundle's default data set can hand its network (every one its generator can write)."""
+    import itertools
+
+    from monai_vlseg.transforms.report import CHEST_ZONES, chest_zone_sentence
+
+    if parser == "chest":  # whatever the report, the chest parser hands on the canonical sentence: at most six zones
+        return [chest_zone_sentence(list(CHEST_ZONES))]
+    from monai_vlseg.datasets.synthetic import polyp
+
+    assert "ensure_polyp_demo_datalist" in _load(bundle, "train.json")["datalist"]
+    texts = [
+        t.format(size=s, Size=s.capitalize(), colour=c, shape=sh, a_shape=("an " if sh[0] in "aeiou" else "a ") + sh,
+                 loc=polyp.location_phrase(r, col))
+        for t, s, c, sh, r, col in itertools.product(
+            polyp._TEMPLATES, polyp.SIZES, polyp.COLOURS, polyp.SHAPES, ("upper", "middle", "lower"),
+            ("left", "centre", "right"))
+    ]  # fmt: skip
+    return texts
+
+
+@pytest.mark.parametrize("bundle", TEXT_BUNDLES)
+def test_text_len_covers_the_longest_text_of_the_default_data(bundle):
+    """No text of a bundle's default data set is cut before the network reads it (issue 19: LCPDN's 10 tokens cut
+    the report before its locations)."""
+    from monai_vlseg.transforms.report import PrepareReportd
+
+    train, infer = _load(bundle, "train.json"), _load(bundle, "inference.json")
+    assert infer["text_len"] == train["text_len"] and "text_len" not in _load(bundle, "demo.json")
+    parser = train["report_parser"]
+    count = PrepareReportd(parser=parser, tokenizer=train["text_model"]).token_count
+    assert max(count(t) for t in _default_texts(bundle, parser)) <= train["text_len"]

@@ -72,7 +72,7 @@ def test_train_writes_checkpoint_and_logs(bundle):
     record = json.loads((root / "models" / "model.json").read_text())
     assert record["run_dir"] == str(run_dir) and record["checkpoint"] == "model.pt"
     config = record["model_config"]
-    assert config["image_size"] == [64, 64] and config["text_len"] == 24 and config["in_channels"] == 1
+    assert config["image_size"] == [64, 64] and config["text_len"] == 34 and config["in_channels"] == 1
     assert config["network_def"]["class"] == "monai_vlseg.nets.ua_vls.UAVLS"
     assert json.loads((run_dir / "config.json").read_text())["model_config"] == config
     assert sorted(f for f in os.listdir(run_dir) if f.startswith("checkpoint_")) == [
@@ -235,7 +235,7 @@ def test_training_keeps_a_model_pt_it_did_not_write(bundle, tmp_path):
     [
         ("eval", {"image_size": [96, 96]}, "image_size [64, 64] there, [96, 96] here: add --image_size '[64, 64]'"),
         ("infer", {"image_size": [96, 96]}, "image_size [64, 64] there, [96, 96] here: add --image_size '[64, 64]'"),
-        ("infer", {"text_len": 16}, "text_len 24 there, 16 here: add --text_len '24'"),
+        ("infer", {"text_len": 16}, "text_len 34 there, 16 here: add --text_len '34'"),
         (
             "eval",
             {"network_def#vision_config": {"hidden_sizes": [8, 16, 32, 64], "depths": [1, 1, 2, 1]}},

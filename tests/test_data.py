@@ -208,6 +208,22 @@ def demo_dir(tmp_path_factory):
     return root
 
 
+def test_demo_records_its_text_lengths(demo_dir):
+    """meta.text_tokens of the chest demo covers every split, the reworded and negated test reports included: as
+    written and as the chest bundles read them (the canonical sentence, never longer than the six-zone one)."""
+    from monai_vlseg.transforms import TokenizeText
+
+    with open(os.path.join(demo_dir, "datalist.json")) as f:
+        dl = json.load(f)
+    raw, chest = dl["meta"]["text_tokens"]
+    assert (raw["report_parser"], chest["report_parser"]) == (None, "chest")
+    splits = {"training", "validation", "test", "test_reworded", "test_negated"}
+    assert set(raw["by_split"]) == set(chest["by_split"]) == splits
+    tok = TokenizeText("default").tokenizer
+    assert raw["max_tokens"] == max(len(tok(i["text"])["input_ids"]) for k in splits for i in dl[k])
+    assert chest["max_tokens"] <= 34 and chest["truncated"]["34"] == 0
+
+
 def _dilate(m, iterations=1):
     """Binary dilation (4-neighbourhood), numpy only."""
     m = m.copy()

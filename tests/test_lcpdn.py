@@ -31,8 +31,8 @@ VIS = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_
 
 
 def tiny_net(**kw):
-    args = dict(unet_config=TINY_UNET, text_config=TEXT, vision_config=VIS, prompt_dim=16, blocks=[1, 3, 4],
-                fusion_channels=8, classifier_channels=[8, 4])  # fmt: skip
+    args = dict(unet_config=TINY_UNET, text_config=TEXT, prompt_dim=16, blocks=[1, 3, 4], fusion_channels=8,
+                classifier_channels=[8, 4])  # fmt: skip
     args.update(kw)
     torch.manual_seed(0)
     net = LCPDN(**args)
@@ -103,7 +103,7 @@ def test_decoder_blocks_follow_guided_diffusion_numbering():
     256@128 px at 256 px input in the paper; here 32@4, 16@8, 16@16, 8@32 at 64 px."""
     unet_cfg = {"channels": [8, 8, 16, 16, 32, 32], "attention_levels": [False, False, False, True, True, True],
                 "num_res_blocks": 2, "num_head_channels": 8, "norm_num_groups": 8, "resblock_updown": True}  # fmt: skip
-    net = LCPDN(unet_config=unet_cfg, text_config=TEXT, vision_config=VIS, prompt_dim=8, fusion_channels=4,
+    net = LCPDN(unet_config=unet_cfg, text_config=TEXT, prompt_dim=8, fusion_channels=4,
                 classifier_channels=[4, 4], timesteps=[50, 150, 250], blocks=[4, 6, 8, 12])  # fmt: skip
     with torch.no_grad():
         feats = net.extract_features(torch.rand(1, 1, 64, 64) * 2 - 1, None)
@@ -143,9 +143,10 @@ def test_forward_shapes_gradients_and_frozen_parts():
     y.pow(2).mean().backward()
     assert net.diffusion.cprfl.w_q.weight.grad.abs().sum() > 0  # CPRFL learns through the frozen UNet
     assert net.ltfr[0].gate.weight.grad.abs().sum() > 0 and net.classifier[0].conv.weight.grad is not None
-    for frozen in (net.diffusion.unet, net.diffusion.vision, net.diffusion.text_encoder):
+    for frozen in (net.diffusion.unet, net.diffusion.text_encoder):
         assert all(not p.requires_grad for p in frozen.parameters())
-    assert not net.diffusion.unet.training and not net.diffusion.vision.model.training
+    assert net.diffusion.vision is None  # the default image tokens are the frozen UNet's own
+    assert not net.diffusion.unet.training and not net.diffusion.text_encoder.model.training
     # image alone (verify_net_in_out), and wrong input sizes give clear errors
     assert net(torch.rand(1, 1, 32, 32)).shape == (1, 1, 32, 32)
     with pytest.raises(ValueError, match="divisible by 4"):
@@ -175,7 +176,7 @@ def test_stage2_loss_goes_down():
     y = (x > 0.6).float()
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-2)
     losses = []
-    for _ in range(8):
+    for _ in range(12):
         opt.zero_grad()
         loss = nn.functional.binary_cross_entropy_with_logits(net(x, ids, mask), y)
         loss.backward()
@@ -186,8 +187,7 @@ def test_stage2_loss_goes_down():
 
 def test_stage1_ddpm_with_supervised_trainer_and_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
-    den = PromptedDiffusionUNet(unet_config=TINY_UNET, text_config=TEXT, vision_config=VIS, prompt_dim=16,
-                                frozen_unet=False)  # fmt: skip
+    den = PromptedDiffusionUNet(unet_config=TINY_UNET, text_config=TEXT, prompt_dim=16, frozen_unet=False)
     ids, mask = text_inputs(4)
     data = [{"image": torch.rand(1, 32, 32), "input_ids": ids[i], "attention_mask": mask[i]} for i in range(4)]
     loader = torch.utils.data.DataLoader(data, batch_size=4)
@@ -202,17 +202,17 @@ def test_stage1_ddpm_with_supervised_trainer_and_checkpoint_round_trip(tmp_path)
     assert math.isfinite(float(trainer.state.output[0]["loss"]))
     assert not torch.equal(before, den.unet.conv_in.conv.weight)
     torch.save(den.state_dict(), tmp_path / "diffusion.pt")
-    net = LCPDN(unet_config=TINY_UNET, text_config=TEXT, vision_config=VIS, prompt_dim=16, blocks=[1, 3, 4],
-                fusion_channels=8, classifier_channels=[8, 4])  # fmt: skip
+    net = LCPDN(unet_config=TINY_UNET, text_config=TEXT, prompt_dim=16, blocks=[1, 3, 4], fusion_channels=8,
+                classifier_channels=[8, 4])  # fmt: skip
     net.load_diffusion_checkpoint(str(tmp_path / "diffusion.pt"))
     torch.testing.assert_close(net.diffusion.unet.conv_in.conv.weight, den.unet.conv_in.conv.weight)
-    other = LCPDN(unet_config={**TINY_UNET, "channels": [16, 16, 16]}, text_config=TEXT, vision_config=VIS,
-                  prompt_dim=16, blocks=[1], fusion_channels=8, classifier_channels=[8, 4])  # fmt: skip
+    other = LCPDN(unet_config={**TINY_UNET, "channels": [16, 16, 16]}, text_config=TEXT, prompt_dim=16, blocks=[1],
+                  fusion_channels=8, classifier_channels=[8, 4])  # fmt: skip
     with pytest.raises(ValueError, match="diffusion.pt"):
         other.load_diffusion_checkpoint(str(tmp_path / "diffusion.pt"))
     torch.save({"model": den.unet.state_dict()}, tmp_path / "bare_unet.pt")  # a bare DiffusionModelUNet
-    fresh = LCPDN(unet_config=TINY_UNET, text_config=TEXT, vision_config=VIS, prompt_dim=16, blocks=[1, 3, 4],
-                  fusion_channels=8, classifier_channels=[8, 4])  # fmt: skip
+    fresh = LCPDN(unet_config=TINY_UNET, text_config=TEXT, prompt_dim=16, blocks=[1, 3, 4], fusion_channels=8,
+                  classifier_channels=[8, 4])  # fmt: skip
     assert fresh.load_diffusion_checkpoint(str(tmp_path / "bare_unet.pt")) is fresh
     for k, v in den.unet.state_dict().items():
         assert torch.equal(fresh.diffusion.unet.state_dict()[k], v), k
@@ -220,3 +220,84 @@ def test_stage1_ddpm_with_supervised_trainer_and_checkpoint_round_trip(tmp_path)
         fresh.load_diffusion_checkpoint(str(tmp_path / "missing.pt"), required=False)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         fresh.load_diffusion_checkpoint(str(tmp_path / "missing.pt"))
+
+
+def test_ltfr_repeats_the_text_tokens_not_the_padding():
+    """With the attention mask, LTFR repeats each text's own tokens to the M positions: as if the padding were gone."""
+    torch.manual_seed(0)
+    m = LTFR(channels=4, text_dim=3, hidden_channels=5)
+    img, text = torch.randn(3, 4, 3, 5), torch.randn(3, 6, 3)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0], [1] * 6])
+    out = m(img, text, mask)
+    for b, n in enumerate((3, 5, 6)):
+        torch.testing.assert_close(out[b : b + 1], m(img[b : b + 1], text[b : b + 1, :n]))
+    with pytest.warns(UserWarning, match="fewer than the 6 text tokens"):  # a scale smaller than the text
+        m(img[..., :1, :2], text, mask)
+
+
+def test_prediction_does_not_depend_on_the_padding_length():
+    """A longer text_len only pads: the frozen text tower masks the padding, CPRFL averages over the real tokens and
+    LTFR repeats only them, so the prediction for a text that fits is the same at text_len 10 and 34."""
+    net = tiny_net().eval()
+    ids, _ = text_inputs(2, 8)
+    x = torch.rand(2, 1, 32, 32)
+
+    def padded(n):
+        pad = torch.zeros(2, n - 8, dtype=torch.long)
+        return torch.cat([ids, pad], 1), torch.cat([torch.ones_like(ids), pad], 1)
+
+    with torch.no_grad():
+        torch.testing.assert_close(net(x, *padded(10)), net(x, *padded(34)), atol=1e-5, rtol=1e-4)
+
+
+def test_cprfl_image_tokens_are_the_stage1_unets_features(tmp_path):
+    """The default image tokens F^I of CPRFL: the UNet's middle-block activations of the clean image at t = 0 (a mean
+    token in front, layer-normalised), read without gradients; they follow the stage-1 weights and nothing else."""
+    net = tiny_net().eval()
+    x0 = torch.rand(2, 1, 32, 32) * 2 - 1
+    ids, mask = text_inputs()
+    text, tmask = net.diffusion.encode_text(ids, mask, 2, x0.device)
+    unet = net.diffusion.unet
+    with torch.no_grad():
+        tokens = net.diffusion.image_tokens(x0)
+        ref = []
+        hook = unet.middle_block.register_forward_hook(lambda _m, _i, o: ref.append(o))
+        unet(x0, torch.zeros(2, dtype=torch.long))
+        hook.remove()
+        r = ref[0].flatten(2).transpose(1, 2)
+        r = torch.cat([r.mean(1, keepdim=True), r], 1)
+        torch.testing.assert_close(tokens, nn.functional.layer_norm(r, r.shape[-1:]))
+        assert tokens.shape == (2, 1 + 8 * 8, 16)  # 32 px / 4 = 8 px, the UNet's 16 deepest channels
+        prompt_a = net.diffusion.prompt(x0, text, tmask)
+    assert net.diffusion.cprfl.w_k.in_features == 16
+    # another stage-1 checkpoint: other UNet weights, the same CPRFL and text tower
+    state = net.diffusion.state_dict()
+    torch.save(state, tmp_path / "a.pt")
+    g = torch.Generator().manual_seed(5)
+    other = {
+        k: v + 0.05 * torch.randn(v.shape, generator=g) if k.startswith("unet.") and v.is_floating_point() else v
+        for k, v in state.items()
+    }  # fmt: skip
+    torch.save(other, tmp_path / "b.pt")
+    net.load_diffusion_checkpoint(str(tmp_path / "b.pt"))
+    with torch.no_grad():
+        assert (net.diffusion.image_tokens(x0) - tokens).abs().max() > 1e-2
+        assert (net.diffusion.prompt(x0, text, tmask) - prompt_a).abs().max() > 1e-4
+    net.load_diffusion_checkpoint(str(tmp_path / "a.pt"))
+    with torch.no_grad():
+        torch.testing.assert_close(net.diffusion.image_tokens(x0), tokens)
+    # read, not trained through, also in stage 1 while the UNet itself trains
+    den = PromptedDiffusionUNet(unet_config=TINY_UNET, text_config=TEXT, prompt_dim=16, frozen_unet=False)
+    assert any(p.requires_grad for p in den.unet.parameters()) and not den.image_tokens(x0).requires_grad
+
+
+def test_image_encoder_choices():
+    """vision_encoder: "unet" (default), a CLIP id / folder, or an explicit "random" tower (tests only); a random
+    tower's config with the default is refused rather than silently ignored."""
+    with pytest.raises(ValueError, match="vision_config configures a random CLIP"):
+        tiny_net(vision_config=VIS)
+    with pytest.raises(ValueError, match="needs vision_config"):
+        tiny_net(vision_encoder="random")
+    net = tiny_net(vision_encoder="random", vision_config=VIS)
+    assert net.diffusion.vision is not None and net.diffusion.cprfl.w_k.in_features == VIS["hidden_size"]
+    assert tiny_net(vision_encoder=None).diffusion.vision is None  # None: the default

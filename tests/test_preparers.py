@@ -414,3 +414,81 @@ def test_medvlsm_prompt_sources():
     assert resolve_prompt_key({"p0": ""}, "auto") is None and pick_prompt({"p0": ""}, "auto") == ""
     assert medvlsm_prompt_source("p1") == "template"
     assert [medvlsm_prompt_source(f"p{i}") for i in range(2, 10)] == ["mask_derived"] * 8
+
+
+# ------------------------------------------------------------------------------------------------ text lengths
+
+
+def _lvit_set(root, texts: dict[str, list[str]]) -> None:
+    import openpyxl
+
+    for split, split_texts in texts.items():
+        wb = openpyxl.Workbook()
+        wb.active.append(["Image", "Description"])
+        for i, text in enumerate(split_texts):
+            name = f"case_{split}_{i}.png"
+            _rgb(str(root / f"{split}_Folder" / "img" / name))
+            _mask(str(root / f"{split}_Folder" / "labelcol" / f"mask_{name}"), [(2, 2, 9, 9)])
+            wb.active.append([f"mask_{name}", text])
+        wb.save(root / f"{split}_text.xlsx")
+
+
+def test_preparers_record_text_lengths_in_tokens(tmp_path, capsys):
+    """meta.text_tokens: the longest text in tokens of the bundles' tokenizer, a histogram per split and how many
+    texts a given text_len truncates, for the text as written and (chest data sets) as the chest bundles read it;
+    a subset is measured again."""
+    from monai_vlseg.transforms.text import TokenizeText
+
+    one = "Unilateral pulmonary infection, one infected area, upper left lung."
+    two = "Bilateral pulmonary infection, two infected areas, upper left lung and upper right lung."
+    worded = "Patchy opacity at the right base. Heart size normal. No effusion. Lungs otherwise clear."
+    texts = {"Train": [one, two, one], "Val": [worded], "Test": [two]}
+    root = tmp_path / "QaTa"
+    _lvit_set(root, texts)
+    out = str(tmp_path / "qata.json")
+    assert prepare_main(["qata", str(root), out, "--text-len", "18"]) == 0
+    assert "longest text in tokens: " in capsys.readouterr().out
+    with open(out) as f:
+        entries = json.load(f)["meta"]["text_tokens"]
+    tok = TokenizeText("default").tokenizer
+    n = {t: len(tok(t)["input_ids"]) for t in (one, two, worded)}
+    assert n[one] < 18 == n[two] < 24 < n[worded] < 32  # 17, 18 and 25 tokens
+    raw, chest = entries
+    assert (raw["tokenizer"], raw["report_parser"], chest["report_parser"]) == ("default", None, "chest")
+    assert raw["texts"] == 5 and raw["max_tokens"] == n[worded]
+    assert raw["histogram"] == {str(n[one]): 2, str(n[two]): 2, str(n[worded]): 1}
+    assert raw["truncated"] == {"10": 5, "18": 1, "24": 1, "32": 0, "34": 0}
+    assert raw["by_split"]["training"] == {"texts": 3, "max_tokens": n[two],
+                                           "histogram": {str(n[one]): 2, str(n[two]): 1}}  # fmt: skip
+    # the chest bundles read the report as its canonical sentence: "Unilateral ..., lower right lung."
+    canon = len(tok("Unilateral pulmonary infection, one infected area, lower right lung.")["input_ids"])
+    assert chest["by_split"]["validation"]["max_tokens"] == canon and chest["max_tokens"] == n[two]
+    # a low-data cut is measured again: only what it kept
+    small = str(tmp_path / "small.json")
+    assert prepare_main(["subset", out, small, "--training", "1", "--seed", "0"]) == 0
+    with open(small) as f:
+        cut = json.load(f)["meta"]["text_tokens"]
+    assert [e["report_parser"] for e in cut] == [None, "chest"] and cut[0]["texts"] == 3
+    assert cut[0]["by_split"]["training"]["texts"] == 1 and "18" in cut[0]["truncated"]
+
+
+def test_template_preparers_and_demo_sets_record_text_lengths(tmp_path):
+    """Preparers of template texts (here Kvasir) and the synthetic demo generators write meta.text_tokens too."""
+    from monai_vlseg.datasets.synthetic.polyp import generate_polyp_demo
+    from monai_vlseg.transforms.text import TokenizeText
+
+    tok = TokenizeText("default").tokenizer
+    _kvasir(str(tmp_path / "Kvasir-SEG"))
+    out = str(tmp_path / "kvasir.json")
+    assert prepare_main(["kvasir", str(tmp_path), out]) == 0
+    with open(out) as f:
+        dl = json.load(f)
+    (entry,) = dl["meta"]["text_tokens"]
+    items = [i for k in ("training", "validation", "test") for i in dl[k]]
+    assert entry["report_parser"] is None and entry["texts"] == len(items)
+    assert entry["max_tokens"] == max(len(tok(i["text"])["input_ids"]) for i in items)
+    with open(generate_polyp_demo(str(tmp_path / "polyp"), n_train=3, n_val=1, n_test=1, size=32)) as f:
+        dl = json.load(f)
+    (entry,) = dl["meta"]["text_tokens"]
+    assert set(entry["by_split"]) == {"training", "validation", "test"} and entry["texts"] == 5
+    assert entry["max_tokens"] == max(len(tok(i["text"])["input_ids"]) for k in entry["by_split"] for i in dl[k])

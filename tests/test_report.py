@@ -11,11 +11,13 @@ from monai_vlseg.transforms.report import (
     CHEST_ZONES,
     PrepareReportd,
     chest_zone_sentence,
+    count_truncated,
     deidentify,
     findings_text,
     fit_to_budget,
     is_english,
     parse_chest_findings,
+    text_token_stats,
 )
 
 HOSPITAL_REPORT = """PATIENT: John Smith   MRN: 12345678   DOB: 03/04/1955
@@ -245,3 +247,42 @@ def test_a_canonical_text_cut_at_its_end_loses_no_finding_and_is_not_flagged():
     assert out["needs_review"] is False
     short = PrepareReportd(parser="chest", tokenizer="default", max_length=12)({"text": four})
     assert short["needs_review"] is True and "did not fit text_len=12" in short["report_warnings"]
+
+
+def test_token_count_is_what_the_budget_step_compares():
+    """token_count: the tokens of the text PrepareReportd hands on before its budget step; above max_length exactly
+    when prepare() drops tokens, and then by the number it drops (one-sentence texts)."""
+    two = chest_zone_sentence(["upper left", "upper right"])
+    texts = [HOSPITAL_REPORT, two, "Bilateral opacities at both bases and the left apex.", None, "  "]
+    for parser, max_length in itertools.product((None, "chest"), (10, 18, 24)):
+        prep = PrepareReportd(parser=parser, tokenizer="default", max_length=max_length)
+        for text in texts:
+            n = prep.token_count(text)
+            if text is None or not text.strip():
+                assert n is None
+                continue
+            out = prep.prepare(text)
+            assert (n > max_length) == (out["dropped_tokens"] > 0), (parser, max_length, text)
+            if n <= max_length:
+                assert prep._count_tokens(out["text"]) == n
+            elif parser == "chest":
+                assert out["dropped_tokens"] == n - max_length
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        PrepareReportd().token_count(two)
+
+
+def test_text_token_stats_counts_the_text_the_network_reads():
+    tok = TokenizeText("default").tokenizer
+    one, two = chest_zone_sentence(["upper left"]), chest_zone_sentence(["upper left", "upper right"])
+    n1, n2 = (len(tok(t)["input_ids"]) for t in (one, two))
+    assert (n1, n2) == (17, 18)
+    texts = [one, two, "Opacity in the right lower lobe.", None, two]
+    stats = text_token_stats(texts, parser="chest", text_lens=[10, 17, 34], splits=["a", "a", "b", "b", "c"])
+    rll = len(tok(chest_zone_sentence(["lower right"]))["input_ids"])
+    assert stats["tokenizer"] == "default" and stats["report_parser"] == "chest" and stats["texts"] == 4
+    assert rll == n1 and stats["max_tokens"] == n2 and stats["histogram"] == {str(n1): 2, str(n2): 2}
+    assert stats["truncated"] == {"10": 4, "17": 2, "34": 0}
+    assert stats["by_split"]["b"]["texts"] == 1 and stats["by_split"]["c"]["max_tokens"] == n2
+    assert count_truncated(stats, 16) == 4 and count_truncated(stats, n2) == 0
+    raw = text_token_stats(texts, parser=None)
+    assert raw["max_tokens"] == n2 and "by_split" not in raw and raw["truncated"] == {}

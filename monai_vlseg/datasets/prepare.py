@@ -22,7 +22,8 @@ Command line::
     python -m monai_vlseg.datasets.prepare subset IN.json OUT.json --training 150 --test 50 [--seed 0]
 
 ``subset`` cuts a prepared datalist to a low-data budget (LCPDN's 5 MoNuSeg / 150 QaTa training images): a seeded
-sample of each named split, the other splits kept whole, paths rewritten for OUT.json's folder.
+sample of each named split, the other splits kept whole, paths rewritten for OUT.json's folder, ``meta.text_tokens``
+measured again on what was kept.
 """
 
 from __future__ import annotations
@@ -82,6 +83,16 @@ def subset_datalist(
     if "text_sources" in meta:  # the counts of the items kept
         meta.update(summarise_text_sources({k: v for k, v in data.items() if k != "meta"}))
     data["meta"] = meta
+    before = meta.get("text_tokens")
+    if isinstance(before, list) and before:  # the subset's own text lengths, measured as the source's were
+        from monai_vlseg.datasets.public.common import TEXT_LENS, record_text_tokens
+
+        record_text_tokens(
+            data,
+            [e.get("report_parser") for e in before],
+            [e.get("tokenizer") or "default" for e in before],
+            sorted({int(n) for e in before for n in e.get("truncated", {})} | set(TEXT_LENS)),
+        )  # fmt: skip
     write_datalist(data, output_json, relative=relative)
     return data
 

@@ -5,11 +5,15 @@ Base method: TextDiff (Feng, MICCAI 2024): a frozen DDPM UNet, the image noised 
 noise, one UNet pass per t, decoder output blocks hooked for features, and a trainable pixel classifier (no iterative
 sampling). LCPDN adds
 
-* CPRFL (eqs. 1-5): text tokens attend to CLIP image tokens, ``tanh(Z) * Q W^Q`` averaged over tokens and projected
-  into the UNet's time embedding, ``P = M + TextProj(E)``;
-* LTFR (eqs. 7-11): at every feature scale the text is repeated/truncated to the spatial length, concatenated with the
-  image features, fused by an MLP and mixed back with sigmoid position weights; all scales are upsampled, concatenated
-  and classified per pixel.
+* CPRFL (eqs. 1-5): text tokens attend to image tokens F^I, ``tanh(Z) * Q W^Q`` averaged over tokens and projected
+  into the UNet's time embedding, ``P = M + TextProj(E)``. The paper takes F^I from CLIP's frozen image encoder; no
+  CLIP weights are shipped or downloadable here, so the default takes them from the frozen diffusion UNet itself
+  (``vision_encoder="unet"``, :meth:`PromptedDiffusionUNet.unet_image_tokens`: the UNet's middle-block activations for
+  the clean image at t = 0, the encoder that stage 1 trained on the data set's own images), and a CLIP vision tower
+  is one argument away (``vision_encoder="openai/clip-vit-base-patch16"`` or a local folder);
+* LTFR (eqs. 7-11): at every feature scale the text (its real tokens, not the padding) is repeated/truncated to the
+  spatial length, concatenated with the image features, fused by an MLP and mixed back with sigmoid position weights;
+  all scales are upsampled, concatenated and classified per pixel.
 
 The diffusion backbone is MONAI's :class:`~monai.networks.nets.DiffusionModelUNet` with a
 :class:`~monai.networks.schedulers.DDPMScheduler`. The prompt enters through a forward hook on the UNet's
@@ -22,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,6 +39,7 @@ from monai.utils import convert_to_tensor
 from torch import nn
 
 from monai_vlseg._lazy import lazy_exports
+from monai_vlseg.errors import CheckpointNotFoundError
 from monai_vlseg.nets.blocks.clip import SMALL_CLIP_VISION, CLIPImageEncoder
 from monai_vlseg.nets.blocks.text_encoder import FrozenTextEncoder
 from monai_vlseg.utils import load_checkpoint
@@ -162,14 +168,32 @@ class LTFR(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(2 * channels, hidden), nn.GELU(), nn.Linear(hidden, channels))
         self.gate = nn.Linear(channels, 1)
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """image: (B, D, H, W); text: (B, N, text_dim). Returns H_fuse, (B, D, H, W)."""
+    def forward(self, image: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """image: (B, D, H, W); text: (B, N, text_dim); text_mask: (B, N), 1 for the text's tokens, 0 for padding
+        after them (right padding, as the tokenizers here pad). Returns H_fuse, (B, D, H, W).
+
+        The text's own tokens are repeated (or truncated) to the M = H*W positions, so the padding up to
+        ``text_len`` never enters and a longer ``text_len`` changes nothing for a text that fits; without a mask all
+        N tokens are repeated."""
         b, c, h, w = image.shape
         f_img = image.flatten(2).transpose(1, 2)  # (B, M, D)
         m = h * w
         t = self.text_proj(text)
         n = t.shape[1]
-        t = t.repeat(1, -(-m // n), 1)[:, :m]  # replicate or truncate to M tokens
+        pos = torch.arange(m, device=t.device)
+        if text_mask is None:
+            idx = (pos % n).expand(b, m)
+        else:
+            lengths = text_mask.to(torch.long).sum(1).clamp(1, n)  # a row without text: its zero token
+            if int(lengths.max()) > m and not getattr(self, "_warned_short", False):
+                self._warned_short = True
+                warnings.warn(
+                    f"LTFR at a {h}x{w} scale has {m} positions, fewer than the {int(lengths.max())} text tokens: the "
+                    f"tokens after the first {m} do not reach this scale (a larger image or fewer tokens avoid it).",
+                    stacklevel=2,
+                )
+            idx = pos[None] % lengths[:, None]
+        t = torch.gather(t, 1, idx.unsqueeze(-1).expand(-1, -1, t.shape[-1]))  # replicate or truncate to M tokens
         f_fuse = self.mlp(torch.cat([f_img, t], dim=-1))  # eqs. 7-8
         lam = torch.sigmoid(self.gate(f_fuse))  # position-dependent weights in [0, 1]
         f_star = lam * f_fuse + (1.0 - lam) * f_img  # eq. 9
@@ -188,7 +212,13 @@ class PromptedDiffusionUNet(nn.Module):
         in_channels: image channels (the UNet predicts noise with as many channels).
         unet_config: DiffusionModelUNet arguments (default :data:`PAPER_UNET`; ``spatial_dims``, ``in_channels``
             and ``out_channels`` are set here).
-        vision_encoder / vision_config: CLIP vision tower id or folder / random-config fields (:class:`CLIPImageEncoder`).
+        vision_encoder: where CPRFL's image tokens F^I come from. ``"unet"`` (default; ``None`` too): the UNet's own
+            middle-block features of the clean image (:meth:`unet_image_tokens`), trained in stage 1, nothing random
+            and nothing to download. A CLIP id or folder (the paper: ``openai/clip-vit-base-patch16``, loaded offline
+            by :func:`monai_vlseg.utils.load_pretrained`): that frozen CLIP vision tower (:class:`CLIPImageEncoder`).
+            ``"random"``: a randomly initialised CLIP vision tower from ``vision_config`` (tests and parameter counts
+            only: frozen random features are no image encoder).
+        vision_config: ``CLIPVisionConfig`` fields of the ``"random"`` tower.
         text_encoder / text_config / text_trust_remote_code: text tower for :class:`FrozenTextEncoder`
             (the paper: ``emilyalsentzer/Bio_ClinicalBERT``; None: the packaged offline default).
         prompt_dim: latent size D of CPRFL.
@@ -201,7 +231,7 @@ class PromptedDiffusionUNet(nn.Module):
         self,
         in_channels: int = 1,
         unet_config: dict | None = None,
-        vision_encoder: str | None = None,
+        vision_encoder: str | None = "unet",
         vision_config: dict | None = None,
         text_encoder: str | None = None,
         text_config: dict | None = None,
@@ -221,13 +251,21 @@ class PromptedDiffusionUNet(nn.Module):
             text_encoder, trust_remote_code=text_trust_remote_code, random_init=text_config is not None,
             config_overrides=text_config,
         )  # fmt: skip
-        self.vision = CLIPImageEncoder(vision_encoder, vision_config) if use_prompt else None
+        self.vision_encoder = "unet" if vision_encoder in (None, "", "unet") else str(vision_encoder)
+        if self.vision_encoder == "unet" and vision_config is not None:
+            raise ValueError(
+                "vision_config configures a random CLIP vision tower, but vision_encoder is 'unet' (the UNet's own "
+                "features); set vision_encoder='random' for a random tower (tests only) or drop vision_config."
+            )
+        if self.vision_encoder == "random" and vision_config is None:
+            raise ValueError("vision_encoder='random' needs vision_config (the CLIPVisionConfig fields of the tower).")
+        self.vision = None
+        if use_prompt and self.vision_encoder != "unet":
+            name = None if self.vision_encoder == "random" else self.vision_encoder
+            self.vision = CLIPImageEncoder(name, vision_config)
+        image_dim = int(self.unet.block_out_channels[-1]) if self.vision is None else self.vision.hidden_size
         time_embed_dim = int(self.unet.time_embed[-1].out_features)
-        self.cprfl = (
-            CPRFL(self.text_encoder.hidden_size, self.vision.hidden_size, prompt_dim, time_embed_dim)
-            if use_prompt
-            else None
-        )
+        self.cprfl = CPRFL(self.text_encoder.hidden_size, image_dim, prompt_dim, time_embed_dim) if use_prompt else None
         self.frozen_unet = frozen_unet
         if frozen_unet:
             self.unet.requires_grad_(False)
@@ -250,11 +288,45 @@ class PromptedDiffusionUNet(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         return self.text_encoder(input_ids, attention_mask)
 
+    def unet_image_tokens(self, image: torch.Tensor) -> torch.Tensor:
+        """The default image tokens F^I of CPRFL for images in [-1, 1]: (B, 1 + M, C).
+
+        One unprompted pass of the UNet's encoder over the clean image at t = 0 (a timestep the DDPM objective
+        trains on), stopped after the middle block; its M = (H / 2^(L-1)) * (W / 2^(L-1)) activations of C channels
+        are the patch tokens, their mean the global token in front (CLIP's CLS place), each token layer-normalised
+        without parameters so that CPRFL sees one scale whatever the checkpoint. Computed without gradients: the
+        features are read, as the paper reads its frozen CLIP encoder's, also in stage 1 while the UNet trains."""
+        captured: list[torch.Tensor] = []
+
+        def _save(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+            captured.append(out)
+            raise _StopForward
+
+        handle = self.unet.middle_block.register_forward_hook(_save)
+        t0 = torch.zeros(image.shape[0], dtype=torch.long, device=image.device)
+        try:
+            with torch.no_grad():
+                self.unet(image, t0)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        h = captured[0].flatten(2).transpose(1, 2)  # (B, M, C)
+        tokens = torch.cat([h.mean(dim=1, keepdim=True), h], dim=1)
+        return F.layer_norm(tokens, tokens.shape[-1:])
+
+    def image_tokens(self, image: torch.Tensor) -> torch.Tensor:
+        """CPRFL's image tokens F^I (keys/values) for images in [-1, 1]: the UNet's (:meth:`unet_image_tokens`) or,
+        with a CLIP ``vision_encoder``, the frozen CLIP tower's (CLS + patches)."""
+        if self.vision is None:
+            return self.unet_image_tokens(image)
+        return self.vision((image + 1.0) / 2.0)
+
     def prompt(self, image: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor | None:
         """TextProj(E) of eqs. 1-4 for images in [-1, 1], or None without CPRFL."""
-        if self.cprfl is None or self.vision is None:
+        if self.cprfl is None:
             return None
-        vis = self.vision((image + 1.0) / 2.0)
+        vis = self.image_tokens(image)
         return self.cprfl(text.to(vis.dtype), vis, text_mask)
 
     def run_unet(self, x_t: torch.Tensor, timesteps: torch.Tensor, prompt: torch.Tensor | None) -> torch.Tensor:
@@ -317,7 +389,7 @@ class LCPDN(nn.Module):
         in_channels: int = 1,
         out_channels: int = 1,
         unet_config: dict | None = None,
-        vision_encoder: str | None = None,
+        vision_encoder: str | None = "unet",
         vision_config: dict | None = None,
         text_encoder: str | None = None,
         text_config: dict | None = None,
@@ -424,7 +496,7 @@ class LCPDN(nn.Module):
         for i, f in enumerate(feats):
             f = self.reduce[i](f.to(image.dtype))
             if self.ltfr is not None:
-                f = self.ltfr[i](f, text.to(f.dtype))  # eqs. 7-10
+                f = self.ltfr[i](f, text.to(f.dtype), mask)  # eqs. 7-10
             fused.append(F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False))
         return self.classifier(torch.cat(fused, dim=1))  # eq. 11, pixel classifier
 
@@ -434,16 +506,21 @@ class LCPDN(nn.Module):
         """Load a stage-1 checkpoint strictly with :func:`monai_vlseg.utils.load_checkpoint` and return self.
 
         The file holds a :class:`PromptedDiffusionUNet` state dict (or ``{"model": ...}``, what stage 1 saves), or a
-        bare ``DiffusionModelUNet`` state dict (loaded into the UNet alone). ``required=False``: a missing file warns
-        that the frozen UNet stays random.
+        bare ``DiffusionModelUNet`` state dict (loaded into the UNet alone). A missing file raises
+        ``FileNotFoundError`` saying to run stage 1; ``required=False`` (the bundles' ``--require_stage1 false``) only
+        warns that the frozen UNet stays random.
         """
         target: nn.Module = self.diffusion
         if path and os.path.isfile(path) and _is_bare_unet_checkpoint(path):
             target = self.diffusion.unet
         hint = (
-            "the frozen UNet is random. Run stage 1 first (configs/pretrain_diffusion.json) or set diffusion_ckpt "
-            "to a pretrained DiffusionModelUNet checkpoint."
+            f"the frozen UNet {'would be' if required else 'is'} random, and with it CPRFL's default image tokens. "
+            "Run stage 1 first (configs/pretrain_diffusion.json) or set diffusion_ckpt to a pretrained "
+            "DiffusionModelUNet checkpoint"
+            + (" (--require_stage1 false trains on the random UNet)." if required else ".")
         )
+        if required and not (path and os.path.isfile(path)):  # a bundle run ends with this one line
+            raise CheckpointNotFoundError(f"checkpoint '{path}' not found: {hint}")
         load_checkpoint(target, path, required=required, hint=hint, map_location=map_location)
         return self
 

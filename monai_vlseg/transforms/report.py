@@ -24,11 +24,12 @@ was trained on, and says so in the item (``needs_review``, ``report_warnings``, 
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
 import os
 import re
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,12 +46,14 @@ __all__ = [
     "REVIEW_FIELDS",
     "SaveReportReviewd",
     "chest_zone_sentence",
+    "count_truncated",
     "deidentify",
     "findings_text",
     "fit_to_budget",
     "is_english",
     "parse_chest_findings",
     "split_sentences",
+    "text_token_stats",
 ]
 
 #: the six lung zones, patient's view, in the order the canonical sentence names them.
@@ -485,9 +488,35 @@ class PrepareReportd(MapTransform):
     def _count_tokens(self, text: str) -> int:
         return len(self._tokenize.tokenizer(text, add_special_tokens=True)["input_ids"])
 
+    def token_count(self, text: Any, identifiers: Any = None) -> int | None:
+        """Tokens (special tokens included) of the text this transform hands on before the budget step: what the
+        network would read with an unlimited ``text_len``; ``None`` for a missing text. ``count > max_length`` is
+        exactly when :meth:`prepare` drops tokens (``dropped_tokens > 0``). Needs ``tokenizer``."""
+        if self._tokenize is None:
+            raise ValueError("token_count needs a tokenizer (PrepareReportd(tokenizer=...)).")
+        raw = normalize_text(text)
+        return None if raw is None else self._count_tokens(self._body(raw, identifiers)[0])
+
+    def _body(self, raw: str, identifiers: Any = None) -> tuple[str, list[str], list[str], list[str]]:
+        """Steps 1-3 for a non-empty report: (text before the budget step, warnings, zones read, zones negated)."""
+        warnings: list[str] = []
+        body, _ = deidentify(findings_text(raw), identifiers)
+        if not is_english(body):
+            warnings.append("report is not in English (the text tower's language)")
+        zones: list[str] = []
+        negated: list[str] = []
+        if self.parser == "chest":
+            found = parse_chest_findings(body)
+            warnings += found.warnings
+            zones, negated = found.zones, found.negated
+            if zones:
+                body = chest_zone_sentence(zones)
+            else:
+                warnings.append("no lung zone with a finding could be read from the report")
+        return body, warnings, zones, negated
+
     def prepare(self, text: Any, identifiers: Any = None) -> dict[str, Any]:
         """The prepared text and the review fields for one report (what :meth:`__call__` writes into an item)."""
-        warnings: list[str] = []
         raw = normalize_text(text)
         out: dict[str, Any] = {
             "text": raw, "needs_review": False, "dropped_tokens": 0, "report_zones": "", "report_negated": "",
@@ -495,20 +524,10 @@ class PrepareReportd(MapTransform):
         if raw is None:
             out.update(needs_review=True, report_warnings="no report text")
             return out
-        body, _ = deidentify(findings_text(raw), identifiers)
-        if not is_english(body):
-            warnings.append("report is not in English (the text tower's language)")
-        zones: list[str] = []
+        body, warnings, zones, negated = self._body(raw, identifiers)
         if self.parser == "chest":
-            found = parse_chest_findings(body)
-            warnings += found.warnings
-            zones = found.zones
             out["report_zones"] = "; ".join(zones)
-            out["report_negated"] = "; ".join(found.negated)
-            if zones:
-                body = chest_zone_sentence(zones)
-            else:
-                warnings.append("no lung zone with a finding could be read from the report")
+            out["report_negated"] = "; ".join(negated)
         notes: list[str] = []
         if self._tokenize is not None:
             body, dropped = fit_to_budget(body, self._count_tokens, self.max_length)
@@ -537,6 +556,61 @@ class PrepareReportd(MapTransform):
             d[key] = prepared.pop("text") or ""
             d.update(prepared)
         return d
+
+
+def _length_summary(counts: Sequence[int]) -> dict[str, Any]:
+    hist = collections.Counter(counts)
+    return {"texts": len(counts), "max_tokens": max(counts, default=0),
+            "histogram": {str(k): hist[k] for k in sorted(hist)}}  # fmt: skip
+
+
+def text_token_stats(
+    texts: Iterable[Any],
+    tokenizer: str | None = "default",
+    parser: str | None = None,
+    text_lens: Sequence[int] = (),
+    splits: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """How many tokens a network reads of each text: the texts as :class:`PrepareReportd` with ``parser`` hands them
+    to the tokenizer (findings, de-identified; with ``"chest"`` the canonical sentence), counted with ``tokenizer``
+    (special tokens included, as ``text_len`` counts them). What a preparer writes into the datalist ``meta``
+    (``text_tokens``) and what a bundle checks its ``text_len`` against at the start of a run.
+
+    Args:
+        texts: the texts (missing / empty ones are left out).
+        tokenizer: tokenizer name or folder (as :class:`~monai_vlseg.transforms.TokenizeText`).
+        parser: the bundle's ``report_parser``.
+        text_lens: the ``text_len`` values to count truncated texts for.
+        splits: the datalist split of each text (parallel to ``texts``): adds ``by_split``.
+
+    Returns:
+        ``{"tokenizer", "report_parser", "texts", "max_tokens", "histogram", "truncated"}`` (and ``"by_split"``:
+        ``{split: {"texts", "max_tokens", "histogram"}}``): the number of non-empty texts, the longest token count,
+        ``{count: texts}`` (string keys, for JSON) and, per ``text_lens`` value L, how many texts are longer than L,
+        i.e. lose tokens at ``text_len=L`` (:func:`count_truncated` gives it for any L from the histogram).
+    """
+    texts = list(texts)
+    prep = PrepareReportd(parser=parser, tokenizer=tokenizer or "default", max_length=512)
+    counts = [prep.token_count(t) for t in texts]
+    stats: dict[str, Any] = {
+        "tokenizer": str(tokenizer or "default"),
+        "report_parser": parser,
+        **_length_summary([c for c in counts if c is not None]),
+    }
+    stats["truncated"] = {str(n): count_truncated(stats, n) for n in sorted({int(n) for n in text_lens})}
+    if splits is not None:
+        if len(splits) != len(texts):
+            raise ValueError(f"splits names {len(splits)} texts, texts has {len(texts)}.")
+        stats["by_split"] = {
+            name: _length_summary([c for c, g in zip(counts, splits) if g == name and c is not None])
+            for name in dict.fromkeys(splits)
+        }
+    return stats
+
+
+def count_truncated(stats: Mapping[str, Any], text_len: int) -> int:
+    """How many texts of :func:`text_token_stats`' ``stats`` are longer than ``text_len`` tokens."""
+    return sum(int(n) for k, n in stats.get("histogram", {}).items() if int(k) > int(text_len))
 
 
 #: the item fields :class:`PrepareReportd` (and :class:`~monai_vlseg.transforms.image.CheckInputd`:

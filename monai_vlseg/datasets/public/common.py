@@ -3,6 +3,10 @@
 """What every public data set preparer shares: reading masks and user texts, checking images, building and
 recording items, template texts from masks, seeded splits, the common command-line arguments and the final write.
 
+Every datalist's ``meta.text_tokens`` says how long its texts are for the bundles' tokenizer
+(:func:`record_text_tokens`): the longest token count, a histogram, and how many texts a given ``text_len`` truncates;
+the bundles check their ``text_len`` against it when a run starts (:func:`monai_vlseg.bundle.check_text_len`).
+
 Templates (:func:`describe_mask`) are deterministic: the same mask always gives the same sentence, built from
 the number of connected regions, their size relative to the image and the 3x3-grid position of the largest —
 the kind of prompt MedVLSM's ``p2``–``p9`` are. They carry information derived from the mask, so a model that
@@ -32,6 +36,7 @@ from monai_vlseg.files import atomic_write_bytes
 __all__ = [
     "DEFAULT_TEMPLATE",
     "MASK_TEMPLATE_SOURCE",
+    "TEXT_LENS",
     "add_common_args",
     "build_item",
     "check_image",
@@ -41,6 +46,7 @@ __all__ = [
     "finish_datalist",
     "read_mask",
     "read_text_csv",
+    "record_text_tokens",
     "run_cli",
     "save_mask_png",
     "seeded_split",
@@ -53,6 +59,11 @@ logger = logging.getLogger(__name__)
 MASK_TEMPLATE_SOURCE = "mask_derived"
 #: default sentence template; fields: count (word), target (singular/plural as counted), size, location, modality.
 DEFAULT_TEMPLATE = "{count} {size} {target} at the {location} of the {modality}."
+
+#: the ``text_len`` values ``meta.text_tokens.truncated`` is tabulated for: TextDiff's 10, UA-VLS's paper 24 and the
+#: defaults of the text-guided bundles (tifcmamba 32; ua_vls, c2seg, lcpdn 34, the longest canonical chest sentence);
+#: the histogram beside it gives the count for any other.
+TEXT_LENS: tuple[int, ...] = (10, 24, 32, 34)
 
 _NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 _ROWS = ("top", "middle", "bottom")
@@ -297,6 +308,39 @@ def default_mask_dir(output_json: str | os.PathLike | None, mask_dir: str | os.P
     return None
 
 
+def record_text_tokens(
+    datalist: dict[str, Any],
+    report_parsers: Sequence[str | None] = (None,),
+    tokenizers: Sequence[str] = ("default",),
+    text_lens: Sequence[int] = TEXT_LENS,
+) -> list[dict[str, Any]]:
+    """Measure the texts of every split of ``datalist`` and store the result as ``datalist["meta"]["text_tokens"]``.
+
+    One entry per tokenizer and report parser (:func:`monai_vlseg.transforms.report.text_token_stats`: the text as
+    :class:`~monai_vlseg.transforms.report.PrepareReportd` hands it on, so with ``"chest"`` the canonical sentence the
+    chest bundles read), over all splits and per split (``by_split``). ``"default"`` is the bundles' default
+    tokenizer (the packaged all-MiniLM-L6-v2 WordPiece one, always available offline); another one (a HuggingFace id
+    in the local cache or a folder, e.g. the paper's text tower) is measured when asked for. Returns the entries.
+    """
+    from monai_vlseg.transforms.report import text_token_stats
+
+    sections = [k for k, v in datalist.items() if k not in ("skipped", "meta") and isinstance(v, list)]
+    items = [(k, i) for k in sections for i in datalist[k] if isinstance(i, Mapping)]
+    texts, splits = [i.get("text") for _, i in items], [k for k, _ in items]
+    entries = []
+    for tok in dict.fromkeys(tokenizers):
+        for parser in dict.fromkeys(report_parsers):
+            entry = text_token_stats(texts, tokenizer=tok, parser=parser, text_lens=text_lens, splits=splits)
+            entries.append(entry)
+            logger.info(
+                "texts: %d, longest %d tokens (tokenizer %s, report_parser %s); truncated at text_len %s",
+                entry["texts"], entry["max_tokens"], tok, parser,
+                ", ".join(f"{k}: {v}" for k, v in entry["truncated"].items()),
+            )  # fmt: skip
+    datalist["meta"] = {**dict(datalist.get("meta") or {}), "text_tokens": entries}
+    return entries
+
+
 def finish_datalist(
     splits: Mapping[str, list[dict[str, Any]]],
     skipped: list[dict[str, Any]],
@@ -305,8 +349,10 @@ def finish_datalist(
     relative: bool = True,
     strict: bool = False,
     root: str = "",
+    report_parsers: Sequence[str | None] = (None,),
 ) -> dict[str, Any]:
-    """Log (or with ``strict`` raise on) the skipped entries, write the datalist, return it.
+    """Log (or with ``strict`` raise on) the skipped entries, measure the texts (:func:`record_text_tokens`, with
+    each of ``report_parsers``: ``"chest"`` too for chest reports), write the datalist, return it.
 
     ``skipped`` records are ``{"split", "file", "reason"}`` like :func:`~monai_vlseg.datasets.public.lvit.build_lvit_datalist`.
     ``meta`` gets ``text_source`` (the word every item's ``text_source`` shares, or ``mixed``) and ``text_sources``
@@ -333,6 +379,7 @@ def finish_datalist(
     result["meta"] = {**dict(meta), **summarise_text_sources(splits)}
     dataset, origin = meta.get("dataset", root), meta.get("text_origin", "?")
     logger.info("%s: text source: %s (%s)", dataset, result["meta"]["text_source"], origin)
+    record_text_tokens(result, report_parsers)
     if output_json is not None:
         write_datalist(result, output_json, relative=relative)
     return result
@@ -355,6 +402,15 @@ def add_common_args(p: Any, texts: bool = True, split: bool = True) -> None:
             "looking at the image, not the mask), report, template (class name / image-level label), mask_derived "
             "(computed from the masks); default unknown, which text-supervised training (tifcmamba) refuses",
         )  # fmt: skip
+    p.add_argument(
+        "--tokenizer", action="append", default=[], metavar="NAME",
+        help="also measure the texts with this tokenizer (HF id in the local cache or a folder; repeatable); the "
+        "bundles' default tokenizer is always measured",
+    )  # fmt: skip
+    p.add_argument(
+        "--text-len", action="append", type=int, default=[], metavar="N",
+        help=f"also count the texts longer than N tokens in meta.text_tokens (repeatable; always: {TEXT_LENS})",
+    )  # fmt: skip
     p.add_argument("--absolute", action="store_true", help="store absolute paths (default: relative to the JSON)")
     p.add_argument("--strict", action="store_true", help="fail on any bad or missing file")
 
@@ -364,14 +420,24 @@ def run_cli(build: Any, args: Any, **kwargs: Any) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         dl = build(args.root, args.output_json, relative=not args.absolute, strict=args.strict, **kwargs)
+        extra_tok, extra_len = list(getattr(args, "tokenizer", []) or []), list(getattr(args, "text_len", []) or [])
+        if extra_tok or extra_len:  # measure again with the tokenizers / lengths asked for, and write that
+            parsers = [e["report_parser"] for e in dl["meta"].get("text_tokens", [])] or [None]
+            record_text_tokens(dl, parsers, ["default", *extra_tok], [*TEXT_LENS, *extra_len])
+            if args.output_json is not None:
+                write_datalist(dl, args.output_json, relative=not args.absolute)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    longest = ", ".join(
+        f"{e['max_tokens']} ({e['tokenizer']}, report_parser {e['report_parser']})"
+        for e in dl.get("meta", {}).get("text_tokens", [])
+    )
     counts = ", ".join(f"{k}: {len(v)}" for k, v in dl.items() if k not in ("skipped", "meta"))
     meta = dl.get("meta", {})
     sources = ", ".join(f"{k} {v}" for k, v in meta.get("text_sources", {}).items())
     print(
         f"wrote {os.path.abspath(args.output_json)} ({counts}; skipped: {len(dl['skipped'])}; "
-        f"text: {meta.get('text_origin', '?')}; text_source: {sources or 'none'})"
+        f"text: {meta.get('text_origin', '?')}; text_source: {sources or 'none'}; longest text in tokens: {longest or '-'})"
     )
     return 0

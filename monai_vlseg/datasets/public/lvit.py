@@ -275,7 +275,9 @@ def build_lvit_datalist(
                     skipped.append({"split": s, "file": f"{s}_Folder/{sub}/{f}", "reason": why})
 
     meta = {"dataset": "lvit", "text_origin": "LViT xlsx", "laterality": laterality}
-    return finish_datalist(out, skipped, meta, output_json, relative=relative, strict=strict, root=root)
+    return finish_datalist(
+        out, skipped, meta, output_json, relative=relative, strict=strict, root=root, report_parsers=(None, "chest")
+    )
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry: ``python -m monai_vlseg.datasets.public.lvit ROOT OUT.json``."""

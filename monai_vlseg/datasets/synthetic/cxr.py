@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from monai_vlseg.datalist import summarise_text_sources, write_datalist
+from monai_vlseg.datasets.public.common import record_text_tokens
 from monai_vlseg.datasets.public.lvit import build_lvit_datalist
 from monai_vlseg.datasets.synthetic.cxr_reports import negated_report, reworded_report
 from monai_vlseg.datasets.synthetic.encode import png_bytes, xlsx_bytes
@@ -363,7 +364,8 @@ def generate_demo_dataset(
 
     Returns:
         absolute path of ``root/datalist.json``; items also carry ``zones``, ``distractor_zones`` and
-        ``zone_boxes`` metadata.
+        ``zone_boxes`` metadata; ``meta.text_tokens`` holds the text lengths in tokens, as written and as the chest
+        bundles read them (``report_parser: "chest"``), over every split.
     """
     root = os.path.abspath(os.fspath(root))
     if os.path.isdir(root) and os.listdir(root):
@@ -411,6 +413,7 @@ def generate_demo_dataset(
         "text_origin": "generated from the lesions that draw the mask (count, side, zone; reworded and negated copies)",
         **summarise_text_sources(datalist),
     }
+    record_text_tokens(datalist, report_parsers=(None, "chest"))  # meta.text_tokens over every split
     datalist = {
         "name": "monai_vlseg synthetic QaTa-like demo",
         "description": "synthetic chest radiographs with text-described lesion masks; patient's left = image right",

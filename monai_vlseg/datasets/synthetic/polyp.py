@@ -19,7 +19,8 @@ without looking at the image, scores mDice 0.68 on the default test split at 64 
 
 Layout: ``{train,val,test}/{img,label}/polyp_<split>_<i>.png`` and ``datalist.json`` (MONAI decathlon form, paths
 relative to the JSON) with items ``{"image", "label", "text", "text_source", "colour", "shape", "size",
-"location"}`` and a ``meta`` with ``text_source`` / ``text_sources`` / ``text_origin``. "left" is
+"location"}`` and a ``meta`` with ``text_source`` / ``text_sources`` / ``text_origin`` and ``text_tokens`` (the
+descriptions' lengths in tokens). "left" is
 the image's left (a photograph, not a radiograph). Deterministic: the same arguments give byte-identical files.
 
 Command line::
@@ -42,6 +43,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from monai_vlseg.datalist import summarise_text_sources, write_datalist
+from monai_vlseg.datasets.public.common import record_text_tokens
 from monai_vlseg.datasets.synthetic.encode import png_bytes
 from monai_vlseg.files import atomic_write_bytes, ensure_generated
 
@@ -295,9 +297,11 @@ def generate_polyp_demo(
             )
         datalist[_KEYS[split]] = items
     datalist["meta"] = {
+        **datalist["meta"],
         "text_origin": "generated from the scene parameters that draw the mask (colour, shape, size class, 3 x 3 cell)",
         **summarise_text_sources(datalist),
     }
+    record_text_tokens(datalist)  # meta.text_tokens: the descriptions' lengths in tokens
     return write_datalist(datalist, os.path.join(root, "datalist.json"), relative=True)
 
 
