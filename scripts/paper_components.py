@@ -61,7 +61,8 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "c2seg": {"default": {}, "paper": {"network_def#text_config": {"model_type": "clip_text_model"}}},
     "lcpdn": {
         "default": {},
-        "paper": {"network_def#vision_config": CLIP_B16_VISION, "network_def#text_config": CLINICAL_BERT},
+        "paper": {"network_def#vision_encoder": "random", "network_def#vision_config": CLIP_B16_VISION,
+                  "network_def#text_config": CLINICAL_BERT},  # fmt: skip
     },
     "tifcmamba": {"default": {}, "paper": {"clip_config": {"vision_config": {"patch_size": 16}}}},
     "vm_unet": {"default": {}},
@@ -72,7 +73,7 @@ COMPONENTS: dict[str, dict[str, Callable[[Any], torch.nn.Module | None]]] = {
     "c2seg": {"image encoder (CNN + KAN)": lambda n: n.encoder, "text tower": lambda n: n.text_encoder},
     "lcpdn": {
         "diffusion UNet": lambda n: n.diffusion.unet,
-        "CPRFL vision tower": lambda n: n.diffusion.vision,
+        "CPRFL vision tower (default: none, the UNet's own features)": lambda n: n.diffusion.vision,
         "text tower": lambda n: n.diffusion.text_encoder,
         "CPRFL": lambda n: n.diffusion.cprfl,
     },
