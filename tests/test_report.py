@@ -71,6 +71,13 @@ def test_deidentify_removes_names_ids_dates_and_dicom_fields():
         ("Three foci of consolidation in the right upper zone, right base and left mid zone.",
          ["upper right", "lower right", "middle left"], [], [], 3),
         ("Opacity in the left lung.", [], [], ["left"], None),
+        # QaTa-COV19's own wording for a whole side; "entire" / "diffuse" read the same way
+        ("Unilateral pulmonary infection, one infected area, all left lung.",
+         ["upper left", "middle left", "lower left"], [], [], 1),
+        ("Bilateral pulmonary infection, two infected areas, all left lung and all right lung.",
+         ["upper left", "middle left", "lower left", "upper right", "middle right", "lower right"], [], [], 2),
+        ("Diffuse ground-glass opacity throughout the entire right lung; the left lung is clear.",
+         ["upper right", "middle right", "lower right"], ["upper left", "middle left", "lower left"], [], None),
         ("No focal consolidation. Lungs are clear.", [], [], [], None),
     ],
 )  # fmt: skip
@@ -94,6 +101,11 @@ def test_canonical_sentence_is_a_fixed_point_of_the_parser():
 def test_count_that_differs_from_the_zones_is_flagged():
     found = parse_chest_findings("Two opacities in the right base.")
     assert found.zones == ["lower right"] and found.warnings
+    # a whole side is one region: QaTa's "one infected area, all left lung" agrees with its count
+    found = parse_chest_findings("Unilateral pulmonary infection, one infected area, all left lung.")
+    assert found.whole_sides == ["left"] and not found.warnings
+    found = parse_chest_findings("Three infected areas, all left lung.")
+    assert found.warnings == ["the report states 3 finding(s) but names 1 region(s)"]
 
 
 @pytest.mark.parametrize(

@@ -200,6 +200,8 @@ _LEVELS = {
     "retrocardiac": "lower",
 }  # fmt: skip
 _BOTH_LEVELS = {"bibasal": "lower", "bibasilar": "lower", "biapical": "upper"}
+#: a whole side: "all left lung" (QaTa-COV19's own wording), "the entire right lung", "diffuse ... left lung"
+_WHOLE_WORDS = ("all", "whole", "entire", "entirety", "throughout", "diffuse", "diffusely", "panlobar")
 _BOTH_WORDS = ("both", "bilateral", "bilaterally", "bilat")
 _FINDING_RE = re.compile(
     r"\b(?:opaci(?:ty|ties|fication|fications|fied)|consolidat\w*|infiltrat\w*|ground[- ]?glass|air[- ]?space|"
@@ -242,6 +244,7 @@ class ChestFindings:
         negated: zones the report says are free of findings.
         sides_only: sides named with a finding but no zone (``"opacity in the left lung"``).
         stated_count: the count the report states (``"two opacities"``), None when it states none.
+        whole_sides: sides named whole (``"all left lung"``): their three zones are in ``zones``, as one region.
         warnings: what makes the reading uncertain.
     """
 
@@ -249,6 +252,7 @@ class ChestFindings:
     negated: list[str] = field(default_factory=list)
     sides_only: list[str] = field(default_factory=list)
     stated_count: int | None = None
+    whole_sides: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -278,6 +282,8 @@ def _segment_mentions(segment: str) -> tuple[set[str], set[str], list[str]]:
                 sides.add("left" if lw == "lt" else "right")
             elif lw in _BOTH_WORDS:
                 sides |= {"left", "right"}
+            elif lw in _WHOLE_WORDS:
+                levels |= {"upper", "middle", "lower", "whole"}
     return levels, sides, zones
 
 
@@ -291,16 +297,18 @@ def _segments(clause: str) -> list[tuple[int, int, str]]:
     return out
 
 
-def _clause_zones(clause: str) -> list[tuple[tuple[int, int], list[str], list[str]]]:
-    """Per segment of one clause that names a place: ((start, end), zones, sides named without a zone)."""
+def _clause_zones(clause: str) -> list[tuple[tuple[int, int], list[str], list[str], list[str]]]:
+    """Per segment of one clause that names a place: ((start, end), zones, sides named without a zone, sides named
+    whole: "all left lung" gives the three zones of the left side, as one region)."""
     segs = [((start, end), *_segment_mentions(text)) for start, end, text in _segments(clause)]
     out = []
     for i, (span, levels, sides, lobe_zones) in enumerate(segs):
         zones = list(lobe_zones)
-        if levels and not sides:  # "upper and lower left": the side comes with a neighbour
+        if levels and not sides and "whole" not in levels:  # "upper and lower left": the side comes with a neighbour
             nxt = next((s for _, lv, s, _ in segs[i + 1 :] if s and lv), set())
             prev = next((s for _, lv, s, _ in reversed(segs[:i]) if s), set())
             sides = nxt or prev
+        whole = [s for s in ("left", "right") if s in sides] if "whole" in levels else []
         sides_only: list[str] = []
         if levels and sides:
             zones += [f"{lvl} {side}" for side in ("left", "right") for lvl in ("upper", "middle", "lower")
@@ -308,7 +316,7 @@ def _clause_zones(clause: str) -> list[tuple[tuple[int, int], list[str], list[st
         elif sides and not lobe_zones:
             sides_only = [s for s in ("left", "right") if s in sides]
         if zones or sides_only:
-            out.append((span, zones, sides_only))
+            out.append((span, zones, sides_only, whole))
     return out
 
 
@@ -333,8 +341,9 @@ def parse_chest_findings(text: str) -> ChestFindings:
     consolidation, infiltrate, ground-glass, lesion, infection, area, ...) adds them as findings; a clause with a
     negation ("no", "without", "free of", "... is clear", "... not seen") adds them as negated, and a later positive
     mention wins over a negation. Zones are named by level and side (``"right base"``, ``"left upper zone"``,
-    ``"upper and lower left lung"``, ``"both bases"``, ``"bibasal"``) or by lobe (``"RLL"``, ``"left lower lobe"``,
-    ``"lingula"``, ``"right middle lobe"``).
+    ``"upper and lower left lung"``, ``"both bases"``, ``"bibasal"``), by lobe (``"RLL"``, ``"left lower lobe"``,
+    ``"lingula"``, ``"right middle lobe"``) or whole (``"all left lung"``, QaTa-COV19's wording; ``"the entire right
+    lung"``: the side's three zones, counted as one region).
     """
     out = ChestFindings()
     counts: list[int] = []
@@ -344,9 +353,9 @@ def parse_chest_findings(text: str) -> ChestFindings:
             places = _clause_zones(clause or "")
             if not places:
                 continue
-            negated = _negated_spans(clause, [span for span, _, _ in places])
+            negated = _negated_spans(clause, [span for span, _, _, _ in places])
             positive = False
-            for span, zones, sides_only in places:
+            for span, zones, sides_only, whole in places:
                 if negated(span):
                     every = [f"{lvl} {s}" for s in sides_only for lvl in ("upper", "middle", "lower")]
                     out.negated += [z for z in zones + every if z not in out.zones and z not in out.negated]
@@ -358,6 +367,7 @@ def parse_chest_findings(text: str) -> ChestFindings:
                         if z not in out.zones:
                             out.zones.append(z)
                     out.sides_only += [s for s in sides_only if s not in out.sides_only]
+                    out.whole_sides += [s for s in whole if s not in out.whole_sides]
             m = _COUNT_RE.search(clause) if positive else None
             if m is not None and (m.group(1).isdigit() or _COUNT_WORDS.get(m.group(1).lower()) is not None):
                 word = m.group(1).lower()
@@ -368,8 +378,11 @@ def parse_chest_findings(text: str) -> ChestFindings:
         out.stated_count = max(counts) if len(set(counts)) > 1 else counts[0]
     if out.sides_only:
         out.warnings.append(f"finding on the {' and '.join(out.sides_only)} side without a zone")
-    if out.stated_count is not None and out.zones and out.stated_count != len(out.zones):
-        out.warnings.append(f"the report states {out.stated_count} finding(s) but names {len(out.zones)} zone(s)")
+    out.whole_sides = [s for s in out.whole_sides if all(f"{lvl} {s}" in out.zones for lvl in ("upper", "middle", "lower"))]
+    # a side named whole ("all left lung") is one region, not three zones
+    regions = len(out.zones) - 2 * len(out.whole_sides)
+    if out.stated_count is not None and out.zones and out.stated_count != regions:
+        out.warnings.append(f"the report states {out.stated_count} finding(s) but names {regions} region(s)")
     return out
 
 
