@@ -473,18 +473,32 @@ def channel_output_transform(channel: int, keys: Sequence[str] = ("pred", "label
 
 
 def run_clip_stage(
-    network: nn.Module, clip_ckpt: str | None, clip_trainer: Any, save_path: str, train: Any = True, reuse: Any = False
+    network: nn.Module,
+    clip_ckpt: str | None,
+    clip_trainer: Any,
+    save_path: str,
+    train: Any = True,
+    reuse: Any = False,
+    pretrained: Any = True,
 ) -> nn.Module:
     """TIFCMamba's stage 1, before the segmentation stage: the CLIP towers ``network.clip`` are loaded from
     ``clip_ckpt`` when given (strictly, :func:`monai_vlseg.utils.load_checkpoint`), else from ``save_path`` when
     ``reuse`` (a resumed run whose CLIP stage had ended) and the file is there, else trained by ``clip_trainer`` when
-    ``train``; then frozen, and saved to ``save_path`` (by rank 0 only). Returns ``network``."""
+    ``train``; then frozen, and saved to ``save_path`` (by rank 0 only). Returns ``network``.
+
+    ``pretrained`` false (no ``clip_model``: the towers start random) with no checkpoint and no training raises: the
+    towers would be frozen with random weights, a stub in disguise."""
     if not clip_ckpt and as_flag(reuse) and os.path.isfile(save_path):
         clip_ckpt = save_path
     if clip_ckpt:
         load_checkpoint(network.clip, clip_ckpt)
     elif as_flag(train):
         clip_trainer.run()
+    elif not as_flag(pretrained):
+        raise ValueError(
+            "the CLIP towers would be frozen with random weights: no clip_model, no clip_ckpt and no CLIP stage "
+            "(clip_pretrain_epochs 0); set --clip_pretrain_epochs N, --clip_ckpt FILE or --clip_model ID_OR_FOLDER."
+        )
     network.clip.set_frozen(True)
     if _rank() == 0:
         os.makedirs(os.path.dirname(os.path.abspath(save_path)), exist_ok=True)

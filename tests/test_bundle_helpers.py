@@ -142,9 +142,12 @@ def test_run_clip_stage_trains_or_loads_then_freezes_and_saves(tmp_path):
     mb.run_clip_stage(other, str(out), other_trainer, str(tmp_path / "again.pt"), train=True)
     assert other_trainer.runs == 0 and other.clip.frozen  # loaded, not trained
     assert torch.equal(other.clip.proj.weight, net.clip.proj.weight)
-    untrained = _Net()
+    untrained = _Net()  # pretrained towers (a clip_model) are frozen as they are
     mb.run_clip_stage(untrained, None, _Trainer(untrained), str(tmp_path / "u.pt"), train="false")
     assert (tmp_path / "u.pt").is_file() and untrained.clip.frozen
+    with pytest.raises(ValueError, match="frozen with random weights.*--clip_pretrain_epochs N"):  # random ones refused
+        mb.run_clip_stage(_Net(), None, None, str(tmp_path / "r.pt"), train=False, pretrained=False)
+    assert not (tmp_path / "r.pt").exists()
     with pytest.raises(ValueError, match="unexpected keys"):
         torch.save({"proj.weight": torch.zeros(2, 2), "proj.bias": torch.zeros(2), "x": torch.zeros(1)}, tmp_path / "w.pt")
         mb.run_clip_stage(_Net(), str(tmp_path / "w.pt"), None, str(tmp_path / "v.pt"))
