@@ -145,3 +145,16 @@ def check_checkpoint_kept(
     run_dir = os.path.join(str(bundle_root), "runs", run_name)
     assert os.path.isfile(os.path.join(run_dir, filename)) and os.path.isfile(os.path.join(run_dir, "config.json"))
     return run_dir
+
+
+def press_ctrl_c(_engine=None) -> None:
+    """Deliver SIGINT as a user's Ctrl-C does (KeyboardInterrupt in the main thread), also where the test process was
+    started with SIGINT ignored: a background job of a non-interactive shell (``nohup make test &``) inherits
+    ``SIG_IGN``, and ``signal.raise_signal`` alone would then do nothing."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        signal.raise_signal(signal.SIGINT)  # the handler runs before raise_signal returns
+    finally:
+        signal.signal(signal.SIGINT, previous)

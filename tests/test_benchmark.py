@@ -56,8 +56,8 @@ def test_plan_bundles_and_baselines_at_each_input_size(bench):
 
 def test_bundle_inputs_follow_metadata_and_failures_become_rows(bench, tmp_path):
     net, args, desc = bench.build_bundle("ua_vls", "demo")
-    assert desc == "1x96x96 + 24 text tokens"
-    assert [tuple(a.shape) for a in args] == [(1, 1, 96, 96), (1, 24), (1, 24)]
+    assert desc == "1x96x96 + 34 text tokens"
+    assert [tuple(a.shape) for a in args] == [(1, 1, 96, 96), (1, 34), (1, 34)]
     assert args[1].dtype == torch.int64 and int(args[2].sum()) > 2  # real tokens of the example report
     with torch.no_grad():
         assert net.eval()(*args).shape == (1, 1, 96, 96)

@@ -4,7 +4,6 @@
 import importlib.util
 import json
 import os
-import signal
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import torch
 from ignite.engine import Events
 from monai.bundle import verify_net_in_out
 from PIL import Image
-from bundle_testing import REPO_ROOT, BundleConfigs, check_bundle_layout, check_run_folder, run_ddp_training
+from bundle_testing import REPO_ROOT, BundleConfigs, check_bundle_layout, check_run_folder, press_ctrl_c, run_ddp_training
 from test_tifcmamba import TINY_CLIP
 
 from monai_vlseg.bundle import check_text_supervision
@@ -202,7 +201,7 @@ def _train(overrides, stop_at_iteration=None):
         wf.run()
         return epochs
     stop = Events.ITERATION_COMPLETED(once=stop_at_iteration)
-    trainer.add_event_handler(stop, lambda e: signal.raise_signal(signal.SIGINT))
+    trainer.add_event_handler(stop, press_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         wf.run()
     return epochs

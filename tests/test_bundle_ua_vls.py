@@ -4,7 +4,6 @@ demo data set, verify_net_in_out, TorchScript / ONNX export, and 2-process DDP t
 import csv
 import json
 import os
-import signal
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from ignite.engine import Events
 from monai.bundle import verify_net_in_out
 from PIL import Image
 
-from bundle_testing import BundleConfigs, check_bundle_layout, run_ddp_training
+from bundle_testing import BundleConfigs, check_bundle_layout, press_ctrl_c, run_ddp_training
 
 from monai_vlseg.datasets.synthetic.cxr import generate_demo_dataset
 from monai_vlseg.export import export_network, load_bundle_network
@@ -175,7 +174,7 @@ def _train(overrides, stop_at_iteration=None, epochs_seen=None):
         trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: epochs_seen.append(e.state.epoch))
     if stop_at_iteration is not None:
         trainer.add_event_handler(
-            Events.ITERATION_COMPLETED(once=stop_at_iteration), lambda e: signal.raise_signal(signal.SIGINT)
+            Events.ITERATION_COMPLETED(once=stop_at_iteration), press_ctrl_c
         )
         with pytest.raises(KeyboardInterrupt):
             wf.run()

@@ -292,7 +292,7 @@ def test_prepare_refuses_a_checkpoint_trained_with_another_configuration(tmp_pat
     ckpt = tmp_path / "run" / "model.pt"
     ckpt.parent.mkdir()
     ckpt.write_bytes(b"weights")  # not read: the check compares the record beside it
-    record = {"run": "r1", "model_config": {"image_size": [96, 96], "in_channels": 1, "text_len": 24}}
+    record = {"run": "r1", "model_config": {"image_size": [96, 96], "in_channels": 1, "text_len": 34}}
     (tmp_path / "run" / "model.json").write_text(json.dumps(record))
     app = tmp_path / "app"
     with pytest.raises(ValueError, match=r"image_size \[96, 96\] there, \[64, 64\] here"):
