@@ -486,6 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "error" not in row and row.get("train_command") and "--seed" not in row["train_command"]:
                 seed_rows.setdefault(name, {}).setdefault("0", row)
     failed: list[str] = []
+    done_rows: set[str] = set()  # what this run wrote: only these replace what the store holds when it is written
+    done_seeds: set[tuple[str, str]] = set()
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
     command = " ".join(["python", "scripts/demo_accuracy.py"] + list(sys.argv[1:] if argv is None else argv))
     for name, seed in [(n, s) for n in names for s in (args.seeds or [None])]:
@@ -506,10 +508,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                            + (f"; {previous['note']}" if previous.get("note") else ""))  # fmt: skip
         if not seed:  # seed 0 / the configs' own: the main table's row
             rows[name] = row
+            done_rows.add(name)
         if "error" in row:
             failed.append(name)
         else:  # the configs' own seed is 0
             seed_rows.setdefault(name, {})[str(seed or 0)] = row
+            done_seeds.add((name, str(seed or 0)))
+        if os.path.isfile(store):  # rows another run wrote meanwhile (two runs at once: other bundles or seeds) stay
+            with open(store, encoding="utf-8") as f:
+                latest = json.load(f)
+            rows = {**latest.get("rows", {}), **{n: r for n, r in rows.items() if n in done_rows}}
+            merged = latest.get("seed_rows", {})
+            for n, by_seed in seed_rows.items():
+                merged.setdefault(n, {}).update({k: r for k, r in by_seed.items() if (n, k) in done_seeds})
+            seed_rows = merged
         with open(store + ".tmp", "w", encoding="utf-8") as f:
             json.dump({"rows": rows, "seed_rows": seed_rows}, f, indent=2)
         os.replace(store + ".tmp", store)

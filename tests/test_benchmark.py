@@ -130,3 +130,30 @@ def test_demo_accuracy_seed_table_marks_missed_targets():
             "negated area < 0.05, count >= 0.9, laterality >= 0.95 | d |") in text
     assert "image_only" not in text and "--seed 1" in text
     assert da.seed_table({"image_only": {"0": {"test": {}}}}) == []
+
+
+def test_demo_accuracy_keeps_rows_another_run_wrote_meanwhile(tmp_path, monkeypatch):
+    """Two runs at once (other bundles, other seeds) share docs/demo_accuracy.json: each writes only its own rows
+    into what the file holds when it writes."""
+    import json
+
+    spec = importlib.util.spec_from_file_location("demo_accuracy_script", os.path.join(REPO, "scripts", "demo_accuracy.py"))
+    da = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(da)
+    store = tmp_path / "demo_accuracy.json"
+    store.write_text(json.dumps({"rows": {"c2seg": {"bundle": "c2seg", "date": "old"}}, "seed_rows": {}}))
+
+    def fake_run(name, args, seed=None):
+        other = json.loads(store.read_text())  # meanwhile another run finished a bundle and a seed
+        other["rows"]["lcpdn"] = {"bundle": "lcpdn", "date": "other run"}
+        other["seed_rows"]["lcpdn"] = {"1": {"bundle": "lcpdn", "date": "other run"}}
+        store.write_text(json.dumps(other))
+        return {"bundle": name, "date": f"this run, seed {seed}", "seed": seed}
+
+    monkeypatch.setattr(da, "run_bundle", fake_run)
+    monkeypatch.setattr(da, "discover", lambda names: list(names))
+    assert da.main(["--bundles", "ua_vls", "--seeds", "0", "1", "--docs", str(tmp_path)]) == 0
+    saved = json.loads(store.read_text())
+    assert {n: r["date"] for n, r in saved["rows"].items()} == {
+        "c2seg": "old", "lcpdn": "other run", "ua_vls": "this run, seed 0"}  # fmt: skip
+    assert sorted(saved["seed_rows"]["ua_vls"]) == ["0", "1"] and saved["seed_rows"]["lcpdn"]["1"]["date"] == "other run"
