@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import os
 import sys
 import types
 
@@ -116,12 +117,16 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
 @pytest.mark.parametrize("layout,length,regime,opt_idx", CASES)
-def test_matches_reference(layout, length, regime, opt_idx):
+def test_matches_reference(layout, length, regime, opt_idx, backend):
+    """Both CPU backends (chunked torch scan, fused kernel) match the fp64 loop: outputs and every gradient."""
     opts = OPTION_SETS[opt_idx]
+    if backend == "cpu" and layout == "const":
+        pytest.skip("time-invariant B goes to the torch backend (tested in test_fused_kernel_dispatch)")
     args = make_inputs(2, 8, length, 4, layout, regime, opts, seed=length + opt_idx)
     kwargs = {"delta_softplus": opts.get("softplus", False), "return_last_state": opts.get("last", False)}
-    out, last, grads = run_and_grad(selective_scan, args, dict(kwargs, backend="torch"))
+    out, last, grads = run_and_grad(selective_scan, args, dict(kwargs, backend=backend))
     ref_out, ref_last, ref_grads = run_and_grad(reference_scan, args, kwargs)
     assert out.dtype == torch.float32 and out.shape == args[0].shape
     assert_close_scaled(out, ref_out, name="out")
@@ -141,7 +146,9 @@ def test_chunk_and_segment_boundaries(chunk_size, segment_steps):
     args = make_inputs(2, 8, 101, 4, "g2", "small", opts, seed=3)
     kwargs = {"delta_softplus": True, "return_last_state": True}
     ours = run_and_grad(
-        selective_scan, args, dict(kwargs, chunk_size=chunk_size, segment_elements=segment_steps * 2 * 8 * 4)
+        selective_scan,
+        args,
+        dict(kwargs, backend="torch", chunk_size=chunk_size, segment_elements=segment_steps * 2 * 8 * 4),
     )
     ref = run_and_grad(reference_scan, args, kwargs)
     assert_close_scaled(ours[0], ref[0], name="out")
@@ -171,10 +178,10 @@ def test_long_sequence():
     b, d, length, n = 1, 2, 20000, 4
     opts = {"D": True, "softplus": True, "last": True}
     args = make_inputs(b, d, length, n, "3d", "small", opts, seed=7)
-    kwargs = {"delta_softplus": True, "return_last_state": True}
+    kwargs = {"delta_softplus": True, "return_last_state": True, "backend": "torch"}
     out, last, grads = run_and_grad(selective_scan, args, dict(kwargs, segment_elements=4096 * b * d * n))
     with torch.no_grad():
-        ref_out, ref_last = reference_scan(*args[:5], D=args[5], **kwargs)
+        ref_out, ref_last = reference_scan(*args[:5], D=args[5], delta_softplus=True, return_last_state=True)
     assert_close_scaled(out, ref_out, name="out")
     assert_close_scaled(last, ref_last, name="last_state")
     # gradients agree with a single-segment run with large chunks (different boundaries everywhere)
@@ -201,8 +208,9 @@ def test_backend_forcing(monkeypatch):
     args = [x.detach() for x in make_inputs(1, 4, 20, 3, "3d", "small", {})[:5]]
     ref = reference_scan(*args)
     monkeypatch.delenv(SCAN_BACKEND_ENV, raising=False)
-    assert resolve_scan_backend(None, "cpu") == "torch"
-    for name in ("torch", "ref", "auto", "TORCH"):
+    assert resolve_scan_backend(None, "cpu") == "cpu"  # the fused kernel (g++ is on every machine that runs the tests)
+    assert resolve_scan_backend(None, None) == "torch"
+    for name in ("cpu", "torch", "ref", "auto", "TORCH"):
         assert_close_scaled(selective_scan(*args, backend=name), ref, name=name)
     monkeypatch.setenv(SCAN_BACKEND_ENV, "ref")
     assert resolve_scan_backend(None, "cpu") == "ref"
@@ -322,3 +330,117 @@ def test_plan_segments_cover_and_bound():
         for start, stop, t_len, nc in plan:
             assert 0 <= t_len * nc - (stop - start) < nc  # padding below one step per chunk
             assert t_len * nc * step <= max(budget, (chunk or t_len) * step)
+
+
+# ---- the fused CPU kernel (monai_vlseg.ops.cpu_scan) ----------------------------------------------------------------
+
+cpu_scan = importlib.import_module("monai_vlseg.ops.cpu_scan")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    "batch,dim,length,n,layout",
+    [(2, 16, 300, 16, "g4"), (1, 8, 1000, 16, "3d"), (3, 6, 131, 24, "g2"), (1, 4, 64, 8, "g1"), (2, 8, 9, 3, "g2")],
+)
+def test_fused_kernel_matches_reference(batch, dim, length, n, layout, threads):
+    """Every state size path (N = 8, 16, 24 generic, 3 padded), block/span boundaries (L = 1000 > 8 blocks of 64),
+    several channel slices per group, on 1 and 2 threads: outputs and all gradients equal the fp64 loop."""
+    opts = {"D": True, "z": True, "bias": True, "softplus": True, "last": True}
+    args = make_inputs(batch, dim, length, n, layout, "small", opts, seed=length + n)
+    kwargs = {"delta_softplus": True, "return_last_state": True}
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out, last, grads = run_and_grad(selective_scan, args, dict(kwargs, backend="cpu"))
+    finally:
+        torch.set_num_threads(before)
+    ref_out, ref_last, ref_grads = run_and_grad(reference_scan, args, kwargs)
+    assert_close_scaled(out, ref_out, name="out")
+    assert_close_scaled(last, ref_last, name="last_state")
+    for name, gr, gref in zip(("u", "delta", "A", "B", "C", "D", "z", "delta_bias"), grads, ref_grads):
+        assert_close_scaled(gr, gref, name=f"grad {name}")
+
+
+def test_fused_kernel_long_sequence_and_no_grad():
+    """L = 20000 (many checkpoints and spans): values and gradients; under no_grad no checkpoints are kept."""
+    args = make_inputs(1, 2, 20000, 16, "3d", "small", {"D": True, "softplus": True, "last": True}, seed=7)
+    kwargs = {"delta_softplus": True, "return_last_state": True}
+    out, last, grads = run_and_grad(selective_scan, args, dict(kwargs, backend="cpu"))
+    ref = run_and_grad(reference_scan, args, kwargs)
+    assert_close_scaled(out, ref[0], name="out")
+    assert_close_scaled(last, ref[1], name="last_state")
+    for gr, gref in zip(grads, ref[2]):
+        assert_close_scaled(gr, gref)
+    with torch.no_grad():
+        out2 = selective_scan(*args[:5], D=args[5], delta_softplus=True, backend="cpu")
+    torch.testing.assert_close(out2, out.detach())
+
+
+def test_fused_kernel_dispatch(monkeypatch):
+    """auto: fused kernel for fp32/bf16 CPU tensors, exact torch scan for fp64 and time-invariant B/C."""
+    monkeypatch.delenv(SCAN_BACKEND_ENV, raising=False)
+    calls = []
+    real = cpu_scan.fused_selective_scan
+    monkeypatch.setattr(cpu_scan, "fused_selective_scan", lambda *a: calls.append(a[0].dtype) or real(*a))
+    args32 = [x.detach() for x in make_inputs(1, 8, 40, 16, "g2", "small", {})[:5]]
+    selective_scan(*args32)
+    selective_scan(*(x.bfloat16() for x in args32))
+    assert calls == [torch.float32, torch.bfloat16]
+    selective_scan(*(x.double() for x in args32))  # fp64: exact torch scan
+    const = [x.detach() for x in make_inputs(1, 8, 40, 16, "const", "small", {})[:5]]
+    selective_scan(*const)  # time-invariant B: torch scan
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match="time-varying"):
+        selective_scan(*const, backend="cpu")
+    out64 = selective_scan(*(x.double() for x in args32), backend="cpu")  # forced: fp32 kernel, fp64 out
+    assert out64.dtype == torch.float64 and len(calls) == 3
+
+
+def test_fused_kernel_unavailable_falls_back_once(monkeypatch, tmp_path):
+    """No compiler: auto uses the torch scan and warns once; forcing 'cpu' is a clear error."""
+    monkeypatch.delenv(SCAN_BACKEND_ENV, raising=False)
+    monkeypatch.setattr(cpu_scan, "_STATE", {})
+    monkeypatch.setattr(cpu_scan, "_compiler", lambda: None)
+    args = [x.detach() for x in make_inputs(1, 4, 20, 3, "3d", "small", {})[:5]]
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        out = selective_scan(*args)
+    assert resolve_scan_backend(None, "cpu") == "torch"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        selective_scan(*args)  # said once only
+    assert_close_scaled(out, reference_scan(*args))
+    with pytest.raises(RuntimeError, match="g\\+\\+"):
+        selective_scan(*args, backend="cpu")
+
+
+def test_fused_kernel_builds_in_a_fresh_cache(monkeypatch, tmp_path):
+    """A clean cache folder gets the library built there (as on a fresh clone) and it runs."""
+    monkeypatch.setenv(cpu_scan.KERNEL_CACHE_ENV, str(tmp_path / "kernels"))
+    monkeypatch.setattr(cpu_scan, "_STATE", {})
+    lib = cpu_scan.load_kernel()
+    assert lib is not None, cpu_scan.kernel_unavailable_reason()
+    built = os.listdir(tmp_path / "kernels")
+    assert any(f.startswith("selective_scan_cpu-") and f.endswith(".so") for f in built)
+    assert cpu_scan.update_rate(1, steps=100_000) > 1e7  # updates/s of the bare recurrence
+
+
+def test_traceable_scan_matches_and_traces_compactly():
+    """The traced path (export) equals the reference and records O(L/chunk * log chunk) operations, not O(L)."""
+    opts = {"D": True, "z": True, "bias": True, "softplus": True, "last": True}
+    args = [x.detach() for x in make_inputs(1, 4, 3136, 16, "g2", "small", opts, seed=2)]
+    kwargs = {"delta_softplus": True, "return_last_state": True}
+    out, last = ss.selective_scan_traceable(*args[:5], D=args[5], z=args[6], delta_bias=args[7], **kwargs)
+    ref_out, ref_last = reference_scan(*args[:5], D=args[5], z=args[6], delta_bias=args[7], **kwargs)
+    assert_close_scaled(out, ref_out, name="out")
+    assert_close_scaled(last, ref_last, name="last")
+
+    class Scan(torch.nn.Module):
+        def forward(self, u, delta, B, C):
+            return selective_scan(u, delta, args[2], B, C, args[5], args[6], args[7], delta_softplus=True)
+
+    traced = torch.jit.trace(Scan(), (args[0], args[1], args[3], args[4]))
+    nodes = len(list(traced.inlined_graph.nodes()))
+    assert nodes < 6000, nodes  # the recurrence unrolled over L = 3136 steps records > 15000
+    torch.testing.assert_close(traced(args[0], args[1], args[3], args[4]), ref_out.float(), rtol=1e-4, atol=1e-4)

@@ -1,4 +1,5 @@
-"""Low-level operators (selective scan); ``mamba_ssm`` is imported only inside this subpackage."""
+"""Low-level operators (selective scan: fused CPU kernel, chunked PyTorch scan, mamba-ssm's CUDA kernel; cross-scan);
+``mamba_ssm`` is imported only inside this subpackage."""
 
 from .selective_scan import (
     SCAN_BACKEND_ENV,
@@ -7,6 +8,7 @@ from .selective_scan import (
     resolve_scan_backend,
     selective_scan,
     selective_scan_ref,
+    selective_scan_traceable,
 )
 
 __all__ = [
@@ -16,4 +18,5 @@ __all__ = [
     "resolve_scan_backend",
     "selective_scan",
     "selective_scan_ref",
+    "selective_scan_traceable",
 ]

@@ -5,9 +5,12 @@ The recurrence, per batch ``b``, channel ``d`` and state ``n``:
     h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t,   y_t = sum_n C_t[n] h_t[n],
     out = (y + D * u) * silu(z),                               h_{-1} = 0.
 
-Backends: ``"cuda"`` (``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``), ``"torch"`` (a two-level
-chunked scan with a hand-written, segment-recomputing backward; any device) and ``"ref"`` (a plain loop over
-the sequence, for debugging only).
+Backends: ``"cuda"`` (``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``), ``"cpu"`` (the fused C++
+kernel of :mod:`monai_vlseg.ops.cpu_scan`, built on first use: the CPU default), ``"torch"`` (a two-level chunked
+scan written as tensor operations, with a hand-written, segment-recomputing backward; any device; the CPU fallback
+where no compiler can build the kernel) and ``"ref"`` (a plain loop over the sequence, for debugging only). Under
+tracing (TorchScript / ONNX export) a chunked log-depth scan of plain tensor operations is recorded instead
+(:func:`selective_scan_traceable`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from monai_vlseg.ops import cpu_scan
+
 __all__ = [
     "SCAN_BACKEND_ENV",
     "SCAN_BACKENDS",
@@ -30,11 +35,14 @@ __all__ = [
     "resolve_scan_backend",
     "selective_scan",
     "selective_scan_ref",
+    "selective_scan_traceable",
 ]
 
-#: environment variable that forces a backend (``"torch"``, ``"cuda"``, ``"ref"`` or ``"auto"``).
+#: environment variable that forces a backend (``"cpu"``, ``"torch"``, ``"cuda"``, ``"ref"`` or ``"auto"``).
 SCAN_BACKEND_ENV = "MONAI_VLSEG_SCAN_BACKEND"
-SCAN_BACKENDS = ("auto", "torch", "cuda", "ref")
+SCAN_BACKENDS = ("auto", "cpu", "torch", "cuda", "ref")
+#: chunk length of the traced scan (:func:`selective_scan_traceable`): log2(T) steps inside a chunk, chunks in turn.
+TRACE_CHUNK = 256
 
 #: default chunk length T of the intra-chunk loop (see ``scripts/bench_scan.py``).
 DEFAULT_CHUNK_SIZE = 16
@@ -72,19 +80,36 @@ def mamba_ssm_available() -> bool:
 def resolve_scan_backend(backend: str | None = None, device: torch.device | str | None = None) -> str:
     """Backend that :func:`selective_scan` uses: ``backend`` if given, else ``$MONAI_VLSEG_SCAN_BACKEND``, else auto.
 
-    Auto picks ``"cuda"`` when ``mamba_ssm`` imports and ``device`` is a CUDA device, otherwise ``"torch"``.
+    Auto picks ``"cuda"`` when ``mamba_ssm`` imports and ``device`` is a CUDA device, ``"cpu"`` (the fused kernel)
+    for CPU tensors when the kernel builds here, otherwise ``"torch"`` (warning once that the kernel is missing).
 
     Raises:
         ValueError: unknown backend name.
-        RuntimeError: ``"cuda"`` forced but ``mamba_ssm`` cannot be imported or ``device`` is not CUDA.
+        RuntimeError: ``"cuda"`` forced but ``mamba_ssm`` cannot be imported or ``device`` is not CUDA; ``"cpu"``
+            forced but the kernel cannot be built or ``device`` is not the CPU.
     """
     name = backend if backend is not None else os.environ.get(SCAN_BACKEND_ENV, "")
     name = (name or "auto").strip().lower()
     if name not in SCAN_BACKENDS:
         raise ValueError(f"unknown selective-scan backend {name!r}, expected one of {SCAN_BACKENDS}.")
     is_cuda = device is not None and torch.device(device).type == "cuda"
+    is_cpu = device is not None and torch.device(device).type == "cpu"
     if name == "auto":
-        return "cuda" if is_cuda and mamba_ssm_available() else "torch"
+        if is_cuda and mamba_ssm_available():
+            return "cuda"
+        if is_cpu:
+            if cpu_scan.load_kernel() is not None:
+                return "cpu"
+            cpu_scan.warn_unavailable_once()
+        return "torch"
+    if name == "cpu":
+        if cpu_scan.load_kernel() is None:
+            raise RuntimeError(
+                "selective-scan backend 'cpu' was requested but the fused CPU kernel cannot be built "
+                f"({cpu_scan.kernel_unavailable_reason()}); install a C++ compiler (g++) or use backend='torch'."
+            )
+        if device is not None and not is_cpu:
+            raise RuntimeError(f"selective-scan backend 'cpu' needs CPU tensors, got tensors on {device}.")
     if name == "cuda":
         if not mamba_ssm_available():
             raise RuntimeError(
@@ -172,8 +197,10 @@ def selective_scan(
         delta_bias: added to ``delta`` before the softplus, (dim,).
         delta_softplus: apply ``softplus`` to ``delta``.
         return_last_state: also return the final state ``h_{L-1}``, (batch, dim, d_state), float32.
-        backend: ``"torch"``, ``"cuda"`` (mamba-ssm kernel), ``"ref"`` (slow loop, debugging) or ``"auto"``/None
-            (``$MONAI_VLSEG_SCAN_BACKEND``, else ``"cuda"`` for CUDA tensors when mamba-ssm imports, else ``"torch"``).
+        backend: ``"cpu"`` (fused C++ kernel, computes in fp32), ``"torch"``, ``"cuda"`` (mamba-ssm kernel),
+            ``"ref"`` (slow loop, debugging) or ``"auto"``/None (``$MONAI_VLSEG_SCAN_BACKEND``, else ``"cuda"`` for CUDA
+            tensors when mamba-ssm imports, ``"cpu"`` for CPU tensors when the kernel builds, else ``"torch"``; fp64
+            inputs and a time-invariant (dim, d_state) ``B``/``C`` go to ``"torch"``).
         chunk_size: chunk length of the torch backend (default :data:`DEFAULT_CHUNK_SIZE`).
         segment_elements: bound on the elements of one (segment, batch, dim, d_state) buffer of the torch backend
             (default :data:`DEFAULT_SEGMENT_ELEMENTS`); longer inputs are processed in segments and recomputed
@@ -192,12 +219,26 @@ def selective_scan(
         for t in (u, delta, A, B, C, D, z, delta_bias)
     )
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    if torch.jit.is_tracing():
+        # Tracing (TorchScript / ONNX export) cannot record a Python autograd.Function, a ctypes call or in-place
+        # chunk buffers: record a scan of plain tensor operations instead.
+        return selective_scan_traceable(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     name = resolve_scan_backend(backend, u.device)
+    if name == "cpu":
+        forced = ((backend if backend is not None else os.environ.get(SCAN_BACKEND_ENV)) or "auto").strip() != "auto"
+        if B.dim() == 2 or C.dim() == 2:  # time-invariant B/C: the kernel reads (b, G, L, N) rows
+            if forced:
+                raise ValueError("the fused CPU scan needs time-varying B and C; use backend='torch' for (dim, d_state).")
+            name = "torch"
+        elif u.dtype == torch.float64 and not forced:
+            name = "torch"  # an exact fp64 scan was asked for by the dtype; the kernel computes in fp32
+    if name == "cpu":
+        out, last = cpu_scan.fused_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        out = out.to(u.dtype)
+        return (out, last) if return_last_state else out
     if name == "cuda":
         return _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    if name == "ref" or torch.jit.is_tracing():
-        # Tracing (TorchScript / ONNX export) cannot record the Python autograd.Function and its in-place chunk
-        # buffers; the plain recurrence traces into ordinary ops (unrolled over L: fine for text-length scans).
+    if name == "ref":
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
     dtype_in = u.dtype
@@ -299,6 +340,61 @@ def selective_scan_ref(
         out = y if D is None else y + u * D.float()[:, None]
         if z is not None:
             out = out * F.silu(z.float())
+    out = out.to(dtype_in)
+    return (out, h) if return_last_state else out
+
+
+def selective_scan_traceable(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    chunk: int = TRACE_CHUNK,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """:func:`selective_scan` as plain tensor operations that trace into a compact graph (TorchScript / ONNX).
+
+    Chunks of ``chunk`` steps in turn; inside a chunk a log-depth (Hillis-Steele) scan of the pairs
+    ``(a_t, x_t) = (exp(delta_t A), delta_t B_t u_t)`` under ``(a2, x2) o (a1, x1) = (a2 a1, a2 x1 + x2)``, so the
+    traced graph has ``L / chunk * log2(chunk)`` steps instead of ``L`` (the sequential recurrence unrolled), and only
+    products of decays (never their inverses) are formed.
+    """
+    dtype_in = u.dtype
+    batch, dim, length = u.shape
+    n = A.shape[1]
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        cdt = torch.float64 if dtype_in == torch.float64 else torch.float32
+        u, delta, A = u.to(cdt), delta.to(cdt), A.to(cdt)
+        if delta_bias is not None:
+            delta = delta + delta_bias.to(cdt)[:, None]
+        if delta_softplus:
+            delta = F.softplus(delta)
+        bg, cg = _as_groups(B.to(cdt), batch, length), _as_groups(C.to(cdt), batch, length)
+        gb, gc = bg.shape[1], cg.shape[1]
+        du = delta * u
+        h = u.new_zeros(batch, dim, n)
+        ys = []
+        for s in range(0, length, chunk):
+            e = min(length, s + chunk)
+            a = torch.exp(delta[:, :, None, s:e] * A[None, :, :, None])  # (b, d, N, T)
+            x = (du[:, :, s:e].view(batch, gb, dim // gb, 1, e - s) * bg[:, :, None, :, s:e]).view(a.shape)
+            off = 1
+            while off < e - s:
+                x = x + a * F.pad(x[..., :-off], (off, 0))
+                a = a * F.pad(a[..., :-off], (off, 0), value=1.0)
+                off *= 2
+            hs = x + a * h[..., None]  # a: decay from the chunk's start
+            h = hs[..., -1]
+            ys.append((hs.view(batch, gc, dim // gc, n, e - s) * cg[:, :, None, :, s:e]).sum(3).view(batch, dim, -1))
+        y = torch.cat(ys, dim=-1) if ys else u.new_zeros(u.shape)
+        out = y if D is None else y + u * D.to(cdt)[:, None]
+        if z is not None:
+            out = out * F.silu(z.to(cdt))
     out = out.to(dtype_in)
     return (out, h) if return_last_state else out
 
