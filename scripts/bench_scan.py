@@ -1,13 +1,22 @@
-"""Forward + backward cost of the selective scan: sequential reference vs our chunked scan vs mambapy's pscan.
+"""Forward + backward cost of the selective scan: the fused CPU kernel, the chunked torch scan, the sequential
+reference and mambapy's pscan, beside the arithmetic floor.
 
-Every measurement runs in its own subprocess, so its peak resident memory (``getrusage`` maxrss) is its own; the
+Every measurement runs in its own subprocess (with glibc keeping freed memory, as in a bundle run:
+``monai_vlseg.utils.keep_freed_memory``), so its peak resident memory (``getrusage`` maxrss) is its own; the
 table also gives the growth of the resident set over the inputs.  Times are the median of ``--repeats`` runs
 after one warm-up.  The reference (``selective_scan(..., backend="ref")``, one autograd step per position, linear
 in L; ``--indexed-ref`` adds the textbook loop that indexes full tensors per step, quadratic in L) runs
 at the full length, or at ``--ref-length`` steps scaled linearly (its cost grows faster than linearly with L, so
 the scaled figure is a lower bound).
 
-    .venv/bin/python scripts/bench_scan.py                    # 2D (2, 192, 3136, 16) and 3D (1, 96, 32768, 16)
+The floor row: a forward + backward pass must do at least two state updates per (batch, channel, step, state) —
+the forward one (exp of delta*A, the state FMA, the output FMA) and its adjoint — so its time is
+``2 * b * d * L * N / rate``, where ``rate`` is the update rate of the bare forward arithmetic with the state in
+registers and no memory traffic (``monai_vlseg.ops.cpu_scan.update_rate``), measured on the same threads in the
+same run. The fused kernel also recomputes the forward states in its backward pass (a third update), so 1.5x the
+floor is its own limit.
+
+    .venv/bin/python scripts/bench_scan.py --threads 2               # 2D (2, 192, 3136, 16) and 3D (1, 96, 32768, 16)
     .venv/bin/python scripts/bench_scan.py --sizes 3d --ref-length 4096 --chunk-sizes 16 32 64
     .venv/bin/python scripts/bench_scan.py --device cuda      # our torch backend vs the mamba-ssm kernel
 """
@@ -89,7 +98,8 @@ def scan_reference_indexed(u, delta, A, B, C, D, z, delta_bias):
 IMPLS = {
     "reference": scan_ours("ref"),
     "ref-indexed": scan_reference_indexed,
-    "ours": scan_ours("torch"),
+    "fused": scan_ours("cpu"),
+    "torch": scan_ours("torch"),
     "mambapy": scan_mambapy,
     "ours-torch": scan_ours("torch"),
     "mamba-ssm": scan_ours("cuda"),
@@ -103,8 +113,19 @@ def current_rss_kb() -> int:
 
 def worker(args: argparse.Namespace) -> None:
     """One measurement; prints a JSON line."""
+    from monai_vlseg.utils import keep_freed_memory
+
+    keep_freed_memory()  # as in every bundle run, for every implementation
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.worker == "floor":
+        from monai_vlseg.ops.cpu_scan import update_rate
+
+        rates = [update_rate(torch.get_num_threads()) for _ in range(args.warmup + args.repeats)][args.warmup :]
+        rate = statistics.median(rates)
+        t = 2 * args.batch * args.dim * args.length * args.d_state / rate
+        print(json.dumps({"times": [t], "median": t, "rate": rate}))
+        return
     fn = IMPLS[args.worker]
     if args.chunk:
         fn = functools.partial(fn, chunk_size=args.chunk)
@@ -164,7 +185,7 @@ def check_agreement(args: argparse.Namespace) -> str:
     ref = IMPLS["reference"](*inputs)
     scale = ref.abs().max().item()
     parts = []
-    for name in ("ours", "mambapy", "ref-indexed"):
+    for name in ("fused", "torch", "mambapy", "ref-indexed"):
         try:
             parts.append(f"{name} {(IMPLS[name](*inputs) - ref).abs().max().item() / scale:.1e}")
         except ImportError:
@@ -190,7 +211,7 @@ def main() -> None:
         "--chunk-sizes", type=int, nargs="*", default=[], help="also time our scan with these chunk sizes T"
     )
     parser.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--worker", choices=sorted(IMPLS), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=sorted(IMPLS) + ["floor"], help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dim", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
@@ -215,7 +236,7 @@ def main() -> None:
         if "mamba-ssm" not in impls:
             print("mamba_ssm's CUDA kernel cannot be imported: timing our torch backend only.")
     else:
-        impls = ["reference"] + (["ref-indexed"] if args.indexed_ref else []) + ["ours"]
+        impls = ["floor", "fused", "torch", "reference"] + (["ref-indexed"] if args.indexed_ref else [])
         try:
             import mambapy.pscan  # noqa: F401
 
@@ -224,7 +245,7 @@ def main() -> None:
             print("mambapy is not installed: no pscan column.")
         print(check_agreement(args))
     widths = (20, 11, 10, 8, 11, 13)
-    cols = ("size (b, d, L, N)", "impl", "fwd+bwd s", "vs ours", "peak RSS MB", "RSS growth MB")
+    cols = ("size (b, d, L, N)", "impl", "fwd+bwd s", "vs fused", "peak RSS MB", "RSS growth MB")
     if args.device == "cuda":
         cols = cols[:4] + ("peak CUDA MB", "-")
 
@@ -237,24 +258,26 @@ def main() -> None:
     for size in args.sizes:
         b, d, length, n = SIZES[size] if size in SIZES else tuple(int(v) for v in size.split(","))
         rows = {}
-        for impl in impls + [f"ours T={t}" for t in args.chunk_sizes]:
+        for impl in impls + [f"torch T={t}" for t in args.chunk_sizes]:
             note, run_len, reps = "", length, args.repeats
             if impl in ("reference", "ref-indexed") and 0 < args.ref_length < length:
                 run_len = args.ref_length
                 note = f"timed at L={run_len}, scaled x{length / run_len:.2f} (linear, a lower bound)"
                 note += f"; memory at L={run_len}"
-            if impl.startswith("ours T="):
-                res = measure("ours", b, d, run_len, n, args, reps, chunk=int(impl.split("=")[1]))
+            if impl.startswith("torch T="):
+                res = measure("torch", b, d, run_len, n, args, reps, chunk=int(impl.split("=")[1]))
             elif impl in ("reference", "ref-indexed"):  # slow: one run, no warm-up
                 res = measure(impl, b, d, run_len, n, args, 1, warmup=0)
                 note = (note + "; " if note else "") + "1 run"
             else:
                 res = measure(impl, b, d, run_len, n, args, reps)
+            if impl == "floor" and "rate" in res:
+                note = f"2 updates x b*d*L*N at {res['rate'] / 1e9:.2f} G updates/s (bare arithmetic, same threads)"
             if "error" in res:
                 rows[impl] = (None, res, f"failed: {res['error']}")
             else:
                 rows[impl] = (res["median"] * length / run_len, res, note)
-        ours_t = rows.get("ours", rows.get("ours-torch", (None,)))[0]
+        ours_t = rows.get("fused", rows.get("ours-torch", (None,)))[0]
         for impl, (t, res, note) in rows.items():
             mem = res.get("cuda_peak_mb", res.get("maxrss_mb"))
             cells = (
@@ -265,7 +288,14 @@ def main() -> None:
                 f"{mem:.0f}" if mem is not None else "-",
                 f"{res['rss_growth_mb']:.0f}" if "rss_growth_mb" in res and "cuda_peak_mb" not in res else "-",
             )
+            if impl == "floor":
+                cells = cells[:4] + ("-", "-")
             print(line(cells, note), flush=True)
+        floor_t, torch_t = rows.get("floor", (None,))[0], rows.get("torch", (None,))[0]
+        if ours_t and (floor_t or torch_t):
+            parts = [f"fused / floor = {ours_t / floor_t:.2f}x" if floor_t else "",
+                     f"torch / fused = {torch_t / ours_t:.2f}x" if torch_t else ""]
+            print(f"  {b}, {d}, {length}, {n}: " + "; ".join(p for p in parts if p), flush=True)
     if args.device == "cuda":
         print("memory columns on CUDA: peak allocated by the step (torch.cuda.max_memory_allocated).")
 

@@ -178,6 +178,9 @@ def measure(spec: dict[str, Any], repeats: int, batch: int, device: str, amp: bo
     ``{"kind": "unet" | "swin_unetr", "channels", "shape"}``."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from monai_vlseg.utils import keep_freed_memory
+
+    keep_freed_memory()  # as every bundle run does (set_torch_threads); applied to the baselines alike
     torch.manual_seed(0)
     t_build = time.perf_counter()
     if spec["kind"] == "bundle":
@@ -319,6 +322,12 @@ def _num(v: float) -> str:
     return "—" if v != v else f"{v:.2f}"  # NaN: not measured
 
 
+def _scan_backend(device: str) -> str:
+    from monai_vlseg.ops import resolve_scan_backend
+
+    return resolve_scan_backend(None, torch.device(device))
+
+
 def markdown(rows: list[dict[str, Any]], a: argparse.Namespace, command: str) -> str:
     """The table with its provenance line."""
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -346,7 +355,10 @@ def markdown(rows: list[dict[str, Any]], a: argparse.Namespace, command: str) ->
         f"(3D: {a.batch_3d}). Peak memory: "
         + ("CUDA `max_memory_allocated`." if a.device.startswith("cuda") else
            "peak resident set of the measuring process (includes ~0.3-0.5 GiB of Python/torch runtime).")
-        + " Timings on a shared machine are under load from other jobs.",
+        + " Timings on a shared machine are under load from other jobs. Mamba networks run the selective scan "
+        f"backend `{_scan_backend(a.device)}` (the default for this device; `cpu` = the fused kernel of "
+        "`monai_vlseg.ops.cpu_scan`), and every network (baselines too) runs with glibc keeping freed memory "
+        "(`monai_vlseg.utils.keep_freed_memory`, as in every bundle run).",
         "",
         "| network | input | trainable (M) | total (M) | GFLOPs (fwd, bs 1) | latency bs 1 (ms) | train img/s | "
         "peak mem (MiB) | paper's figure | measured (UTC, load avg) | note |",

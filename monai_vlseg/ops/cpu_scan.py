@@ -138,9 +138,9 @@ def warn_unavailable_once() -> None:
 def _declare(lib: ctypes.CDLL) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.ssc_block.restype = i32
-    lib.ssc_forward.argtypes = [p] * 11 + [i64] * 5 + [i32, i64, i32]
+    lib.ssc_forward.argtypes = [p] * 12 + [i64] * 5 + [i32, i64, i32]
     lib.ssc_forward.restype = i32
-    lib.ssc_backward.argtypes = [p] * 19 + [i64] * 5 + [i32, i64, i32]
+    lib.ssc_backward.argtypes = [p] * 20 + [i64] * 5 + [i32, i64, i32]
     lib.ssc_backward.restype = i32
     lib.ssc_update_rate.argtypes = [i64, i32]
     lib.ssc_update_rate.restype = ctypes.c_double
@@ -178,20 +178,21 @@ class _FusedScanFn(torch.autograd.Function):
         out, last = torch.empty_like(u), u.new_empty(b, d, n)
         need_grad = any(ctx.needs_input_grad[:8])
         ckpt = u.new_empty(b, d, nblk, n) if need_grad else None
+        pre = torch.empty_like(u) if need_grad and z is not None else None  # y + D u before the gate, for dL/dz
         threads = torch.get_num_threads()
-        rc = lib.ssc_forward(*map(_ptr, (u, delta, A, B, C, D, z, bias, out, last, ckpt)), b, d, length, n, g,
+        rc = lib.ssc_forward(*map(_ptr, (u, delta, A, B, C, D, z, bias, out, last, ckpt, pre)), b, d, length, n, g,
                              int(softplus), _slices(b, d, g, 4 * threads), threads)
         if rc != 0:
             raise RuntimeError(f"fused selective scan: unsupported shapes u {tuple(u.shape)}, B {tuple(B.shape)}.")
         ctx.softplus, ctx.threads = softplus, threads
-        ctx.save_for_backward(u, delta, A, B, C, D, z, bias, ckpt)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, bias, ckpt, pre)
         ctx.set_materialize_grads(False)
         return out, last
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gout, glast):  # type: ignore[override]
-        u, delta, A, B, C, D, z, bias, ckpt = ctx.saved_tensors
+        u, delta, A, B, C, D, z, bias, ckpt, pre = ctx.saved_tensors
         if gout is None and glast is None:
             return (None,) * 9
         b, d, length = u.shape
@@ -205,7 +206,7 @@ class _FusedScanFn(torch.autograd.Function):
         gB, gC = B.new_empty((slices, *B.shape)), C.new_empty((slices, *C.shape))
         gz = torch.empty_like(u) if z is not None else None
         rc = load_kernel().ssc_backward(
-            *map(_ptr, (u, delta, A, B, C, D, z, bias, ckpt, gout, glast, gu, gdelta, gA, gB, gC, gD, gbias, gz)),
+            *map(_ptr, (u, delta, A, B, C, D, z, bias, ckpt, pre, gout, glast, gu, gdelta, gA, gB, gC, gD, gbias, gz)),
             b, d, length, n, g, int(ctx.softplus), slices, threads,
         )
         if rc != 0:

@@ -95,7 +95,7 @@ inline v8 sigmoidv(v8 x) {
 
 struct Args {
   const float *u, *delta, *A, *B, *C, *D, *z, *bias;
-  float *out, *last, *ckpt;                                  // forward outputs (ckpt may be null)
+  float *out, *last, *ckpt, *pre;                            // forward outputs (ckpt, pre may be null)
   const float *gout, *glast;                                 // backward inputs (glast may be null)
   float *gu, *gdelta, *gA, *gB, *gC, *gD, *gbias, *gz;       // backward outputs (per-channel partials for A/D/bias)
   int64_t batch, dim, L, N, G, slices;
@@ -191,6 +191,7 @@ void forward_item(const Args& a, const Item& it) {
       if (a.z) {
         alignas(32) float zb[BLOCK];
         const float* zp = a.z + row * L + t0;
+        if (a.pre) std::memcpy(a.pre + row * L + t0, yb, n * sizeof(float));  // y + D u, for dL/dz
         std::memcpy(zb, zp, n * sizeof(float));
         for (int64_t i = n; i < n8; ++i) zb[i] = 0.f;
         for (int64_t i = 0; i < n8; i += 8) { const v8 zz = ld(zb + i); st(yb + i, ld(yb + i) * zz * sigmoidv(zz)); }
@@ -261,7 +262,7 @@ void backward_item(const Args& a, const Item& it, float* gBs, float* gCs) {
           if (with_y) sv[i] = y;
         }
       };
-      if (a.z) recompute(std::true_type{}); else recompute(std::false_type{});
+      if (a.z && !a.pre) recompute(std::true_type{}); else recompute(std::false_type{});
       std::memcpy(ub, up + t0, n * sizeof(float));
       std::memcpy(gy, a.gout + row * L + t0, n * sizeof(float));
       for (int64_t i = n; i < n8; ++i) { ub[i] = 0.f; gy[i] = 0.f; sv[i] = bc(0.f); }
@@ -269,11 +270,13 @@ void backward_item(const Args& a, const Item& it, float* gBs, float* gCs) {
       if (a.z) {
         alignas(32) float zb[BLOCK], gzb[BLOCK];
         const float* zp = a.z + row * L + t0;
+        alignas(32) float pb[BLOCK];
         std::memcpy(zb, zp, n * sizeof(float));
-        for (int64_t i = n; i < n8; ++i) zb[i] = 0.f;
+        if (a.pre) std::memcpy(pb, a.pre + row * L + t0, n * sizeof(float));
+        for (int64_t i = n; i < n8; ++i) zb[i] = pb[i] = 0.f;
         for (int64_t i = 0; i < n8; i += 8) {
           const v8 zz = ld(zb + i), s = sigmoidv(zz), g = ld(gy + i);
-          const v8 pre = reduce8(sv + i) + bc(dd) * ld(ub + i);
+          const v8 pre = a.pre ? ld(pb + i) : reduce8(sv + i) + bc(dd) * ld(ub + i);
           st(gzb + i, g * pre * s * (bc(1.f) + zz * (bc(1.f) - s)));
           st(gy + i, g * zz * s);
         }
@@ -396,23 +399,25 @@ extern "C" {
 int ssc_block() { return (int)BLOCK; }
 
 int ssc_forward(const float* u, const float* delta, const float* A, const float* B, const float* C, const float* D,
-                const float* z, const float* bias, float* out, float* last, float* ckpt, int64_t batch, int64_t dim,
+                const float* z, const float* bias, float* out, float* last, float* ckpt, float* pre, int64_t batch,
+                int64_t dim,
                 int64_t L, int64_t N, int64_t G, int softplus, int64_t slices, int threads) {
   Args a{};
   a.u = u; a.delta = delta; a.A = A; a.B = B; a.C = C; a.D = D; a.z = z; a.bias = bias;
-  a.out = out; a.last = last; a.ckpt = ckpt;
+  a.out = out; a.last = last; a.ckpt = ckpt; a.pre = pre;
   a.batch = batch; a.dim = dim; a.L = L; a.N = N; a.G = G; a.slices = slices; a.softplus = softplus;
   return dispatch<forward_all<1>, forward_all<2>, forward_all<4>, forward_all<0>>(a, threads);
 }
 
 int ssc_backward(const float* u, const float* delta, const float* A, const float* B, const float* C, const float* D,
-                 const float* z, const float* bias, const float* ckpt, const float* gout, const float* glast,
+                 const float* z, const float* bias, const float* ckpt, const float* pre, const float* gout,
+                 const float* glast,
                  float* gu, float* gdelta, float* gA, float* gB, float* gC, float* gD, float* gbias, float* gz,
                  int64_t batch, int64_t dim, int64_t L, int64_t N, int64_t G, int softplus, int64_t slices,
                  int threads) {
   Args a{};
   a.u = u; a.delta = delta; a.A = A; a.B = B; a.C = C; a.D = D; a.z = z; a.bias = bias;
-  a.ckpt = const_cast<float*>(ckpt); a.gout = gout; a.glast = glast;
+  a.ckpt = const_cast<float*>(ckpt); a.pre = const_cast<float*>(pre); a.gout = gout; a.glast = glast;
   a.gu = gu; a.gdelta = gdelta; a.gA = gA; a.gB = gB; a.gC = gC; a.gD = gD; a.gbias = gbias; a.gz = gz;
   a.batch = batch; a.dim = dim; a.L = L; a.N = N; a.G = G; a.slices = slices; a.softplus = softplus;
   return dispatch<backward_all<1>, backward_all<2>, backward_all<4>, backward_all<0>>(a, threads);
