@@ -1,6 +1,9 @@
-"""Training-step time and peak memory of SegMamba (paper configuration) against MONAI's SwinUNETR on 3D patches.
+"""Training-step (or sliding-window inference) time and peak memory of SegMamba (paper configuration) against MONAI's
+SwinUNETR on 3D patches.
 
-One training step = forward + DiceCE loss + backward + SGD step on a (batch, 1, P, P, P) patch with 3 classes.
+With ``--infer V``: sliding-window inference (MONAI ``sliding_window_inference``, ROI = the patch, ``--overlap``
+0.5 as in segmamba_ct's inference.json, sw batch 1, no grad) of a (1, 1, V, V, V) volume; the time of one pass
+after a warm-up pass. Every case runs with glibc keeping freed memory, as a bundle run does. One training step = forward + DiceCE loss + backward + SGD step on a (batch, 1, P, P, P) patch with 3 classes.
 Each (model, patch, checkpointing) case runs in its own subprocess, so its peak resident memory (``getrusage``
 maxrss; on CUDA also ``torch.cuda.max_memory_allocated``) is its own. Times are the median of ``--steps`` steps
 after ``--warmup`` warm-up steps.
@@ -8,6 +11,7 @@ after ``--warmup`` warm-up steps.
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_3d.py --patch 96                 # CPU, both models
     .venv/bin/python scripts/bench_3d.py --patch 96 128 --models segmamba --checkpoint both
     .venv/bin/python scripts/bench_3d.py --device cuda --patch 128 --steps 5           # on a GPU
+    OMP_NUM_THREADS=2 .venv/bin/python scripts/bench_3d.py --patch 128 --infer 128    # inference, 128^3 volume
 """
 
 from __future__ import annotations
@@ -38,6 +42,33 @@ def build(model: str, checkpoint: bool) -> torch.nn.Module:
 
         return SwinUNETR(in_channels=1, out_channels=3, feature_size=48, use_checkpoint=checkpoint)
     raise ValueError(f"unknown model '{model}' (segmamba, swinunetr)")
+
+
+def run_infer(model: str, patch: int, volume: int, overlap: float, device: str) -> dict:
+    """Sliding-window inference of a (1, 1, volume^3) input with ROI patch^3, in this process."""
+    from monai.inferers import sliding_window_inference
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    net = build(model, False).to(dev).eval()
+    x = torch.randn(1, 1, volume, volume, volume, device=dev)
+    times = []
+    with torch.no_grad():
+        for _ in range(2):  # warm-up (scan kernel build, allocator), then the timed pass
+            t0 = time.perf_counter()
+            sliding_window_inference(x, (patch,) * 3, 1, net, overlap=overlap)
+            times.append(time.perf_counter() - t0)
+    return {
+        "model": model,
+        "patch": patch,
+        "volume": volume,
+        "overlap": overlap,
+        "device": str(dev),
+        "params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 3),
+        "infer_s": round(times[-1], 2),
+        "peak_rss_GiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def run_case(model: str, patch: int, batch: int, device: str, steps: int, warmup: int, checkpoint: bool) -> dict:
@@ -94,11 +125,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="activation checkpointing (SegMamba: per ToM layer; SwinUNETR: its use_checkpoint)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per case")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--infer", type=int, default=0, help="time sliding-window inference of a volume of this size")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap of --infer")
     p.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     a = p.parse_args(argv)
     if a.case:
+        from monai_vlseg.utils import keep_freed_memory
+
+        keep_freed_memory()
         model, patch, ckpt = a.case.split(":")
-        print(json.dumps(run_case(model, int(patch), a.batch, a.device, a.steps, a.warmup, ckpt == "1")))
+        if a.infer:
+            print(json.dumps(run_infer(model, int(patch), a.infer, a.overlap, a.device)))
+        else:
+            print(json.dumps(run_case(model, int(patch), a.batch, a.device, a.steps, a.warmup, ckpt == "1")))
         return 0
     ckpts = {"off": [False], "on": [True], "both": [False, True]}[a.checkpoint]
     results = []
@@ -106,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         for model in a.models:
             for ck in ckpts:
                 cmd = [sys.executable, os.path.abspath(__file__), "--case", f"{model}:{patch}:{int(ck)}",
-                       "--batch", str(a.batch), "--device", a.device, "--steps", str(a.steps), "--warmup", str(a.warmup)]  # fmt: skip
+                       "--batch", str(a.batch), "--device", a.device, "--steps", str(a.steps), "--warmup", str(a.warmup),
+                       "--infer", str(a.infer), "--overlap", str(a.overlap)]  # fmt: skip
                 t0 = time.perf_counter()
                 try:
                     res = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
@@ -120,13 +160,14 @@ def main(argv: list[str] | None = None) -> int:
                 r["wall_s"] = round(time.perf_counter() - t0, 1)
                 results.append(r)
                 print(json.dumps(r), flush=True)
-    print(f"\n{'model':<10} {'patch':>5} {'ckpt':>5} {'params M':>9} {'s/step':>8} {'peak RSS GiB':>13}")
+    what = f"s/infer {a.infer}^3" if a.infer else "s/step"
+    print(f"\n{'model':<10} {'patch':>5} {'ckpt':>5} {'params M':>9} {what:>8} {'peak RSS GiB':>13}")
     for r in results:
         if "error" in r:
             print(f"{r['model']:<10} {r['patch']:>5} {r['checkpoint']!s:>5}  {r['error']}")
         else:
-            print(f"{r['model']:<10} {r['patch']:>5} {r['checkpoint']!s:>5} {r['params_M']:>9} {r['step_s']:>8} "
-                  f"{r['peak_rss_GiB']:>13}")  # fmt: skip
+            print(f"{r['model']:<10} {r['patch']:>5} {r['checkpoint']!s:>5} {r['params_M']:>9} "
+                  f"{r['infer_s'] if a.infer else r['step_s']:>8} {r['peak_rss_GiB']:>13}")  # fmt: skip
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=2)
