@@ -63,6 +63,7 @@ def run_infer(model: str, patch: int, volume: int, overlap: float, device: str) 
         "patch": patch,
         "volume": volume,
         "overlap": overlap,
+        "checkpoint": False,
         "device": str(dev),
         "params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 3),
         "infer_s": round(times[-1], 2),

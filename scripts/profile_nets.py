@@ -44,6 +44,9 @@ def classify(name: str) -> str:
 
 
 def profile(name: str, shape: list[int] | None, train: bool, repeats: int) -> None:
+    from monai_vlseg.utils import keep_freed_memory
+
+    keep_freed_memory()  # as in a bundle run
     net, inputs, desc = build_bundle(name)
     if shape:
         image = inputs[0]

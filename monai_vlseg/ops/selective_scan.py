@@ -9,7 +9,7 @@ Backends: ``"cuda"`` (``mamba_ssm.ops.selective_scan_interface.selective_scan_fn
 kernel of :mod:`monai_vlseg.ops.cpu_scan`, built on first use: the CPU default), ``"torch"`` (a two-level chunked
 scan written as tensor operations, with a hand-written, segment-recomputing backward; any device; the CPU fallback
 where no compiler can build the kernel) and ``"ref"`` (a plain loop over the sequence, for debugging only). Under
-tracing (TorchScript / ONNX export) a chunked log-depth scan of plain tensor operations is recorded instead
+tracing (TorchScript / ONNX export) a two-level chunked scan of plain tensor operations is recorded instead
 (:func:`selective_scan_traceable`).
 """
 
@@ -41,8 +41,6 @@ __all__ = [
 #: environment variable that forces a backend (``"cpu"``, ``"torch"``, ``"cuda"``, ``"ref"`` or ``"auto"``).
 SCAN_BACKEND_ENV = "MONAI_VLSEG_SCAN_BACKEND"
 SCAN_BACKENDS = ("auto", "cpu", "torch", "cuda", "ref")
-#: chunk length of the traced scan (:func:`selective_scan_traceable`): log2(T) steps inside a chunk, chunks in turn.
-TRACE_CHUNK = 256
 
 #: default chunk length T of the intra-chunk loop (see ``scripts/bench_scan.py``).
 DEFAULT_CHUNK_SIZE = 16
@@ -355,14 +353,14 @@ def selective_scan_traceable(
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
-    chunk: int = TRACE_CHUNK,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """:func:`selective_scan` as plain tensor operations that trace into a compact graph (TorchScript / ONNX).
 
-    Chunks of ``chunk`` steps in turn; inside a chunk a log-depth (Hillis-Steele) scan of the pairs
-    ``(a_t, x_t) = (exp(delta_t A), delta_t B_t u_t)`` under ``(a2, x2) o (a1, x1) = (a2 a1, a2 x1 + x2)``, so the
-    traced graph has ``L / chunk * log2(chunk)`` steps instead of ``L`` (the sequential recurrence unrolled), and only
-    products of decays (never their inverses) are formed.
+    The sequence is cut into ``nc`` chunks of ``T ~ sqrt(L)`` steps. Step ``t`` of every chunk is one operation, so
+    the chunk-local states ``h_loc`` and decays ``P`` (products of ``exp(delta A)`` from the chunk's start) take ``T``
+    steps; the states entering the chunks, ``hin[c+1] = P[c, T-1] hin[c] + h_loc[c, T-1]``, take ``nc`` small steps;
+    then ``h = h_loc + P hin``. The traced graph has ``O(sqrt(L))`` steps instead of ``L`` (the recurrence unrolled),
+    the work stays linear in ``L``, and only products of decays (never their inverses) are formed.
     """
     dtype_in = u.dtype
     batch, dim, length = u.shape
@@ -376,27 +374,34 @@ def selective_scan_traceable(
             delta = F.softplus(delta)
         bg, cg = _as_groups(B.to(cdt), batch, length), _as_groups(C.to(cdt), batch, length)
         gb, gc = bg.shape[1], cg.shape[1]
-        du = delta * u
-        h = u.new_zeros(batch, dim, n)
-        ys = []
-        for s in range(0, length, chunk):
-            e = min(length, s + chunk)
-            a = torch.exp(delta[:, :, None, s:e] * A[None, :, :, None])  # (b, d, N, T)
-            x = (du[:, :, s:e].view(batch, gb, dim // gb, 1, e - s) * bg[:, :, None, :, s:e]).view(a.shape)
-            off = 1
-            while off < e - s:
-                x = x + a * F.pad(x[..., :-off], (off, 0))
-                a = a * F.pad(a[..., :-off], (off, 0), value=1.0)
-                off *= 2
-            hs = x + a * h[..., None]  # a: decay from the chunk's start
-            h = hs[..., -1]
-            ys.append((hs.view(batch, gc, dim // gc, n, e - s) * cg[:, :, None, :, s:e]).sum(3).view(batch, dim, -1))
-        y = torch.cat(ys, dim=-1) if ys else u.new_zeros(u.shape)
+        t_len = max(1, math.isqrt(max(length - 1, 0)) + 1)
+        nc = max(1, -(-length // t_len))
+        pad = nc * t_len - length  # padded steps: delta = 0 (decay 1), input 0
+
+        def chunks(x: Tensor) -> Tensor:  # (..., L) -> (..., nc, T)
+            return (F.pad(x, (0, pad)) if pad else x).unflatten(-1, (nc, t_len))
+
+        dl = chunks(delta)  # (b, d, nc, T)
+        a = torch.exp(dl[:, :, None] * A[None, :, :, None, None])  # (b, d, N, nc, T)
+        bb = chunks(bg).unsqueeze(2)  # (b, Gb, 1, N, nc, T)
+        x = ((dl * chunks(u)).view(batch, gb, dim // gb, 1, nc, t_len) * bb).view(a.shape)
+        hs, ps = [x[..., 0]], [a[..., 0]]
+        for t in range(1, t_len):  # chunk-local states and decays, all chunks at once
+            hs.append(a[..., t] * hs[-1] + x[..., t])
+            ps.append(a[..., t] * ps[-1])
+        h_loc, p = torch.stack(hs, -1), torch.stack(ps, -1)  # (b, d, N, nc, T)
+        hin = [u.new_zeros(batch, dim, n)]
+        for c in range(nc - 1):  # states entering the chunks
+            hin.append(p[:, :, :, c, -1] * hin[-1] + h_loc[:, :, :, c, -1])
+        h = h_loc + p * torch.stack(hin, -1).unsqueeze(-1)
+        cc = chunks(cg).unsqueeze(2)  # (b, Gc, 1, N, nc, T)
+        y = (h.view(batch, gc, dim // gc, n, nc, t_len) * cc).sum(3).reshape(batch, dim, nc * t_len)[..., :length]
         out = y if D is None else y + u * D.to(cdt)[:, None]
         if z is not None:
             out = out * F.silu(z.to(cdt))
+        last = h[:, :, :, -1, -1]  # padded steps keep the state
     out = out.to(dtype_in)
-    return (out, h) if return_last_state else out
+    return (out, last) if return_last_state else out
 
 
 # ----------------------------------------------------------------------------------------------------------------
