@@ -301,6 +301,17 @@ def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, re
     return res.to(dtype_in)
 
 
+def _plain_inputs(u, delta, A, B, C, delta_bias, delta_softplus: bool, dtype: torch.dtype):
+    """``u``, ``delta`` (bias added, softplus applied), ``A`` and B/C as (batch, G, N, L) groups, in ``dtype``."""
+    batch, _, length = u.shape
+    u, delta = u.to(dtype), delta.to(dtype)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(dtype)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return u, delta, A.to(dtype), _as_groups(B.to(dtype), batch, length), _as_groups(C.to(dtype), batch, length)
+
+
 def selective_scan_ref(
     u: Tensor,
     delta: Tensor,
@@ -318,12 +329,7 @@ def selective_scan_ref(
     dtype_in = u.dtype
     batch, dim, length = u.shape
     with torch.autocast(device_type=u.device.type, enabled=False):
-        u, delta, A = u.float(), delta.float(), A.float()
-        if delta_bias is not None:
-            delta = delta + delta_bias.float()[:, None]
-        if delta_softplus:
-            delta = F.softplus(delta)
-        bg, cg = _as_groups(B.float(), batch, length), _as_groups(C.float(), batch, length)
+        u, delta, A, bg, cg = _plain_inputs(u, delta, A, B, C, delta_bias, delta_softplus, torch.float32)
         gb, gc, n = bg.shape[1], cg.shape[1], A.shape[1]
         # unbind (not indexing) keeps the backward linear in L: one stack instead of a full-size zero tensor per step
         ds, us, bs, cs = delta.unbind(-1), u.unbind(-1), bg.unbind(-1), cg.unbind(-1)
@@ -356,7 +362,8 @@ def selective_scan_traceable(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """:func:`selective_scan` as plain tensor operations that trace into a compact graph (TorchScript / ONNX).
 
-    The sequence is cut into ``nc`` chunks of ``T ~ sqrt(L)`` steps. Step ``t`` of every chunk is one operation, so
+    The sequence is cut into ``nc`` chunks of ``T ~ sqrt(L)`` steps (and fewer than ``T`` remaining steps, scanned one
+    by one at the end). Step ``t`` of every chunk is one operation, so
     the chunk-local states ``h_loc`` and decays ``P`` (products of ``exp(delta A)`` from the chunk's start) take ``T``
     steps; the states entering the chunks, ``hin[c+1] = P[c, T-1] hin[c] + h_loc[c, T-1]``, take ``nc`` small steps;
     then ``h = h_loc + P hin``. The traced graph has ``O(sqrt(L))`` steps instead of ``L`` (the recurrence unrolled),
@@ -367,39 +374,45 @@ def selective_scan_traceable(
     n = A.shape[1]
     with torch.autocast(device_type=u.device.type, enabled=False):
         cdt = torch.float64 if dtype_in == torch.float64 else torch.float32
-        u, delta, A = u.to(cdt), delta.to(cdt), A.to(cdt)
-        if delta_bias is not None:
-            delta = delta + delta_bias.to(cdt)[:, None]
-        if delta_softplus:
-            delta = F.softplus(delta)
-        bg, cg = _as_groups(B.to(cdt), batch, length), _as_groups(C.to(cdt), batch, length)
+        u, delta, A, bg, cg = _plain_inputs(u, delta, A, B, C, delta_bias, delta_softplus, cdt)
         gb, gc = bg.shape[1], cg.shape[1]
-        t_len = max(1, math.isqrt(max(length - 1, 0)) + 1)
-        nc = max(1, -(-length // t_len))
-        pad = nc * t_len - length  # padded steps: delta = 0 (decay 1), input 0
+        t_len = max(1, math.isqrt(length))
+        nc, main = length // t_len, length // t_len * t_len  # nc chunks of T steps, then length - main < T steps
 
-        def chunks(x: Tensor) -> Tensor:  # (..., L) -> (..., nc, T)
-            return (F.pad(x, (0, pad)) if pad else x).unflatten(-1, (nc, t_len))
+        def chunks(x: Tensor) -> Tensor:  # (..., L) -> (..., nc, T) over the first `main` steps
+            return x[..., :main].reshape(*x.shape[:-1], nc, t_len)
 
-        dl = chunks(delta)  # (b, d, nc, T)
-        a = torch.exp(dl[:, :, None] * A[None, :, :, None, None])  # (b, d, N, nc, T)
-        bb = chunks(bg).unsqueeze(2)  # (b, Gb, 1, N, nc, T)
-        x = ((dl * chunks(u)).view(batch, gb, dim // gb, 1, nc, t_len) * bb).view(a.shape)
-        hs, ps = [x[..., 0]], [a[..., 0]]
-        for t in range(1, t_len):  # chunk-local states and decays, all chunks at once
-            hs.append(a[..., t] * hs[-1] + x[..., t])
-            ps.append(a[..., t] * ps[-1])
-        h_loc, p = torch.stack(hs, -1), torch.stack(ps, -1)  # (b, d, N, nc, T)
-        hin = [u.new_zeros(batch, dim, n)]
-        for c in range(nc - 1):  # states entering the chunks
-            hin.append(p[:, :, :, c, -1] * hin[-1] + h_loc[:, :, :, c, -1])
-        h = h_loc + p * torch.stack(hin, -1).unsqueeze(-1)
-        cc = chunks(cg).unsqueeze(2)  # (b, Gc, 1, N, nc, T)
-        y = (h.view(batch, gc, dim // gc, n, nc, t_len) * cc).sum(3).reshape(batch, dim, nc * t_len)[..., :length]
+        def step_input(t: int) -> tuple[Tensor, Tensor]:  # exp(delta_t A), delta_t u_t B_t: (b, d, N)
+            at = torch.exp(delta[:, :, t, None] * A)
+            xt = (delta[:, :, t] * u[:, :, t]).view(batch, gb, dim // gb, 1) * bg[:, :, None, :, t]
+            return at, xt.view(batch, dim, n)
+
+        ys, last = [], u.new_zeros(batch, dim, n)
+        if nc > 0:
+            dl = chunks(delta)  # (b, d, nc, T)
+            a = torch.exp(dl[:, :, None] * A[None, :, :, None, None])  # (b, d, N, nc, T)
+            bb = chunks(bg).unsqueeze(2)  # (b, Gb, 1, N, nc, T)
+            x = ((dl * chunks(u)).view(batch, gb, dim // gb, 1, nc, t_len) * bb).view(a.shape)
+            hs, ps = [x[..., 0]], [a[..., 0]]
+            for t in range(1, t_len):  # chunk-local states and decays, all chunks at once
+                hs.append(a[..., t] * hs[-1] + x[..., t])
+                ps.append(a[..., t] * ps[-1])
+            h_loc, p = torch.stack(hs, -1), torch.stack(ps, -1)  # (b, d, N, nc, T)
+            hin = [last]
+            for c in range(nc - 1):  # states entering the chunks
+                hin.append(p[:, :, :, c, -1] * hin[-1] + h_loc[:, :, :, c, -1])
+            h = h_loc + p * torch.stack(hin, -1).unsqueeze(-1)
+            cc = chunks(cg).unsqueeze(2)  # (b, Gc, 1, N, nc, T)
+            ys.append((h.view(batch, gc, dim // gc, n, nc, t_len) * cc).sum(3).reshape(batch, dim, main))
+            last = h[:, :, :, -1, -1]
+        for t in range(main, length):  # the last length - main < T steps, one by one
+            at, xt = step_input(t)
+            last = at * last + xt
+            ys.append((last.view(batch, gc, dim // gc, n) * cg[:, :, None, :, t]).sum(-1).view(batch, dim, 1))
+        y = torch.cat(ys, -1) if ys else u.new_zeros(u.shape)
         out = y if D is None else y + u * D.to(cdt)[:, None]
         if z is not None:
             out = out * F.silu(z.to(cdt))
-        last = h[:, :, :, -1, -1]  # padded steps keep the state
     out = out.to(dtype_in)
     return (out, last) if return_last_state else out
 

@@ -19,7 +19,6 @@
 #include <cstdint>
 #include <cstring>
 #include <thread>
-#include <type_traits>
 #include <vector>
 
 #if defined(__AVX__)
@@ -147,6 +146,28 @@ struct Item {
   int64_t b, g, c0, c1;
 };
 
+// One block of n steps of eq. 2a, h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t, from the states h (updated in place).
+// WITH_Y: yv[i] = C_t * h_t per lane (eq. 2b before its horizontal sum). KEEP (the backward's recompute): the decays
+// into abuf[i] and the states into hbuf[i + 1] (CAP vectors per step).
+template <int NV, bool WITH_Y, bool KEEP>
+inline void scan_block(const float* Bp, const float* Cp, int64_t t0, int64_t n, int64_t N, int64_t nv,
+                       const BlockIn& bi, const v8* av, v8* h, v8* yv, v8* abuf, v8* hbuf) {
+  constexpr int CAP = NV > 0 ? NV : 8;
+  for (int64_t i = 0; i < n; ++i) {
+    const float* bt = Bp + (t0 + i) * N;
+    const float* ct = Cp + (t0 + i) * N;
+    const v8 dt = bc(bi.dt[i]), du = bc(bi.du[i]);
+    v8 y = bc(0.f);
+    for (int64_t k = 0; k < nv; ++k) {
+      const v8 e = exp2v(dt * av[k]);
+      h[k] = e * h[k] + du * ld(bt + 8 * k);
+      if (KEEP) { abuf[i * CAP + k] = e; hbuf[(i + 1) * CAP + k] = h[k]; }
+      if (WITH_Y) y += ld(ct + 8 * k) * h[k];
+    }
+    if (WITH_Y) yv[i] = y;
+  }
+}
+
 template <int NV>
 void forward_item(const Args& a, const Item& it) {
   constexpr int CAP = NV > 0 ? NV : 8;
@@ -172,17 +193,7 @@ void forward_item(const Args& a, const Item& it) {
       if (a.ckpt)
         for (int64_t k = 0; k < nv; ++k) st(a.ckpt + (row * nblk + blk) * N + 8 * k, h[k]);
       load_block(a, up, a.delta + row * L, a.bias ? a.bias[c] : 0.f, t0, n, &bi, false);
-      for (int64_t i = 0; i < n; ++i) {
-        const float* bt = Bp + (t0 + i) * N;
-        const float* ct = Cp + (t0 + i) * N;
-        const v8 dt = bc(bi.dt[i]), du = bc(bi.du[i]);
-        v8 y = bc(0.f);
-        for (int64_t k = 0; k < nv; ++k) {
-          h[k] = exp2v(dt * av[k]) * h[k] + du * ld(bt + 8 * k);
-          y += ld(ct + 8 * k) * h[k];
-        }
-        yv[i] = y;
-      }
+      scan_block<NV, true, false>(Bp, Cp, t0, n, N, nv, bi, av, h, yv, nullptr, nullptr);
       for (int64_t i = n; i < n8; ++i) yv[i] = bc(0.f);
       for (int64_t i = 0; i < n8; i += 8) st(yb + i, reduce8(yv + i));
       const float dd = a.D ? a.D[c] : 0.f;
@@ -245,24 +256,13 @@ void backward_item(const Args& a, const Item& it, float* gBs, float* gCs) {
       v8* gcb = gcl.data() + (blk - s0) * BLOCK * CAP;
       load_block(a, up, a.delta + row * L, a.bias ? a.bias[c] : 0.f, t0, n, &bi, a.softplus != 0);
       for (int64_t k = 0; k < nv; ++k) hbuf[k] = ld(a.ckpt + (row * nblk + blk) * N + 8 * k);
-      // recompute the block's states (and y, for the z gate) from its checkpoint
-      const auto recompute = [&](auto with_y) {
-        for (int64_t i = 0; i < n; ++i) {
-          const float* bt = Bp + (t0 + i) * N;
-          const float* ct = Cp + (t0 + i) * N;
-          const v8 dt = bc(bi.dt[i]), du = bc(bi.du[i]);
-          v8 y = bc(0.f);
-          for (int64_t k = 0; k < nv; ++k) {
-            const v8 e = exp2v(dt * av[k]);
-            const v8 hn = e * hbuf[i * CAP + k] + du * ld(bt + 8 * k);
-            abuf[i * CAP + k] = e;
-            hbuf[(i + 1) * CAP + k] = hn;
-            if (with_y) y += ld(ct + 8 * k) * hn;
-          }
-          if (with_y) sv[i] = y;
-        }
-      };
-      if (a.z && !a.pre) recompute(std::true_type{}); else recompute(std::false_type{});
+      // recompute the block's states (and y, for the z gate, unless the forward kept y + D u) from its checkpoint
+      v8 hr[CAP];
+      for (int64_t k = 0; k < nv; ++k) hr[k] = hbuf[k];
+      if (a.z && !a.pre)
+        scan_block<NV, true, true>(Bp, Cp, t0, n, N, nv, bi, av, hr, sv, abuf.data(), hbuf.data());
+      else
+        scan_block<NV, false, true>(Bp, Cp, t0, n, N, nv, bi, av, hr, sv, abuf.data(), hbuf.data());
       std::memcpy(ub, up + t0, n * sizeof(float));
       std::memcpy(gy, a.gout + row * L + t0, n * sizeof(float));
       for (int64_t i = n; i < n8; ++i) { ub[i] = 0.f; gy[i] = 0.f; sv[i] = bc(0.f); }
