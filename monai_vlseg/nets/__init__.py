@@ -9,6 +9,7 @@ from .c2seg import (
     DualAttention,
     KGate,
 )
+from .lightm_unet import LightMUNet, ResMambaBlock, ResUpBlock
 from .lcpdn import CPRFL, LCPDN, LTFR, CLIPImageEncoder, PromptedDiffusionUNet
 from .segmamba import GSC, SegMamba, SegMambaEncoder, ToMLayer
 from .tifcmamba import (
@@ -19,9 +20,15 @@ from .tifcmamba import (
     TIFCTextSegmenter,
 )
 from .ua_vls import UAVLS, MoDAB, SSMix
+from .ultralight_vm_unet import SCAttBridge, UltraLightVMUNet
 from .vm_unet import VMUNet, VSSLayer
 
 __all__ = [
+    "UltraLightVMUNet",
+    "SCAttBridge",
+    "ResUpBlock",
+    "ResMambaBlock",
+    "LightMUNet",
     "BCAM",
     "BiDF",
     "C2Seg",

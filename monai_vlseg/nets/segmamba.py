@@ -26,7 +26,7 @@ from monai.utils import convert_to_tensor
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from monai_vlseg.nets.blocks.mamba import MambaLayer
+from monai_vlseg.nets.blocks.mamba import MambaLayer, token_dims
 from monai_vlseg.ops.cross_scan import CROSS_3D
 
 __all__ = ["GSC", "SEGMAMBA_NUM_SLICES", "MlpChannel", "SegMamba", "SegMambaEncoder", "ToMLayer"]
@@ -101,16 +101,8 @@ class ToMLayer(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.mamba = MambaLayer(dim, d_state, d_conv, expand, directions=CROSS_3D, nslices=num_slices)
 
-    def _token_dims(self, spatial_ndim: int) -> list[int]:
-        """Dimensions of a (B, C, *spatial) map in the order its tokens are read: (B, slice axis, the other spatial
-        axes, C); ``x.permute(...)`` then flattens to (B, L, C) tokens."""
-        if not -spatial_ndim <= self.slice_axis < spatial_ndim:
-            raise ValueError(f"slice_axis={self.slice_axis} is not an axis of a {spatial_ndim}D spatial map.")
-        axis = 2 + self.slice_axis % spatial_ndim
-        return [0, axis, *(d for d in range(2, 2 + spatial_ndim) if d != axis), 1]
-
     def _mix(self, x: torch.Tensor) -> torch.Tensor:
-        dims = self._token_dims(x.ndim - 2)
+        dims = token_dims(x.ndim - 2, self.slice_axis)
         moved = [x.shape[d] for d in dims]  # (B, S, *in-plane, C)
         tokens = x.permute(dims).reshape(moved[0], -1, moved[-1])  # (B, L, C): one copy, which LayerNorm needs anyway
         out = self.mamba(self.norm(tokens), moved[1:-1])

@@ -3,7 +3,7 @@
 from .attention import MultiHeadAttention, sinusoidal_positions
 from .clip import CLIPImageEncoder, CLIPTowers
 from .kan import KAN, KANLinear, OverlapPatchEmbed, TokenizedKANBlock
-from .mamba import SS2D, MambaLayer, SelectiveSSM, VSSBlock
+from .mamba import SS2D, MambaLayer, PVMLayer, SelectiveSSM, VSSBlock, token_dims
 from .text_encoder import FrozenTextEncoder
 
 __all__ = [
@@ -15,9 +15,11 @@ __all__ = [
     "MambaLayer",
     "MultiHeadAttention",
     "OverlapPatchEmbed",
+    "PVMLayer",
     "SS2D",
     "SelectiveSSM",
     "TokenizedKANBlock",
     "VSSBlock",
     "sinusoidal_positions",
+    "token_dims",
 ]

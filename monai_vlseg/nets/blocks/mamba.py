@@ -1,10 +1,13 @@
 """Mamba building blocks shared by every network: the selective SSM core, a (multi-direction) Mamba layer,
-VM-UNet's SS2D and VSS block.
+VM-UNet's SS2D and VSS block, and the residual / parallel vision Mamba layer of LightM-UNet and UltraLight VM-UNet.
 
 References:
     Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces", 2023 (eqs. 2a-2b, Alg. 2).
     Ruan & Xiang, "VM-UNet: Vision Mamba UNet for Medical Image Segmentation", 2024 (SS2D, VSS block).
     Xing et al., "SegMamba: Long-range Sequential Modeling Mamba For 3D Medical Image Segmentation", 2024 (ToM).
+    Liao et al., "LightM-UNet: Mamba Assists in Lightweight UNet for Medical Image Segmentation", 2024 (RVM layer).
+    Wu et al., "UltraLight VM-UNet: Parallel Vision Mamba Significantly Reduces Parameters for Skin Lesion
+    Segmentation", 2024 (PVM layer).
 """
 
 from __future__ import annotations
@@ -20,7 +23,19 @@ from monai.networks.layers import DropPath
 from monai_vlseg.ops.cross_scan import CROSS_2D, cross_merge, cross_scan
 from monai_vlseg.ops.selective_scan import selective_scan
 
-__all__ = ["SelectiveSSM", "MambaLayer", "SS2D", "VSSBlock"]
+__all__ = ["SelectiveSSM", "MambaLayer", "PVMLayer", "SS2D", "VSSBlock", "token_dims"]
+
+
+def token_dims(spatial_ndim: int, slice_axis: int = 0) -> list[int]:
+    """Dimensions of a (B, C, *spatial) map in the order a scan reads its tokens: (B, ``slice_axis``, the other
+    spatial axes in their order, C); ``x.permute(dims).reshape(B, -1, C)`` gives the (B, L, C) tokens.
+
+    ``slice_axis=0`` is the row-major order of the map as stored (the official codes' (D, H, W) arrays, whose first
+    axis holds the slices); -1 reads MONAI's (X, Y, Z) volumes slice by slice along z."""
+    if not -spatial_ndim <= slice_axis < spatial_ndim:
+        raise ValueError(f"slice_axis={slice_axis} is not an axis of a {spatial_ndim}D spatial map.")
+    axis = 2 + slice_axis % spatial_ndim
+    return [0, axis, *(d for d in range(2, 2 + spatial_ndim) if d != axis), 1]
 
 
 class SelectiveSSM(nn.Module):
@@ -202,3 +217,58 @@ class VSSBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.drop_path(self.ss2d(self.norm(x)))
+
+
+class PVMLayer(nn.Module):
+    """Parallel vision Mamba layer (UltraLight VM-UNet's PVM layer; with ``parts=1`` LightM-UNet's RVM layer).
+
+    On the tokens ``x`` of a (B, C, *spatial) map read in row-major order (``slice_axis`` first, see
+    :func:`token_dims`): ``x' = LN(x)`` split into ``parts`` channel groups, each ``Mamba(x'_i) + s * x_i`` with one
+    Mamba (a single forward scan) shared by the groups and one learnable scalar ``s`` (the residual "scale"), the
+    groups concatenated, normed again by the *same* LayerNorm and projected by a Linear to ``out_channels``. As in
+    both official codes, the scaled residual adds the un-normed input, and the norm's weights are shared by its two
+    uses. The groups are independent sequences of the same weights, so they are scanned as one batch.
+
+    Args:
+        in_channels: C (divisible by ``parts``).
+        out_channels: channels after the projection.
+        parts: channel groups (4 in UltraLight VM-UNet, 1 in LightM-UNet).
+        d_state, d_conv, expand: Mamba settings (16, 4, 2 in both papers).
+        slice_axis: spatial axis read slowest (0: the map as stored).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        parts: int = 1,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        slice_axis: int = 0,
+    ) -> None:
+        super().__init__()
+        if parts < 1 or in_channels % parts:
+            raise ValueError(f"PVMLayer: {in_channels} channels cannot be split into {parts} equal groups.")
+        self.in_channels, self.out_channels, self.parts, self.slice_axis = in_channels, out_channels, parts, slice_axis
+        self.norm = nn.LayerNorm(in_channels)
+        self.mamba = MambaLayer(in_channels // parts, d_state, d_conv, expand)
+        self.proj = nn.Linear(in_channels, out_channels)
+        self.skip_scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_channels, *spatial) -> (B, out_channels, *spatial)."""
+        b, c = x.shape[:2]
+        if c != self.in_channels:
+            raise ValueError(f"PVMLayer expects {self.in_channels} channels, got {c}.")
+        if x.dtype == torch.float16:
+            x = x.float()  # as the official layers: the scan runs in fp32
+        dims = token_dims(x.ndim - 2, self.slice_axis)
+        moved = [x.shape[d] for d in dims]
+        tokens = x.permute(dims).reshape(b, -1, c)  # (B, L, C)
+        n, p = tokens.shape[1], self.parts
+        groups = self.norm(tokens).view(b, n, p, c // p).permute(2, 0, 1, 3).reshape(p * b, n, c // p)
+        mixed = self.mamba(groups).view(p, b, n, c // p).permute(1, 2, 0, 3).reshape(b, n, c)
+        out = self.proj(self.norm(mixed + self.skip_scale * tokens))
+        moved[-1] = self.out_channels
+        return out.reshape(moved).permute([dims.index(d) for d in range(x.ndim)])
