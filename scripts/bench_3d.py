@@ -1,5 +1,5 @@
-"""Training-step (or sliding-window inference) time and peak memory of SegMamba (paper configuration) against MONAI's
-SwinUNETR on 3D patches.
+"""Training-step (or sliding-window inference) time and peak memory of SegMamba and LightM-UNet 3D (paper
+configurations) against MONAI's SwinUNETR on 3D patches.
 
 With ``--infer V``: sliding-window inference (MONAI ``sliding_window_inference``, ROI = the patch, ``--overlap``
 0.5 as in segmamba_ct's inference.json, sw batch 1, no grad) of a (1, 1, V, V, V) volume; the time of one pass
@@ -10,6 +10,7 @@ after ``--warmup`` warm-up steps.
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_3d.py --patch 96                 # CPU, both models
     .venv/bin/python scripts/bench_3d.py --patch 96 128 --models segmamba --checkpoint both
+    OMP_NUM_THREADS=2 .venv/bin/python scripts/bench_3d.py --models lightm_unet segmamba swinunetr --patch 128 --infer 128
     .venv/bin/python scripts/bench_3d.py --device cuda --patch 128 --steps 5           # on a GPU
     OMP_NUM_THREADS=2 .venv/bin/python scripts/bench_3d.py --patch 128 --infer 128    # inference, 128^3 volume
 """
@@ -41,7 +42,13 @@ def build(model: str, checkpoint: bool) -> torch.nn.Module:
         from monai.networks.nets import SwinUNETR
 
         return SwinUNETR(in_channels=1, out_channels=3, feature_size=48, use_checkpoint=checkpoint)
-    raise ValueError(f"unknown model '{model}' (segmamba, swinunetr)")
+    if model == "lightm_unet":
+        from monai_vlseg.nets.lightm_unet import LightMUNet
+
+        if checkpoint:
+            raise ValueError("lightm_unet has no activation checkpointing")
+        return LightMUNet(3, 1, 3, init_filters=32, blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1), slice_axis=-1)
+    raise ValueError(f"unknown model '{model}' (segmamba, swinunetr, lightm_unet)")
 
 
 def run_infer(model: str, patch: int, volume: int, overlap: float, device: str) -> dict:

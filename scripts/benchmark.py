@@ -22,7 +22,8 @@ is measured in its own subprocess (own peak memory, a failure or time-out is rep
     .venv/bin/python scripts/benchmark.py --out docs/benchmarks.md --plot docs/benchmarks.png
     .venv/bin/python scripts/benchmark.py --device cuda --out docs/benchmarks_cuda.md   # fp32 and AMP rows
 
-``--nets`` takes bundle names and ``unet`` / ``swin_unetr`` (baselines at every bundle input size among the
+``--nets`` takes bundle names, network variants of a bundle (``vm_unet/ultralight``: ``configs/ultralight.json``
+after train.json) and ``unet`` / ``swin_unetr`` (baselines at every bundle input size among the
 selected bundles, or 1x224x224 when no bundle is selected). ``--plot`` draws Dice on the demo data (from
 ``docs/demo_accuracy.json``, written by ``scripts/demo_accuracy.py``) against GFLOPs and parameters.
 """
@@ -56,30 +57,46 @@ PAPER_FIGURES = {
     "ua_vls": "39.9M trainable, 17.87 GFLOPs",
     "c2seg": "18.92M",
     "lcpdn": "4.52M",
+    "vm_unet/ultralight": "0.049M, 0.060 GFLOPs (thop at 3x256x256; its Mamba is not counted)",
+    "vm_unet/lightm_unet": "1.09M (2D; the released code builds 5.01M: see bundles/vm_unet/docs)",
+    "segmamba_ct/lightm_unet_3d": "3D count not found; the released code builds 5.02M",
 }
 TOKEN_KEYS = ("input_ids", "attention_mask")
 
 
 def discover_bundles(root: str = REPO) -> list[str]:
-    """Names of the bundles with a ``configs/train.json``."""
-    return sorted(
-        os.path.basename(os.path.dirname(os.path.dirname(p)))
-        for p in glob.glob(os.path.join(root, "bundles", "*", "configs", "train.json"))
-    )
+    """Names of the bundles with a ``configs/train.json``, each followed by its network variants
+    ``<bundle>/<file stem>``: the other config files that define a whole ``network_def`` (e.g.
+    ``vm_unet/ultralight``, given after train.json and demo.json)."""
+    names = []
+    for train in sorted(glob.glob(os.path.join(root, "bundles", "*", "configs", "train.json"))):
+        cfg = os.path.dirname(train)
+        bundle = os.path.basename(os.path.dirname(cfg))
+        names.append(bundle)
+        for f in sorted(glob.glob(os.path.join(cfg, "*.json"))):
+            if os.path.basename(f) in ("train.json", "inference.json", "metadata.json"):
+                continue
+            with open(f, encoding="utf-8") as fh:
+                if "network_def" in json.load(fh):
+                    names.append(f"{bundle}/{os.path.splitext(os.path.basename(f))[0]}")
+    return names
 
 
 def _meta(bundle: str) -> dict[str, Any]:
-    with open(os.path.join(REPO, "bundles", bundle, "configs", "metadata.json"), encoding="utf-8") as f:
+    with open(os.path.join(REPO, "bundles", bundle.split("/")[0], "configs", "metadata.json"), encoding="utf-8") as f:
         return json.load(f)
 
 
 def _parser(bundle: str, variant: str):
     from monai.bundle import ConfigParser
 
+    bundle, _, network = bundle.partition("/")
     cfg = os.path.join(REPO, "bundles", bundle, "configs")
     files = [os.path.join(cfg, "train.json")]
     if variant == "demo" and os.path.isfile(os.path.join(cfg, "demo.json")):
         files.append(os.path.join(cfg, "demo.json"))
+    if network:
+        files.append(os.path.join(cfg, f"{network}.json"))  # last: it replaces the network_def
     parser = ConfigParser()
     parser.read_config(files)
     parser.read_meta(os.path.join(cfg, "metadata.json"))

@@ -64,22 +64,30 @@ METRICS = {
 
 
 def discover(names: Sequence[str] | None = None) -> list[str]:
-    """Bundles that have ``configs/train.json`` and ``configs/demo.json`` (all, or the ``names`` asked for)."""
+    """Bundles that have ``configs/train.json`` and ``configs/demo.json`` (all, or the ``names`` asked for). A name
+    ``<bundle>/<variant>`` (e.g. ``vm_unet/ultralight``) is the bundle with ``configs/<variant>.json`` merged last (a
+    network variant); variants run only when asked for."""
     found = sorted(
         os.path.basename(os.path.dirname(os.path.dirname(p)))
         for p in glob.glob(os.path.join(BUNDLES, "*", "configs", "train.json"))
     )
+    variants = [n for n in names or () if "/" in n]
+    for v in variants:
+        b, _, f = v.partition("/")
+        if not os.path.isfile(os.path.join(BUNDLES, b, "configs", f"{f}.json")):
+            raise SystemExit(f"error: no bundles/{b}/configs/{f}.json for the variant '{v}'")
+    found = sorted(found + variants)
     if names:
         missing = [n for n in names if n not in found]
         if missing:
             raise SystemExit(f"error: no bundles/<name>/configs/train.json for {missing}; found {found}")
         found = [n for n in found if n in names]
-    return [n for n in found if os.path.isfile(os.path.join(BUNDLES, n, "configs", "demo.json"))]
+    return [n for n in found if os.path.isfile(os.path.join(BUNDLES, n.split("/")[0], "configs", "demo.json"))]
 
 
 def is_text_guided(bundle: str) -> bool:
     """True when the bundle's metadata lists ``input_ids`` among the network inputs."""
-    with open(os.path.join(BUNDLES, bundle, "configs", "metadata.json"), encoding="utf-8") as f:
+    with open(os.path.join(BUNDLES, bundle.split("/")[0], "configs", "metadata.json"), encoding="utf-8") as f:
         meta = json.load(f)
     return "input_ids" in meta.get("network_data_format", {}).get("inputs", {})
 
@@ -215,10 +223,12 @@ def _bundle_output_dir(bundle: str) -> str:
 def run_bundle(bundle: str, args: argparse.Namespace, seed: int | None = None) -> dict[str, Any]:
     """Train (unless ``--skip-train``) and evaluate one bundle; returns its table row. ``seed``: the configs' ``seed``
     (training and stage 1), into a run folder of its own (``runs/demo_accuracy_seed<N>``) unless it is 0."""
-    cfg = os.path.join("bundles", bundle, "configs")
+    name, _, network = bundle.partition("/")
+    cfg = os.path.join("bundles", name, "configs")
     train, demo, evaluate = (os.path.join(cfg, f) for f in ("train.json", "demo.json", "evaluate.json"))
-    run_dir = os.path.join("bundles", bundle, RUN_SUBDIR + (f"_seed{seed}" if seed else ""))  # relative: cwd is REPO
-    ids = config_ids([os.path.join(REPO, train), os.path.join(REPO, demo)])
+    extra = [os.path.join(cfg, f"{network}.json")] if network else []  # a network variant: merged last
+    run_dir = os.path.join("bundles", name, RUN_SUBDIR + (f"_{network}" if network else "") + (f"_seed{seed}" if seed else ""))  # relative: cwd is REPO
+    ids = config_ids([os.path.join(REPO, f) for f in (train, demo, *extra)])
     seeded = ["--seed", str(seed)] if seed is not None and "seed" in ids else []
     own = [k for k in ("ckpt_dir", "output_dir") if k not in ids]
     if args.bundle_checkpoints:  # the checkpoint the bundle's own demo run left in its ckpt_dir; its own curves
@@ -238,7 +248,7 @@ def run_bundle(bundle: str, args: argparse.Namespace, seed: int | None = None) -
         row["note"] = ("not retrained here: evaluated the checkpoint its own demo run left in "
                        f"bundles/{bundle}/models; training time and epochs of that run are in its docs")  # fmt: skip
     py = [sys.executable, "-m", "monai.bundle", "run"]
-    train_cmd = py + ["training", "--config_file", json.dumps([train, demo])] + redirect + replace + seeded
+    train_cmd = py + ["training", "--config_file", json.dumps([train, demo, *extra])] + redirect + replace + seeded
     if not own:
         train_cmd += ["--output_dir", train_dir]
     train_cmd += args.override
@@ -273,7 +283,7 @@ def run_bundle(bundle: str, args: argparse.Namespace, seed: int | None = None) -
     # one evaluation run: evaluate.json scores every text condition the datalist has (right text, shuffled,
     # reworded, negated; image-only bundles: the right one) and writes them all into one summary.json
     out_dir = os.path.join(run_dir, "eval", "test")
-    cmd = py + ["evaluating", "--config_file", json.dumps([train, evaluate, demo])] + redirect
+    cmd = py + ["evaluating", "--config_file", json.dumps([train, evaluate, demo, *extra])] + redirect
     cmd += ["--output_dir", out_dir] + args.override
     print(f"[{bundle}] evaluating", flush=True)
     elog = os.path.join(REPO, run_dir, "eval_test.log")
@@ -294,7 +304,7 @@ def run_bundle(bundle: str, args: argparse.Namespace, seed: int | None = None) -
     curves = read_curves(os.path.join(REPO, train_dir), log_path)
     row["epochs"] = len(curves["val_dice"]) or len(curves["loss"])
     if not seed:  # the main table's run
-        png = plot_curves(bundle, curves, os.path.join(args.docs, f"demo_curves_{bundle}.png"))
+        png = plot_curves(bundle, curves, os.path.join(args.docs, f"demo_curves_{bundle.replace('/', '-')}.png"))
         row["curves_png"] = os.path.relpath(png, args.docs) if png else None
     return row
 

@@ -229,3 +229,25 @@ def test_documented_switches():
     logits, label = torch.randn(2, 3, 4, 4, 4), torch.randint(0, 3, (2, 1, 4, 4, 4)).float()
     loss = parser.get_parsed_content("loss")
     torch.testing.assert_close(loss(logits, label), F.cross_entropy(logits, label[:, 0].long()))
+
+
+def test_lightm_unet_3d_variant_trains_evaluates_and_infers(bundle, tmp_path):
+    """lightm_unet_3d.json, given last, swaps SegMamba for LightM-UNet 3D (its RVM layers read the slice axis
+    slowest) and keeps its checkpoint in models/lightm_unet_3d/."""
+    overrides = {k: v for k, v in bundle["overrides"].items() if k not in TINY_NET}
+    overrides.update(bundle_root=str(tmp_path / "bundle"), **{"network_def#init_filters": 8,
+                                                              "network_def#blocks_down": [1, 1, 1, 1]})  # fmt: skip
+    wf = cfg.run("train", "train.json", "lightm_unet_3d.json", **overrides)
+    net = wf.parser.get_parsed_content("network_def")
+    assert type(net).__name__ == "LightMUNet" and net.spatial_dims == 3
+    assert {m.slice_axis for m in net.modules() if hasattr(m, "parts")} == {-1}
+    assert os.path.isfile(tmp_path / "bundle" / "models" / "lightm_unet_3d" / "model.pt")
+    cfg.run("eval", "train.json", "evaluate.json", "lightm_unet_3d.json", **overrides)
+    summary = json.loads((tmp_path / "bundle" / "eval" / "test" / "summary.json").read_text())
+    assert 0.0 <= summary["val_dice_liver"] <= 1.0
+    out = tmp_path / "out"
+    cfg.run("infer", "inference.json", "lightm_unet_3d.json", **dict(overrides, output_dir=str(out)))
+    segs = [p for p in os.listdir(out) if p.endswith("_seg.nii.gz")]
+    assert len(segs) == 1
+    src = nib.load(os.path.join(os.path.dirname(bundle["datalist"]), "imagesTs", "ct_test_000.nii.gz"))
+    assert nib.load(out / segs[0]).shape == src.shape  # back on the scan's own voxel grid

@@ -261,7 +261,12 @@ DATASET_OVERRIDES: dict[str, tuple[dict[str, Any], set[str], str]] = {
     "mosmed.json": ({"learning_rate": 0.0005}, {"ua_vls"}, "UA-VLS's MosMedData+ learning rate (the paper, 5e-4)"),
 }  # fmt: skip
 #: variants of train.json that are neither stages nor data-set overrides
-VARIANTS = {"tifcmamba": {"supervised.json"}, "lcpdn": {"low_data.json"}}
+VARIANTS = {
+    "tifcmamba": {"supervised.json"},
+    "lcpdn": {"low_data.json"},
+    "vm_unet": {"lightm_unet.json", "ultralight.json"},  # the lightweight networks of the survey (issue 23)
+    "segmamba_ct": {"lightm_unet_3d.json"},
+}
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from monai.bundle import verify_net_in_out
+from monai.bundle import ConfigParser, verify_net_in_out
 from PIL import Image
 
 from bundle_testing import BundleConfigs, check_bundle_layout, check_run_folder, run_ddp_training
@@ -179,3 +179,48 @@ def test_bundle_files_and_metadata_schema_fields():
     assert fmt["inputs"]["image"]["num_channels"] == train["in_channels"]
     assert fmt["inputs"]["image"]["spatial_shape"] == train["image_size"]
     assert train["training"] == "%run" and train["network_def"]["dims"] == [96, 192, 384, 768]
+
+
+#: the lightweight networks served as network_def variants of this bundle (docs/README.md "Lightweight variants"),
+#: each with a tiny override of its own network arguments.
+VARIANTS = {
+    "lightm_unet.json": ("LightMUNet", {"network_def#init_filters": 8, "network_def#blocks_down": [1, 1, 1, 1]}),
+    "ultralight.json": ("UltraLightVMUNet", {"network_def#c_list": [4, 8, 8, 8, 8, 16]}),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_lightweight_variant_trains_evaluates_and_infers(bundle, tmp_path, variant):
+    """Each variant file, given last, swaps the network and keeps its checkpoint apart (models/<variant>/), so the
+    bundle's own model.pt is untouched; evaluation and inference load the variant's checkpoint and check its record."""
+    cls, tiny = VARIANTS[variant]
+    overrides = dict(bundle["overrides"], bundle_root=str(tmp_path / "bundle"), max_epochs=1, **tiny)
+    for k in TINY_NET:
+        overrides.pop(k)
+    wf = cfg.run("train", "train.json", variant, **overrides)
+    assert type(wf.parser.get_parsed_content("network_def")).__name__ == cls
+    models = tmp_path / "bundle" / "models"
+    assert os.listdir(models) == [variant.removesuffix(".json")]
+    ckpt = models / variant.removesuffix(".json") / "model.pt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert any(".mamba.ssm.A_log" in k for k in state)
+    cfg.run("eval", "train.json", "evaluate.json", variant, **overrides)
+    summary = json.loads((tmp_path / "bundle" / "eval" / "test" / "summary.json").read_text())
+    assert 0.0 <= summary["val_mean_dice"] <= 1.0
+    out = tmp_path / "out"
+    cfg.run("infer", "inference.json", variant, **dict(overrides, output_dir=str(out)))
+    masks = [p for p in os.listdir(out) if p.endswith("_seg.png")]
+    assert len(masks) == 4
+    # the VM-UNet configuration refuses the variant's checkpoint (its record names another network)
+    with pytest.raises(ValueError, match="another configuration"):
+        cfg.run("infer", "inference.json", **dict(bundle["overrides"], bundle_root=str(tmp_path / "bundle"),
+                                                 ckpt_path=str(ckpt), output_dir=str(tmp_path / "refused")))  # fmt: skip
+
+
+def test_ultralight_variant_reads_the_rgb_polyp_demo(tmp_path):
+    parser = ConfigParser()
+    parser.read_config(cfg("train.json", "demo.json", "ultralight.json"))
+    parser["bundle_root"] = str(tmp_path)
+    assert parser.get_parsed_content("dataset_dir").endswith("data/demo_polyp")
+    assert parser["datalist"].startswith("$monai_vlseg.datasets.synthetic.ensure_polyp_demo_datalist")
+    assert parser.get_parsed_content("in_channels") == 3
