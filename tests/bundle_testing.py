@@ -147,6 +147,15 @@ def check_checkpoint_kept(
     return run_dir
 
 
+def causes(err: BaseException | None) -> list[BaseException]:
+    """``err`` and its chain of ``__cause__`` (MONAI's config parser wraps an expression's error in a RuntimeError)."""
+    out = []
+    while err is not None:
+        out.append(err)
+        err = err.__cause__
+    return out
+
+
 def press_ctrl_c(_engine=None) -> None:
     """Deliver SIGINT as a user's Ctrl-C does (KeyboardInterrupt in the main thread), also where the test process was
     started with SIGINT ignored: a background job of a non-interactive shell (``nohup make test &``) inherits

@@ -12,7 +12,7 @@ from ignite.engine import Events
 from monai.bundle import verify_net_in_out
 from PIL import Image
 
-from bundle_testing import BundleConfigs, check_bundle_layout, press_ctrl_c, run_ddp_training
+from bundle_testing import BundleConfigs, causes, check_bundle_layout, press_ctrl_c, run_ddp_training
 
 from monai_vlseg.datasets.synthetic.cxr import generate_demo_dataset
 from monai_vlseg.export import export_network, load_bundle_network
@@ -148,20 +148,11 @@ def test_inference_missing_text_is_an_error(bundle, tmp_path):
     with pytest.raises(RuntimeError) as err:  # MONAI's config parser wraps the cause
         wf.initialize()
         wf.run()
-    causes, e = [], err.value
-    while e is not None:
-        causes.append(e)
-        e = e.__cause__
-    assert any(isinstance(c, ValueError) and "no text for 1 image" in str(c) and "notext.png" in str(c) for c in causes)
+    assert any(
+        isinstance(c, ValueError) and "no text for 1 image" in str(c) and "notext.png" in str(c)
+        for c in causes(err.value)
+    )
     assert not (tmp_path / "out").exists()  # nothing half-written
-
-
-def _causes(err):
-    out = []
-    while err is not None:
-        out.append(err)
-        err = err.__cause__
-    return out
 
 
 def _train(overrides, stop_at_iteration=None, epochs_seen=None):
@@ -207,11 +198,11 @@ def test_resume_after_sigint_gives_the_weights_of_an_uninterrupted_run(bundle, t
     wf = cfg.workflow("train", "train.json", **dict(overrides, run_name="stopped", resume=True, image_size=[96, 96]))
     with pytest.raises(RuntimeError) as err:
         wf.initialize()
-    assert any("image_size [64, 64] there, [96, 96] here" in str(c) for c in _causes(err.value))
+    assert any("image_size [64, 64] there, [96, 96] here" in str(c) for c in causes(err.value))
     wf = cfg.workflow("train", "train.json", **dict(overrides, run_name="stopped"))
     with pytest.raises(RuntimeError) as err:
         wf.initialize()
-    assert any(isinstance(c, FileExistsError) and "--resume true" in str(c) for c in _causes(err.value))
+    assert any(isinstance(c, FileExistsError) and "--resume true" in str(c) for c in causes(err.value))
 
 
 def test_training_keeps_a_model_pt_it_did_not_write(bundle, tmp_path):
@@ -249,7 +240,7 @@ def test_evaluate_and_inference_refuse_another_configuration(bundle, tmp_path, k
     wf = cfg.workflow(kind, *names, **overrides)
     with pytest.raises(RuntimeError) as err:
         wf.initialize()
-    (cause,) = [c for c in _causes(err.value) if isinstance(c, ValueError)]
+    (cause,) = [c for c in causes(err.value) if isinstance(c, ValueError)]
     assert phrase in str(cause) and "models/model.json" in str(cause) and "\n" not in str(cause)
     assert not (tmp_path / "out").exists()
 

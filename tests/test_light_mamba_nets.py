@@ -21,6 +21,20 @@ def _n(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
+def _fit(net: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, opt: torch.optim.Optimizer, steps: int = 15):
+    """Binary-segmentation losses of ``steps`` optimiser steps on one batch; checks every output's shape."""
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        out = net(x)
+        assert out.shape == target.shape
+        loss = F.binary_cross_entropy_with_logits(out, target)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 def _official_pvm(layer: PVMLayer, x: torch.Tensor) -> torch.Tensor:
     """The official PVMLayer / LightM-UNet MambaLayer forward, line by line: row-major flatten, LN, ``torch.chunk``
     into the parts, the one Mamba on each plus ``skip_scale * chunk``, concat, the same LN, proj, reshape back."""
@@ -102,16 +116,7 @@ def test_lightm_unet_trains(spatial_dims, shape):
     net = LightMUNet(spatial_dims, 1, 1, init_filters=8, blocks_down=(1, 1, 1, 1), d_state=4, slice_axis=-1)
     x = torch.rand(2, 1, *shape)
     target = (x > 0.6).float()
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
-    losses = []
-    for _ in range(15):
-        opt.zero_grad()
-        out = net(x)
-        assert out.shape == (2, 1, *shape)
-        loss = F.binary_cross_entropy_with_logits(out, target)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = _fit(net, x, target, torch.optim.Adam(net.parameters(), 3e-3))
     assert losses[-1] < 0.9 * losses[0]
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
 
@@ -121,14 +126,7 @@ def test_ultralight_trains():
     net = UltraLightVMUNet(3, 1, d_state=4)
     x = torch.rand(2, 3, 64, 64)
     target = (x.mean(1, keepdim=True) > 0.5).float()
-    opt = torch.optim.AdamW(net.parameters(), 1e-2)
-    losses = []
-    for _ in range(15):
-        opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(net(x), target)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = _fit(net, x, target, torch.optim.AdamW(net.parameters(), 1e-2))
     assert losses[-1] < 0.8 * losses[0]
     assert all(p.grad is not None for p in net.parameters())
     with pytest.raises(ValueError, match="multiples of 32"):

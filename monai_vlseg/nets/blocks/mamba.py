@@ -154,8 +154,11 @@ class MambaLayer(nn.Module):
         k = len(self.directions)
         us = cross_scan(u.reshape(b, self.d_inner, *spatial_shape), self.directions, self.nslices)  # (B,K,D,L)
         us = F.silu(self.conv1d(us.reshape(b, k * self.d_inner, n))[..., :n]).view(b, k, self.d_inner, n)
-        y = cross_merge(self.ssm(us), spatial_shape, self.directions, self.nslices)
-        y = y * F.silu(z)  # gating commutes with the re-ordering, so it is applied once after the merge
+        if self.directions == ("forward",):  # one order, no re-ordering: the scan applies the gate SiLU(z) itself
+            y = self.ssm(us, z=z.unsqueeze(1))[:, 0]
+        else:
+            y = cross_merge(self.ssm(us), spatial_shape, self.directions, self.nslices)
+            y = y * F.silu(z)  # gating commutes with the re-ordering, so it is applied once after the merge
         return self.out_proj(y.transpose(1, 2))
 
 
@@ -269,6 +272,6 @@ class PVMLayer(nn.Module):
         n, p = tokens.shape[1], self.parts
         groups = self.norm(tokens).view(b, n, p, c // p).permute(2, 0, 1, 3).reshape(p * b, n, c // p)
         mixed = self.mamba(groups).view(p, b, n, c // p).permute(1, 2, 0, 3).reshape(b, n, c)
-        out = self.proj(self.norm(mixed + self.skip_scale * tokens))
+        out = self.proj(self.norm(torch.addcmul(mixed, tokens, self.skip_scale)))
         moved[-1] = self.out_channels
         return out.reshape(moved).permute([dims.index(d) for d in range(x.ndim)])
