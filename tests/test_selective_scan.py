@@ -362,6 +362,23 @@ def test_fused_kernel_matches_reference(batch, dim, length, n, layout, threads):
         assert_close_scaled(gr, gref, name=f"grad {name}")
 
 
+def test_fused_kernel_gives_the_same_bits_on_any_thread_count():
+    """The backward's gB/gC partial sums follow the machine, not the call's thread count: 1 and 2 threads agree
+    exactly (a resumed run whose ``torch_threads="auto"`` picked another count ends as the uninterrupted one)."""
+    args = make_inputs(1, 16, 300, 16, "g1", "small", {"D": True, "z": True, "bias": True, "softplus": True}, seed=3)
+    kwargs = {"delta_softplus": True, "backend": "cpu"}
+    before, runs = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            runs.append(run_and_grad(selective_scan, args, kwargs))
+    finally:
+        torch.set_num_threads(before)
+    (out1, _, grads1), (out2, _, grads2) = runs
+    assert torch.equal(out1, out2)
+    assert all(torch.equal(a, b) for a, b in zip(grads1, grads2) if a is not None)
+
+
 def test_fused_kernel_long_sequence_and_no_grad():
     """L = 20000 (many checkpoints and spans): values and gradients; under no_grad no checkpoints are kept."""
     args = make_inputs(1, 2, 20000, 16, "3d", "small", {"D": True, "softplus": True, "last": True}, seed=7)

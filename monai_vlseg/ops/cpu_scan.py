@@ -166,6 +166,20 @@ def _slices(batch: int, dim: int, groups: int, items: int) -> int:
     return max(1, min(dim // groups, -(-items // (batch * groups))))
 
 
+#: most gB/gC partial sums of the backward (each one holds a whole (b, G, L, N) buffer).
+_MAX_GRAD_SLICES = 8
+
+
+def _grad_slices(batch: int, dim: int, groups: int) -> int:
+    """Channel slices of the backward: two work items per core of the machine, at most :data:`_MAX_GRAD_SLICES`.
+
+    The gB/gC partial sums follow the slices, so they depend on the shapes and the machine, never on the thread
+    count of the call: a run gives the same bits on 1 or 2 threads (a resumed run that ``torch_threads="auto"`` gave
+    another count ends as the uninterrupted one).
+    """
+    return min(_MAX_GRAD_SLICES, _slices(batch, dim, groups, 2 * (os.cpu_count() or 1)))
+
+
 class _FusedScanFn(torch.autograd.Function):
     """``(out, last_state)`` of the fused kernel; fp32 contiguous inputs, ``B``/``C`` as (b, G, L, N), N % 8 == 0."""
 
@@ -200,7 +214,7 @@ class _FusedScanFn(torch.autograd.Function):
         threads = ctx.threads
         gout = torch.zeros_like(u) if gout is None else gout.contiguous().float()
         glast = None if glast is None else glast.contiguous().float()
-        slices = _slices(b, d, g, 2 * threads)  # each slice holds a gB/gC partial sum
+        slices = _grad_slices(b, d, g)  # each slice holds a gB/gC partial sum
         gu, gdelta = torch.empty_like(u), torch.empty_like(u)
         gA, gD, gbias = u.new_empty(b, d, n), u.new_empty(b, d), u.new_empty(b, d)
         gB, gC = B.new_empty((slices, *B.shape)), C.new_empty((slices, *C.shape))
