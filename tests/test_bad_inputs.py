@@ -321,7 +321,7 @@ def test_same_stem_png_and_jpg_give_two_masks(tmp_path, ckpt):
     out = tmp_path / "out"
     masks = sorted(p for p in os.listdir(out) if p.endswith("_seg.png"))
     assert masks == ["image_jpg_seg.png", "image_png_seg.png", "other_seg.png"]  # a lone stem keeps its name
-    assert sorted(p for p in os.listdir(out) if p.endswith("_overlay.png")) == [m.replace("_seg", "_overlay") for m in masks]
+    assert sorted(p for p in os.listdir(out) if p.endswith("_overlay.png") and "_uncertainty_" not in p) == [m.replace("_seg", "_overlay") for m in masks]
     rows = {os.path.basename(r["input"]): r for r in read_manifest(out)}
     for name, shape in (("image.png", (50, 70)), ("image.jpg", (30, 40)), ("other.png", (20, 24))):
         mask = np.asarray(Image.open(rows[name]["mask"]))
@@ -372,7 +372,10 @@ def test_manifest_records_input_text_checkpoint_and_outputs(tmp_path, ckpt):
     for r in rows:
         assert r["status"] == "written" and r["checkpoint_sha256"] == sha and r["checkpoint"] == ckpt
         assert os.path.isfile(r["mask"]) and os.path.isfile(r["overlay"]) and r["dicom_seg"] == ""
-    assert [r for r in doc["items"]] == [{**r, "needs_review": r["needs_review"] == "True"} for r in rows]
+        assert all(os.path.isfile(r[c]) for c in ("probability", "uncertainty_map", "uncertainty_overlay"))
+        assert 0.0 <= float(r["uncertainty"]) <= 1.0
+    typed = [{**r, "needs_review": r["needs_review"] == "True", "uncertainty": float(r["uncertainty"])} for r in rows]
+    assert doc["items"] == typed
 
 
 def test_masks_are_written_atomically(tmp_path, monkeypatch):

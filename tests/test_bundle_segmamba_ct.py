@@ -24,6 +24,7 @@ from monai_vlseg.io.series import write_dicom_series
 from monai_vlseg.nets.segmamba import GSC, ToMLayer
 
 from monai_vlseg.datasets.synthetic.ct import generate_demo_ct_dataset
+from monai_vlseg.transforms.uncertainty import REVIEW_THRESHOLD, normalised_entropy
 
 cfg = BundleConfigs("segmamba_ct")
 CONFIGS, META, LOGGING = cfg.dir, cfg.meta, cfg.logging
@@ -82,15 +83,28 @@ def test_inference_writes_label_maps_in_input_geometry(bundle, tmp_path, image_f
     cfg.run("infer", "inference.json", **overrides)
     out = tmp_path / "out"
     segs = sorted(p for p in os.listdir(out) if p.endswith("_seg.nii.gz"))
-    overlays = sorted(p for p in os.listdir(out) if p.endswith("_overlay.png"))
+    overlays = sorted(p for p in os.listdir(out) if p.endswith("_overlay.png") and "_uncertainty_" not in p)
     assert len(segs) == 1 and len(overlays) == 1
     src = nib.load(os.path.join(os.path.dirname(bundle["datalist"]), "imagesTs", "ct_test_000.nii.gz"))
     seg = nib.load(out / segs[0])
     assert seg.shape == src.shape  # back on the input's own voxel grid
     np.testing.assert_allclose(seg.affine, src.affine, atol=1e-3)
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
-    review = (out / "report_review.csv").read_text().splitlines()  # a CT in HU (Modality CT): nothing flagged
-    assert len(review) == 2 and review[1].split(",")[1] == "False", review
+    with open(out / "report_review.csv", encoding="utf-8") as f:
+        review = list(csv.DictReader(f))
+    assert len(review) == 1 and "input" not in review[0]["report_warnings"]  # a CT in HU (Modality CT): no input flag
+    # the probabilities (one channel per class) and their categorical entropy, on the same grid; the tiny untrained
+    # network is unsure, and that alone flags it
+    prob = nib.load(next(out.glob("*_prob.nii.gz")))
+    unc = np.asarray(nib.load(next(out.glob("*_uncertainty.nii.gz"))).dataobj)
+    assert prob.shape[:3] == unc.shape[:3] == src.shape and prob.shape[-1] == 3
+    np.testing.assert_allclose(prob.affine, src.affine, atol=1e-3)
+    p = torch.from_numpy(np.moveaxis(np.asarray(prob.dataobj).reshape(*src.shape, 3), -1, 0))
+    np.testing.assert_allclose(unc.reshape(src.shape), normalised_entropy(p)[0].numpy(), atol=1e-5)
+    with open(out / "manifest.csv", encoding="utf-8") as f:
+        score = float(next(csv.DictReader(f))["uncertainty"])
+    assert (review[0]["needs_review"] == "True") == (score > REVIEW_THRESHOLD) and 0.0 < score <= 1.0
+    assert next(out.glob("*_uncertainty_overlay.png")).is_file()
 
 
 @pytest.mark.parametrize("case", ["missing", "irregular", "duplicate"])

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from monai.bundle import ConfigParser
 
+from monai_vlseg.transforms.uncertainty import REVIEW_THRESHOLD
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLES = ("ua_vls", "c2seg", "lcpdn", "tifcmamba", "vm_unet", "segmamba_ct")
 TEXT_KEYS = {"text_model", "text_len", "empty_text", "prepare_batch", "report_parser", "keep_reported_findings"}
@@ -75,7 +77,8 @@ SKELETON = {
     "inference.json": {
         "imports", "bundle_root", "ckpt_path", "config_mismatch", "model_config", "output_dir", "overwrite",
         "dataset_dir", "datalist", "data_split", "input_dir", "device", "amp", "torch_threads", "input_check",
-        "image_size", "in_channels", "output_ext", "dicom_seg", "network_def", "network", "preprocessing", "dataset",
+        "image_size", "in_channels", "output_ext", "uncertainty", "review_uncertainty", "dicom_seg", "network_def",
+        "network", "preprocessing", "dataset",
         "dataloader", "inferer", "postprocessing", "manifest", "handlers", "evaluator", "initialize", "run", "inference",
     },
     "evaluate.json": {
@@ -192,8 +195,27 @@ def test_inference_skips_bad_inputs_and_records_the_run(bundle):
     }  # fmt: skip
     assert infer["handlers"][-1] == "@manifest" and infer["overwrite"] is False
     assert infer["run"] == ["$@evaluator.run()", "$@manifest.raise_if_skipped()"]
-    savers = [t["_target_"] for t in infer["postprocessing"]["transforms"] if "SaveImage" in t["_target_"]]
-    assert savers == ["monai_vlseg.transforms.SaveImageAtomicd"]
+    savers = [(t["_target_"], t["keys"]) for t in infer["postprocessing"]["transforms"] if "SaveImage" in t["_target_"]]
+    assert savers == [("monai_vlseg.transforms.SaveImageAtomicd", k) for k in ("pred", "prob", "uncertainty")]
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_inference_writes_probability_and_uncertainty(bundle):
+    """Every bundle keeps the probabilities before the mask step, inverts them with the mask (the image last: its
+    record inverts the others), maps and scores the uncertainty in the input's geometry, saves both maps and a heat
+    overlay; ``--uncertainty false`` turns all of it off."""
+    infer = _load(bundle, "inference.json")
+    steps = [t["_target_"].rsplit(".", 1)[-1] for t in infer["postprocessing"]["transforms"]]
+    assert steps.index("CopyItemsd") == steps.index("Activationsd") + 1
+    assert steps.index("Invertd") + 1 == steps.index("UncertaintyMapd") < steps.index("SaveHeatOverlayd")
+    invert = infer["postprocessing"]["transforms"][steps.index("Invertd")]
+    assert invert["keys"] == ["pred", "prob", "image"] and invert["nearest_interp"] == [True, False, False]
+    assert infer["uncertainty"] is True
+    parser = _parser(bundle, "inference.json")
+    assert parser.get_parsed_content("review_uncertainty") == REVIEW_THRESHOLD
+    parser["uncertainty"] = "false"
+    names = [type(t).__name__ for t in parser.get_parsed_content("postprocessing").transforms]
+    assert not {"CopyItemsd", "UncertaintyMapd", "SaveHeatOverlayd"} & set(names)
 
 
 @pytest.mark.parametrize("name", ["train.json", "inference.json", "evaluate.json", "multi_gpu_train.json"])

@@ -16,6 +16,7 @@ from bundle_testing import BundleConfigs, causes, check_bundle_layout, press_ctr
 
 from monai_vlseg.datasets.synthetic.cxr import generate_demo_dataset
 from monai_vlseg.export import export_network, load_bundle_network
+from monai_vlseg.transforms.uncertainty import normalised_entropy, uncertainty_score
 
 cfg = BundleConfigs("ua_vls")
 CONFIGS, META, LOGGING = cfg.dir, cfg.meta, cfg.logging
@@ -106,7 +107,7 @@ def test_evaluate_writes_metrics(bundle):
 
 @pytest.mark.parametrize("mode", ["datalist", "folder_one_text"])
 def test_inference_writes_masks_in_input_geometry(bundle, tmp_path, mode):
-    overrides = dict(bundle["overrides"], output_dir=str(tmp_path / "out"))
+    overrides = dict(bundle["overrides"], output_dir=str(tmp_path / "out"), review_uncertainty=0.0)  # flag all scored
     if mode == "folder_one_text":
         src = tmp_path / "in"
         src.mkdir()
@@ -118,9 +119,21 @@ def test_inference_writes_masks_in_input_geometry(bundle, tmp_path, mode):
     cfg.run("infer", "inference.json", **overrides)
     out = tmp_path / "out"
     masks = sorted(p for p in os.listdir(out) if p.endswith("_seg.png"))
-    overlays = sorted(p for p in os.listdir(out) if p.endswith("_overlay.png"))
+    overlays = sorted(p for p in os.listdir(out) if p.endswith("_overlay.png") and "_uncertainty_" not in p)
     expected = 4 if mode == "datalist" else 2
     assert len(masks) == expected and len(overlays) == expected
+    with open(out / "manifest.csv", encoding="utf-8") as f:
+        manifest = list(csv.DictReader(f))
+    for row in manifest:  # probability and uncertainty in the input's grid; the map is the probabilities' entropy
+        prob, unc, mask = (np.asarray(Image.open(row[c])) for c in ("probability", "uncertainty_map", "mask"))
+        assert prob.dtype == unc.dtype == np.uint16 and prob.shape == unc.shape == mask.shape
+        p = torch.from_numpy(prob.astype(np.float32) / 65535)[None]
+        h = torch.from_numpy(unc.astype(np.float32) / 65535)[None]
+        torch.testing.assert_close(h, normalised_entropy(p), atol=2e-3, rtol=0)
+        score = uncertainty_score(h, torch.from_numpy(mask > 0)[None])
+        assert float(row["uncertainty"]) == pytest.approx(score, abs=2e-3)
+        assert row["needs_review"] == str(score > 0)
+        assert np.asarray(Image.open(row["uncertainty_overlay"])).shape == mask.shape + (3,)
     for m in masks:
         arr = np.asarray(Image.open(out / m))
         assert set(np.unique(arr)) <= {0, 255}
@@ -134,9 +147,12 @@ def test_inference_writes_masks_in_input_geometry(bundle, tmp_path, mode):
     assert len(review) == expected
     if mode == "folder_one_text":  # the shared text names no lung zone: flagged; the .txt beside case2 names one
         assert review["case one.png"]["needs_review"] == "True" and "no lung zone" in review["case one.png"]["report_warnings"]
-        assert review["case2.png"]["needs_review"] == "False" and review["case2.png"]["report_zones"] == "upper left"
+        assert review["case2.png"]["report_zones"] == "upper left"
+        assert "no lung zone" not in review["case2.png"]["report_warnings"]
     else:
-        assert all(r["needs_review"] == "False" for r in review.values())
+        assert all("no lung zone" not in r["report_warnings"] for r in review.values())
+    for r in review.values():  # the report's reasons and the uncertainty's, in one column
+        assert (r["needs_review"] == "True") == bool(r["report_warnings"])
 
 
 def test_inference_missing_text_is_an_error(bundle, tmp_path):

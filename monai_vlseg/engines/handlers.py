@@ -158,7 +158,8 @@ class ManifestSaver:
     """The record of an inference run, for an evaluator whose data come through
     :class:`~monai_vlseg.engines.SkipFailedDataset`: ``<output_dir>/manifest.csv`` and ``manifest.json`` hold one row
     per input, in order: the input, its output name, ``written`` or ``skipped`` and why, the text the network read
-    (de-identified), the files written (mask, overlay, DICOM SEG), the review flag, and the checkpoint with its
+    (de-identified), the files written (mask, overlay, DICOM SEG, probability and uncertainty maps, heat overlay), the
+    uncertainty score (:class:`~monai_vlseg.transforms.UncertaintyMapd`), the review flag, and the checkpoint with its
     SHA-256. Both are rewritten atomically every few seconds during the run and at its end (``"complete": true``).
 
     An ``output_dir`` that holds an earlier run's outputs (its manifest, or masks / overlays / a review CSV of a
@@ -180,7 +181,12 @@ class ManifestSaver:
 
     #: manifest columns, in order; ``outputs`` columns go after ``text``.
     COLUMNS = ("input", "output_name", "status", "reason", "text")
-    TAIL = ("needs_review", "checkpoint", "checkpoint_sha256")
+    TAIL = ("uncertainty", "needs_review", "checkpoint", "checkpoint_sha256")
+    #: output columns (manifest column -> item key of the path written) when ``outputs`` is not given.
+    OUTPUTS = {
+        "mask": "pred_path", "overlay": "overlay_path", "dicom_seg": "pred_dicom_seg", "probability": "prob_path",
+        "uncertainty_map": "uncertainty_path", "uncertainty_overlay": "uncertainty_overlay_path",
+    }  # fmt: skip
 
     def __init__(
         self,
@@ -195,7 +201,7 @@ class ManifestSaver:
         self.output_dir = os.path.abspath(os.fspath(output_dir))
         self.checkpoint = os.path.abspath(os.fspath(checkpoint)) if checkpoint else ""
         self.overwrite = bool(overwrite)
-        self.outputs = dict(outputs or {"mask": "pred_path", "overlay": "overlay_path", "dicom_seg": "pred_dicom_seg"})
+        self.outputs = dict(outputs or self.OUTPUTS)
         self.text_key, self.image_key, self.flush_interval = text_key, image_key, flush_interval
         self.csv_path = os.path.join(self.output_dir, "manifest.csv")
         self.json_path = os.path.join(self.output_dir, "manifest.json")
@@ -227,7 +233,9 @@ class ManifestSaver:
                     if path and os.path.isfile(path) and os.path.dirname(os.path.abspath(path)) == self.output_dir:
                         found.append(path)
             found += [self.json_path]
-        patterns = ("manifest.csv", "report_review.csv") + (() if listed_only else ("*_seg.*", "*_overlay.png"))
+        patterns = ("manifest.csv", "report_review.csv") + (
+            () if listed_only else ("*_seg.*", "*_overlay.png", "*_prob.*", "*_uncertainty.*")
+        )
         found += [p for pat in patterns for p in sorted(glob.glob(os.path.join(glob.escape(self.output_dir), pat)))]
         return list(dict.fromkeys(found))
 
@@ -294,6 +302,8 @@ class ManifestSaver:
         for col, key in self.outputs.items():
             path = item.get(key) if status == "written" else None
             row[col] = os.path.abspath(os.fspath(path)) if isinstance(path, (str, os.PathLike)) and path else ""
+        score = item.get("uncertainty_score") if status == "written" else None
+        row["uncertainty"] = "" if score is None else round(float(score), 4)
         review = item.get("needs_review")
         row["needs_review"] = "" if review is None else bool(review.item() if hasattr(review, "item") else review)
         row["checkpoint"], row["checkpoint_sha256"] = self.checkpoint, self.checkpoint_sha256

@@ -18,6 +18,7 @@ from .image import (
 from .keywords import SelectKeywords, SelectKeywordsd
 from .lesions import KeepReportedFindingsd
 from .report import PrepareReportd, SaveReportReviewd
+from .uncertainty import SaveHeatOverlayd, UncertaintyMapd
 from .text import (
     RandTextDropoutd,
     SetTextd,
@@ -38,6 +39,7 @@ __all__ = [
     "KeepReportedFindingsd",
     "PrepareReportd",
     "RandTextDropoutd",
+    "SaveHeatOverlayd",
     "SaveImageAtomicd",
     "SaveOverlayd",
     "SaveReportReviewd",
@@ -46,6 +48,7 @@ __all__ = [
     "SetTextd",
     "TokenizeText",
     "TokenizeTextd",
+    "UncertaintyMapd",
     "normalize_text",
     "output_stem",
     "unique_output_names",

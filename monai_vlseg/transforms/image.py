@@ -363,29 +363,45 @@ class SaveOverlayd(MapTransform):
         lo, hi = np.percentile(img, (0.5, 99.5))
         return (np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+    @staticmethod
+    def _array(x: Any) -> np.ndarray:
+        return np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x)
+
+    @classmethod
+    def _rgb(cls, img: np.ndarray) -> np.ndarray:
+        """(C, H, W) image -> (H, W, 3) float RGB in 0..255 (grey repeated; more than 3 channels: the first 3)."""
+        return cls._to_uint8(img[:3] if img.shape[0] >= 3 else np.repeat(img[:1], 3, 0)).transpose(1, 2, 0).astype(
+            np.float32
+        )
+
+    @staticmethod
+    def _edge(mask: np.ndarray) -> np.ndarray:
+        """The pixels of a 2D bool mask with a 4-neighbour outside it."""
+        return mask & ~(np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1))
+
+    def _write(self, d: Mapping[Hashable, Any], image: Any, rgb: np.ndarray) -> str:
+        """Write ``rgb`` (H, W, 3 in MONAI's (W, H) array order) as ``<name>_<postfix>.png``; returns the path."""
         from PIL import Image
 
-        d = dict(data)
-        img_key, mask_key = self.keys
-        image, mask = d[img_key], d[mask_key]
-        img = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image)
-        msk = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)[0] > 0.5
-        if img.shape[1:] != msk.shape:
-            raise ValueError(f"{_source_name(image)}: image {img.shape[1:]} and mask {msk.shape} differ in size.")
-        rgb = self._to_uint8(img[:3] if img.shape[0] >= 3 else np.repeat(img[:1], 3, 0)).transpose(1, 2, 0)
-        rgb = rgb.astype(np.float32)
-        rgb[msk] = (1 - self.alpha) * rgb[msk] + self.alpha * np.array([255.0, 0.0, 0.0])
-        edge = msk & ~(
-            np.roll(msk, 1, 0) & np.roll(msk, -1, 0) & np.roll(msk, 1, 1) & np.roll(msk, -1, 1)
-        )
-        rgb[edge] = (255.0, 220.0, 0.0)
         # MONAI's PIL reader stores arrays as (W, H); write them back in the file's own orientation.
-        out = rgb.astype(np.uint8).transpose(1, 0, 2)
+        out = np.clip(rgb, 0, 255).astype(np.uint8).transpose(1, 0, 2)
         path = os.path.join(self.output_dir, f"{_output_name(d, image, self.name_key)}_{self.postfix}.png")
         buf = io.BytesIO()
         Image.fromarray(out).save(buf, format="PNG")
         atomic_write_bytes(path, buf.getvalue())
+        return path
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        img_key, mask_key = self.keys
+        image, mask = d[img_key], d[mask_key]
+        img, msk = self._array(image), self._array(mask)[0] > 0.5
+        if img.shape[1:] != msk.shape:
+            raise ValueError(f"{_source_name(image)}: image {img.shape[1:]} and mask {msk.shape} differ in size.")
+        rgb = self._rgb(img)
+        rgb[msk] = (1 - self.alpha) * rgb[msk] + self.alpha * np.array([255.0, 0.0, 0.0])
+        rgb[self._edge(msk)] = (255.0, 220.0, 0.0)
+        path = self._write(d, image, rgb)
         if isinstance(image, MetaTensor):
             d.setdefault("overlay_path", path)
         return d
