@@ -341,6 +341,25 @@ def all_have_text(items: Sequence[Mapping[str, Any]]) -> bool:
     return all(str(it.get("text") or "").strip() for it in items)
 
 
+def with_uncertainty(postprocessing: Any) -> Any:
+    """An evaluation post-processing (a ``Compose``) that also keeps the probabilities (``prob``) and scores the
+    uncertainty of the final mask (:class:`~monai_vlseg.transforms.UncertaintyMapd`, no review flag): what
+    evaluate.json's calibration and ranking metrics read. The probabilities are copied right after the first
+    ``Activationsd``; a post-processing without one (an arg-max of logits) gets its own softmax of the copy."""
+    from monai.transforms import Activationsd, Compose, CopyItemsd
+
+    from monai_vlseg.transforms.uncertainty import UncertaintyMapd
+
+    steps = list(postprocessing.transforms)
+    at = next((i for i, t in enumerate(steps) if isinstance(t, Activationsd)), None)
+    if at is None:
+        steps[0:0] = [CopyItemsd("pred", names="prob"), Activationsd("prob", softmax=True)]
+    else:
+        steps.insert(at + 1, CopyItemsd("pred", names="prob"))
+    steps.append(UncertaintyMapd("pred", review_threshold=None))
+    return Compose(steps)
+
+
 def laterality_convention(datalist: str, fallback: str, scored: Any = True) -> str:
     """The side convention ``evaluate.json`` scores the text-mask laterality agreement with (its ``laterality``):
     the datalist's own ``meta.laterality`` (the preparers and demo generators write it: ``"patient"`` for chest X-ray

@@ -83,8 +83,8 @@ SKELETON = {
     },
     "evaluate.json": {
         "eval_split", "config_mismatch", "output_dir", "text_conditions", "laterality", "validate#dataset#data",
-        "validate#dataset#cache_rate", "validate#handlers", "validate#additional_metrics", "initialize", "run",
-        "evaluating",
+        "validate#dataset#cache_rate", "validate#handlers", "validate#evaluator#postprocessing",
+        "validate#additional_metrics", "initialize", "run", "evaluating",
     },
     "multi_gpu_train.json": {
         "device", "network", "train#sampler", "train#dataloader#sampler", "train#dataloader#shuffle",
@@ -100,7 +100,10 @@ TRAIN_HANDLERS = {
 }  # fmt: skip
 VALIDATE_HANDLERS = {"StatsHandler", "TensorBoardStatsHandler", "CheckpointSaver"}
 EVALUATE_HANDLERS = ["CheckpointLoader", "StatsHandler", "MetricsSaver"]
-EVALUATE_METRICS = {"val_mean_iou", "val_hd95", "val_empty_predictions", "val_count_accuracy", "val_laterality_accuracy"}
+EVALUATE_METRICS = {
+    "val_mean_iou", "val_hd95", "val_empty_predictions", "val_count_accuracy", "val_laterality_accuracy",
+    "val_calibration_error", "val_uncertainty_auroc", "val_uncertainty_spearman",
+}  # fmt: skip
 #: metrics of text-guided bundles only
 TEXT_METRICS = {"val_negated_area"}
 #: the same expression in every multi_gpu_train.json.

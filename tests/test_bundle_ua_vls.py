@@ -91,6 +91,9 @@ def test_evaluate_writes_metrics(bundle):
     metrics = {"val_mean_dice", "val_mean_iou", "val_hd95", "val_count_accuracy", "val_laterality_accuracy"}
     assert metrics <= set(summary) and summary["num_images"] == 4
     assert 0.0 <= summary["val_mean_dice"] <= 1.0
+    assert 0.0 < summary["val_calibration_error"] < 1.0  # the probabilities' ECE, beside the masks' Dice
+    for name in ("val_uncertainty_auroc", "val_uncertainty_spearman"):  # NaN (absent) when all 4 are poor or good
+        assert name in summary.get("absent", []) or -1.0 <= summary[name] <= 1.0, name
     assert (out / "val_laterality_accuracy_raw.csv").is_file()  # per-image text-mask consistency
     with open(out / "val_mean_dice_raw.csv") as f:
         rows = list(csv.reader(f))

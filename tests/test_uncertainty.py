@@ -78,3 +78,22 @@ def test_heat_overlay_is_written_in_the_files_orientation(tmp_path):
     assert rgb.shape == (30, 40, 3)
     assert (rgb[:, 32:, 0] > 200).all() and (rgb[:, :28, 0] < 60).all()  # heat on the right, none on the black left
     assert (rgb[5, 5:15] == (0, 230, 255)).all()  # the mask's outline
+
+
+def test_ranking_metric_auroc_and_spearman():
+    from monai_vlseg.metrics import UncertaintyRankingMetric
+
+    scores, dice = torch.tensor([0.9, 0.7, 0.3, 0.1]), torch.tensor([0.2, 0.4, 0.8, 0.9])
+    for kind, expected, flipped in (("auroc", 1.0, 0.0), ("spearman", -1.0, 1.0)):
+        m = UncertaintyRankingMetric(kind)
+        m(scores[:2], dice[:2])  # accumulated over iterations
+        m(scores[2:], dice[2:])
+        assert float(m.aggregate()) == pytest.approx(expected)
+        m.reset()
+        m(-scores, dice)
+        assert float(m.aggregate()) == pytest.approx(flipped)
+    only_good = UncertaintyRankingMetric("auroc")
+    only_good(scores, torch.full((4,), 0.9))
+    assert math.isnan(float(only_good.aggregate()))
+    with pytest.raises(ValueError, match="kind"):
+        UncertaintyRankingMetric("ece")

@@ -5,7 +5,13 @@ inferers, ignite handlers, the whole training state for resuming a run, and the 
 skips bad inputs and records what it did."""
 
 from .checkpoint import RandomStates, TrainingStateLoader, TrainingStateSaver, training_objects
-from .handlers import EarlyStopAfterHandler, ManifestSaver, NegatedAreaHandler, TextMaskConsistencyHandler
+from .handlers import (
+    EarlyStopAfterHandler,
+    ManifestSaver,
+    NegatedAreaHandler,
+    TextMaskConsistencyHandler,
+    UncertaintyRankingHandler,
+)
 from .inferers import PromptedDiffusionInferer
 from .prepare_batch import PromptedDiffusionPrepareBatch
 from .skipping import SkipFailedDataset, failure_reason, skip_failed_collate, skip_failed_iteration
@@ -19,6 +25,7 @@ __all__ = [
     "RandomStates",
     "SkipFailedDataset",
     "TextMaskConsistencyHandler",
+    "UncertaintyRankingHandler",
     "TrainingStateLoader",
     "TrainingStateSaver",
     "training_objects",

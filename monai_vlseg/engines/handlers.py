@@ -25,6 +25,7 @@ from monai_vlseg.engines.skipping import SKIPPED_KEY
 from monai_vlseg.errors import InputsSkippedError, OutputExistsError
 from monai_vlseg.files import atomic_write_bytes
 from monai_vlseg.metrics.consistency import NegatedAreaMetric, TextMaskConsistencyMetric
+from monai_vlseg.metrics.uncertainty import UncertaintyRankingMetric
 from monai_vlseg.transforms.image import OUTPUT_NAME_KEY
 from monai_vlseg.transforms.report import deidentify
 
@@ -140,6 +141,35 @@ class NegatedAreaHandler(IgniteMetricHandler):
             for p, b in zip(preds, items)
         ]  # fmt: skip
         self.update((preds, masks))
+
+
+class UncertaintyRankingHandler(IgniteMetricHandler):
+    """Ignite handler of :class:`~monai_vlseg.metrics.UncertaintyRankingMetric`: per image, the uncertainty score
+    that :class:`~monai_vlseg.transforms.UncertaintyMapd` put into the evaluator's output (``score_key``) against the
+    Dice of the final mask with the label (the foreground channels' mean; 1.0 when both are empty)::
+
+        "val_uncertainty_auroc": {"_target_": "monai_vlseg.engines.UncertaintyRankingHandler", "kind": "auroc"}
+    """
+
+    def __init__(
+        self, kind: str = "auroc", poor_dice: float = 0.5, score_key: str = "uncertainty_score",
+        pred_key: str = "pred", label_key: str = "label",
+    ) -> None:  # fmt: skip
+        self.score_key, self.pred_key, self.label_key = score_key, pred_key, label_key
+        super().__init__(metric_fn=UncertaintyRankingMetric(kind, poor_dice), save_details=False)
+
+    def iteration_completed(self, engine: Any) -> None:
+        from monai.metrics import compute_dice
+
+        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+        scores, dices = [], []
+        for o in outputs:
+            pred, label = torch.as_tensor(o[self.pred_key]), torch.as_tensor(o[self.label_key])
+            fg = slice(1, None) if pred.shape[0] > 1 else slice(None)  # one-hot: the classes after the background
+            dice = compute_dice(pred[None, fg].float(), label[None, fg].float(), ignore_empty=False)
+            scores.append(float(o[self.score_key]))
+            dices.append(float(dice.nanmean()))
+        self.update((torch.tensor(scores), torch.tensor(dices)))
 
 
 def _preds_and_items(engine: Any, pred_key: str) -> tuple[list, list[dict]]:

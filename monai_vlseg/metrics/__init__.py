@@ -1,5 +1,6 @@
 """Metrics beside MONAI's Dice/IoU: text–mask consistency (lesion count and laterality), and an HD95 that counts an
-empty prediction as a miss (with the number of such images).
+empty prediction as a miss (with the number of such images), and how well an uncertainty score ranks the poor
+segmentations.
 
 Their ignite handler for MONAI evaluators is :class:`monai_vlseg.engines.TextMaskConsistencyHandler`."""
 
@@ -14,16 +15,19 @@ from .consistency import (
     parse_lesion_count,
 )
 from .surface import EmptyPredictionMetric, HausdorffDistanceMissMetric
+from .uncertainty import UncertaintyRankingMetric, rank_correlation
 
 __all__ = [
     "EmptyPredictionMetric",
     "HausdorffDistanceMissMetric",
     "NegatedAreaMetric",
     "TextMaskConsistencyMetric",
+    "UncertaintyRankingMetric",
     "mask_laterality",
     "mask_lesions",
     "parse_laterality",
     "parse_lesion_count",
+    "rank_correlation",
 ]
 
 # moved to monai_vlseg.engines in 0.2

@@ -93,7 +93,8 @@ class UncertaintyMapd(MapTransform):
     flagged ``needs_review`` and the reason joins ``report_warnings``.
 
     Args:
-        keys: the final mask key (binary with one channel, or class labels; foreground = non-zero).
+        keys: the final mask key (binary with one channel, class labels, or one-hot with the background first;
+            foreground = non-zero, or any class after the background).
         prob_key: item key of the probabilities (C, *spatial).
         uncertainty_key, score_key: where the map and the score go.
         band, unsure: see :func:`uncertainty_score`.
@@ -120,7 +121,8 @@ class UncertaintyMapd(MapTransform):
             prob = d[self.prob_key]
             entropy = normalised_entropy(prob.as_tensor() if isinstance(prob, MetaTensor) else torch.as_tensor(prob))
             pred = d[key]
-            mask = (pred.as_tensor() if isinstance(pred, MetaTensor) else torch.as_tensor(pred))[-1:].to(entropy.device)
+            pred = (pred.as_tensor() if isinstance(pred, MetaTensor) else torch.as_tensor(pred)).to(entropy.device)
+            mask = pred[1:].sum(0, keepdim=True) if pred.shape[0] > 1 else pred  # one-hot: the non-background classes
             if mask.shape[1:] != entropy.shape[1:]:
                 raise ValueError(f"{key} {tuple(mask.shape[1:])} and {self.prob_key} {tuple(prob.shape[1:])} differ.")
             score = uncertainty_score(entropy, mask > 0, self.band, self.unsure)
