@@ -102,7 +102,7 @@ VALIDATE_HANDLERS = {"StatsHandler", "TensorBoardStatsHandler", "CheckpointSaver
 EVALUATE_HANDLERS = ["CheckpointLoader", "StatsHandler", "MetricsSaver"]
 EVALUATE_METRICS = {
     "val_mean_iou", "val_hd95", "val_empty_predictions", "val_count_accuracy", "val_laterality_accuracy",
-    "val_calibration_error", "val_uncertainty_auroc", "val_uncertainty_spearman",
+    "val_calibration_error", "val_uncertainty", "val_uncertainty_auroc", "val_uncertainty_spearman",
 }  # fmt: skip
 #: metrics of text-guided bundles only
 TEXT_METRICS = {"val_negated_area"}

@@ -95,6 +95,10 @@ def test_evaluate_writes_metrics(bundle):
     for name in ("val_uncertainty_auroc", "val_uncertainty_spearman"):  # NaN (absent) when all 4 are poor or good
         assert name in summary.get("absent", []) or -1.0 <= summary[name] <= 1.0, name
     assert (out / "val_laterality_accuracy_raw.csv").is_file()  # per-image text-mask consistency
+    with open(out / "val_uncertainty_raw.csv") as f:  # per-image scores, beside the per-image Dice
+        scores = [float(r[1]) for r in list(csv.reader(f))[1:]]
+    assert len(scores) == 4 and all(0.0 <= v <= 1.0 for v in scores)
+    assert summary["val_uncertainty"] == pytest.approx(sum(scores) / 4, abs=1e-4)
     with open(out / "val_mean_dice_raw.csv") as f:
         rows = list(csv.reader(f))
     assert len(rows) == 1 + 4 and rows[1][0].endswith(".png")

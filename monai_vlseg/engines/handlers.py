@@ -149,6 +149,8 @@ class UncertaintyRankingHandler(IgniteMetricHandler):
     Dice of the final mask with the label (the foreground channels' mean; 1.0 when both are empty)::
 
         "val_uncertainty_auroc": {"_target_": "monai_vlseg.engines.UncertaintyRankingHandler", "kind": "auroc"}
+
+    ``kind="score"`` keeps the per-image scores as details (MetricsSaver writes them beside the per-image Dice).
     """
 
     def __init__(
@@ -156,7 +158,7 @@ class UncertaintyRankingHandler(IgniteMetricHandler):
         pred_key: str = "pred", label_key: str = "label",
     ) -> None:  # fmt: skip
         self.score_key, self.pred_key, self.label_key = score_key, pred_key, label_key
-        super().__init__(metric_fn=UncertaintyRankingMetric(kind, poor_dice), save_details=False)
+        super().__init__(metric_fn=UncertaintyRankingMetric(kind, poor_dice), save_details=kind == "score")
 
     def iteration_completed(self, engine: Any) -> None:
         from monai.metrics import compute_dice

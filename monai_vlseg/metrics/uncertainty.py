@@ -8,6 +8,8 @@ images a model got wrong? Two numbers over an evaluation split:
   poor or only good images.
 - ``spearman``: Spearman's rank correlation between the score and the Dice; negative is the useful sign (more
   uncertain, lower Dice).
+- ``score``: the mean score, with the per-image scores as details (MetricsSaver's ``*_raw.csv``), from which a
+  review threshold is chosen on a validation split (``scripts/demo_accuracy.py``).
 
 Calibration of the probabilities themselves is MONAI's :class:`~monai.handlers.CalibrationError` (expected
 calibration error), beside it in the evaluate configs.
@@ -40,26 +42,29 @@ class UncertaintyRankingMetric(CumulativeIterationMetric):
     ``kind`` over every image seen.
 
     Args:
-        kind: ``"auroc"`` or ``"spearman"``.
+        kind: ``"auroc"``, ``"spearman"`` or ``"score"``.
         poor_dice: Dice below which a segmentation counts as poor (``auroc``).
     """
 
     def __init__(self, kind: str = "auroc", poor_dice: float = 0.5) -> None:
         super().__init__()
-        if kind not in ("auroc", "spearman"):
-            raise ValueError(f"kind must be 'auroc' or 'spearman', got {kind!r}.")
+        if kind not in ("auroc", "spearman", "score"):
+            raise ValueError(f"kind must be 'auroc', 'spearman' or 'score', got {kind!r}.")
         self.kind, self.poor_dice = kind, float(poor_dice)
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
         if y is None:
             raise ValueError("UncertaintyRankingMetric needs the Dice values as y.")
-        return torch.stack((torch.as_tensor(y_pred).float().reshape(-1), torch.as_tensor(y).float().reshape(-1)), 1)
+        score = torch.as_tensor(y_pred).float().reshape(-1, 1)
+        return score if self.kind == "score" else torch.cat((score, torch.as_tensor(y).float().reshape(-1, 1)), 1)
 
     def aggregate(self) -> torch.Tensor:  # type: ignore[override]
         pairs = self.get_buffer()
         if not isinstance(pairs, torch.Tensor) or pairs.numel() == 0:
             return torch.tensor(math.nan)
         pairs = pairs[~torch.isnan(pairs).any(1)]
+        if self.kind == "score":
+            return pairs[:, 0].mean() if pairs.numel() else torch.tensor(math.nan)
         score, dice = pairs[:, 0], pairs[:, 1]
         if self.kind == "spearman":
             return torch.tensor(rank_correlation(score, dice))
