@@ -10,7 +10,10 @@ For each bundle (``bundles/*/configs/train.json`` with a ``configs/demo.json``, 
    text-guided bundles, the text-mask consistency accuracies), and for text-guided bundles (metadata inputs
    list ``input_ids``) once more with ``--shuffle_text True``: the Dice drop is the figure that shows the text
    is used;
-3. writes one table, ``docs/demo_accuracy.md`` (+ ``docs/demo_accuracy.json``, which keeps the rows of bundles
+3. evaluates the same checkpoint on the validation split (right text only) for the per-image uncertainty scores
+   and Dice, and chooses there the review threshold that best separates the poor segmentations (Dice < 0.5;
+   Youden's J), which the test split then measures (:func:`uncertainty_row`);
+4. writes one table, ``docs/demo_accuracy.md`` (+ ``docs/demo_accuracy.json``, which keeps the rows of bundles
    not run this time and which ``scripts/benchmark.py --plot`` reads), and one PNG of training curves per bundle
    (``docs/demo_curves_<name>.png``: training loss per epoch and validation Dice, read from the TensorBoard
    event files, else from the StatsHandler log lines).
@@ -301,12 +304,72 @@ def run_bundle(bundle: str, args: argparse.Namespace, seed: int | None = None) -
             row[key] = summary["conditions"][condition]
     if "test_shuffled_text" in row:
         row["dice_drop_shuffled"] = row["test"]["val_mean_dice"] - row["test_shuffled_text"]["val_mean_dice"]
+    # the validation split, right text only: per-image uncertainty and Dice for choosing the review threshold
+    val_dir = os.path.join(run_dir, "eval", "validation")
+    vcmd = py + ["evaluating", "--config_file", json.dumps([train, evaluate, demo, *extra])] + redirect
+    vcmd += ["--output_dir", val_dir, "--eval_split", "validation", "--text_conditions", "['right']"] + args.override
+    print(f"[{bundle}] evaluating the validation split", flush=True)
+    rc, _ = _run(vcmd, os.path.join(REPO, run_dir, "eval_validation.log"), args.timeout)
+    if rc == 0:
+        row["uncertainty"] = uncertainty_row(os.path.join(REPO, val_dir), os.path.join(REPO, out_dir))
+        row["uncertainty"]["val_command"] = " ".join(shlex.quote(c) for c in ["python"] + vcmd[1:])
     curves = read_curves(os.path.join(REPO, train_dir), log_path)
     row["epochs"] = len(curves["val_dice"]) or len(curves["loss"])
     if not seed:  # the main table's run
         png = plot_curves(bundle, curves, os.path.join(args.docs, f"demo_curves_{bundle.replace('/', '-')}.png"))
         row["curves_png"] = os.path.relpath(png, args.docs) if png else None
     return row
+
+
+def _per_image(folder: str, metric: str) -> dict[str, float]:
+    """``{image: value}`` from MetricsSaver's ``<metric>_raw.csv`` (first value column)."""
+    import csv
+
+    path = os.path.join(folder, f"{metric}_raw.csv")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t" if "\t" in f.readline() else ","))
+    return {r[0]: float(r[1]) for r in rows if len(r) > 1}
+
+
+def youden_threshold(scores: Sequence[float], poor: Sequence[bool]) -> float | None:
+    """The score threshold (flag ``score > t``) with the largest TPR - FPR for finding the poor images; ``None``
+    when the split has no poor or no good image (nothing to separate)."""
+    n_poor, n_good = sum(poor), len(poor) - sum(poor)
+    if not n_poor or not n_good:
+        return None
+    cuts = sorted(set(scores))
+    candidates = [(a + b) / 2 for a, b in zip(cuts, cuts[1:])] + [cuts[0] - 1e-6]
+
+    def j(t: float) -> float:
+        tp = sum(s > t and p for s, p in zip(scores, poor))
+        fp = sum(s > t and not p for s, p in zip(scores, poor))
+        return tp / n_poor - fp / n_good
+
+    return max(candidates, key=lambda t: (j(t), t))
+
+
+def uncertainty_row(val_dir: str, test_dir: str, poor_dice: float = 0.5) -> dict[str, Any]:
+    """The threshold chosen on validation (Youden) and what it flags on test: the number flagged, the poor test
+    images found, and the mean Dice of the flagged and the unflagged test images."""
+    out: dict[str, Any] = {}
+    v_s, v_d = _per_image(val_dir, "val_uncertainty"), _per_image(val_dir, "val_mean_dice")
+    t_s, t_d = _per_image(test_dir, "val_uncertainty"), _per_image(test_dir, "val_mean_dice")
+    keys = [k for k in v_s if k in v_d]
+    out["val_images"], out["val_poor"] = len(keys), sum(v_d[k] < poor_dice for k in keys)
+    thr = youden_threshold([v_s[k] for k in keys], [v_d[k] < poor_dice for k in keys]) if keys else None
+    out["threshold"] = thr
+    keys = [k for k in t_s if k in t_d]
+    out["test_images"], out["test_poor"] = len(keys), sum(t_d[k] < poor_dice for k in keys)
+    if thr is not None and keys:
+        flagged = [k for k in keys if t_s[k] > thr]
+        kept = [k for k in keys if k not in flagged]
+        out["flagged"] = len(flagged)
+        out["poor_flagged"] = sum(t_d[k] < poor_dice for k in flagged)
+        out["dice_flagged"] = sum(t_d[k] for k in flagged) / len(flagged) if flagged else None
+        out["dice_unflagged"] = sum(t_d[k] for k in kept) / len(kept) if kept else None
+    return out
 
 
 def _fmt(v: Any, nd: int = 3) -> str:
@@ -363,6 +426,40 @@ def seed_table(seed_rows: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
         cmd = next((r["train_command"] for _, r in sorted(runs[name].items()) if r.get("seed")), None)
         if cmd:
             lines.append(f"\nExample ({name}, one seed): `{cmd}`")
+    return lines
+
+
+def uncertainty_table(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """The "Uncertainty" section: calibration and ranking on test, the threshold chosen on validation."""
+    lines = [
+        "",
+        "## Uncertainty",
+        "",
+        "Inference writes, beside each mask, the probability map, the normalised-entropy map and a heat overlay, and one",
+        "score per image (`monai_vlseg.transforms.uncertainty`: the mean entropy over the mask's boundary band and the",
+        "unsure pixels); above `review_uncertainty` the output is flagged `needs_review`. Here, on the test split with",
+        "the right text: ECE = expected calibration error of the pixel probabilities (MONAI `CalibrationError`, 20",
+        "bins, mean over images; the foreground classes for segmamba_ct); AUROC = the score as a detector of the",
+        "images with Dice < 0.5 (0.5 is chance; — when the split has none or only such images); Spearman = rank",
+        "correlation of score and Dice (negative is useful). The threshold is chosen on the validation split (Youden's",
+        "J for Dice < 0.5; — when validation has no poor image) and only then applied to the test split.",
+        "",
+        "| bundle | ECE | AUROC (Dice < 0.5) | Spearman (score, Dice) | mean score | poor test images | threshold (validation) | "
+        "flagged on test | poor among flagged | Dice flagged / unflagged |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in sorted(rows):
+        r = rows[name]
+        t, u = r.get("test", {}), r.get("uncertainty")
+        if "val_calibration_error" not in t or not u:
+            continue
+        both = f"{_fmt(u.get('dice_flagged'))} / {_fmt(u.get('dice_unflagged'))}" if "flagged" in u else "—"
+        lines.append("| " + " | ".join([
+            name, _fmt(t.get("val_calibration_error")), _fmt(t.get("val_uncertainty_auroc")),
+            _fmt(t.get("val_uncertainty_spearman")), _fmt(t.get("val_uncertainty")),
+            f"{u.get('test_poor', 0)} of {u.get('test_images', 0)}", _fmt(u.get("threshold")),
+            str(u.get("flagged", "—")), str(u.get("poor_flagged", "—")), both,
+        ]) + " |")  # fmt: skip
     return lines
 
 
@@ -450,6 +547,7 @@ def write_table(rows: dict[str, dict[str, Any]], docs: str, command: str,
             _fmt(t.get("val_laterality_accuracy")), _fmt(t.get("val_hd95"), 1), _fmt(t.get("val_empty_predictions"), 0),
             f"`{r.get('eval_command', '')}`",
         ]) + " |")  # fmt: skip
+    lines += uncertainty_table(rows)
     lines += seed_table(seed_rows or {})
     lines += ["", "Training commands (machine; 1-minute load average when training ended):", ""]
     for name in sorted(rows):

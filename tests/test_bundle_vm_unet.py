@@ -218,10 +218,16 @@ def test_lightweight_variant_trains_evaluates_and_infers(bundle, tmp_path, varia
     assert any(isinstance(c, ValueError) and "another configuration" in str(c) for c in causes(err.value))
 
 
-def test_ultralight_variant_reads_the_rgb_polyp_demo(tmp_path):
+@pytest.mark.parametrize(
+    "variant,folder,generator",
+    [(None, "demo_polyp", "ensure_polyp_demo_datalist"), ("ultralight.json", "demo_polyp", "ensure_polyp_demo_datalist"),
+     ("lightm_unet.json", "demo", "ensure_demo_datalist")],
+)
+def test_demo_data_of_vm_unet_and_its_variants(tmp_path, variant, folder, generator):
+    """VM-UNet and UltraLight read the RGB lesion demo (the papers' ISIC setting); LightM-UNet 2D the chest X-ray one."""
     parser = ConfigParser()
-    parser.read_config(cfg("train.json", "demo.json", "ultralight.json"))
+    parser.read_config(cfg("train.json", "demo.json", *([variant] if variant else [])))
     parser["bundle_root"] = str(tmp_path)
-    assert parser.get_parsed_content("dataset_dir").endswith("data/demo_polyp")
-    assert parser["datalist"].startswith("$monai_vlseg.datasets.synthetic.ensure_polyp_demo_datalist")
+    assert parser.get_parsed_content("dataset_dir").endswith(f"data/{folder}")
+    assert parser["datalist"].startswith(f"$monai_vlseg.datasets.synthetic.{generator}(")
     assert parser.get_parsed_content("in_channels") == 3
