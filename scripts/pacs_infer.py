@@ -6,7 +6,10 @@
 QIDO-RS lists the study's series, WADO-RS retrieves the image series into a temporary folder (radiographs as
 files, CT/MR series as one sub-folder each), the bundle's ``inference.json`` runs through
 ``monai.bundle.ConfigWorkflow`` with ``input_dir``/``text``/``dicom_seg: true``/``output_dir`` overrides, and each
-SEG written is stored with STOW-RS. The SEG SOPInstanceUIDs are printed, one a line.
+SEG written is stored with STOW-RS: the binary mask (series 300) and, beside it, the probability map as a FRACTIONAL
+PROBABILITY SEG (series 301; bundles with ``uncertainty`` on, the default). The SEG SOPInstanceUIDs are printed, one
+a line. Nothing is stored when the bundle flagged the output ``needs_review`` (a report it cannot ground, or an
+uncertainty above ``review_uncertainty``) unless ``--store-flagged``; then both series say "NEEDS REVIEW".
 
 The report text is ``--text``, else the TEXT items of the study's structured report(s) (modality SR), newest
 complete report first.

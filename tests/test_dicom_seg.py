@@ -156,6 +156,26 @@ def test_seg_over_off_grid_series_puts_each_frame_at_its_slice(tmp_path, case):
     check_seg_frames(out, paths, offsets, plane_offsets=np.arange(vol.array.shape[2]) * vol.spacing[2])
 
 
+def test_fractional_seg_of_probabilities_over_a_ct_series(tmp_path):
+    """Probabilities as a FRACTIONAL PROBABILITY SEG: each frame over its slice, values kept to 8 bits; outside
+    [0, 1] refused; dciodvfy finds no error."""
+    s = make_ct_series(str(tmp_path / "ct"), n=4, rows=16, cols=12)
+    vol = load_dicom_series(s["paths"])
+    prob = np.random.default_rng(0).random((s["cols"], s["rows"], s["n"])).astype(np.float32)  # MONAI (x, y, z)
+    pred = MetaTensor(torch.as_tensor(prob[None]), affine=torch.as_tensor(vol.affine))
+    out = write_dicom_seg(pred, vol.paths, tmp_path / "prob_seg.dcm", fractional=True)
+    ds = pydicom.dcmread(out)
+    assert ds.SegmentationType == "FRACTIONAL" and int(ds.MaximumFractionalValue) == 255
+    back = read_dicom_seg(out)
+    by_uid = dict(zip(back.source_sop_instance_uids, back.array[..., 0]))
+    for k, path in enumerate(vol.paths):
+        uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        np.testing.assert_allclose(by_uid[uid], prob[:, :, k].T, atol=0.5 / 255 + 1e-6)
+    assert dciodvfy_errors(out) == []
+    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\]"):
+        write_dicom_seg(pred * 2, vol.paths, tmp_path / "bad.dcm", fractional=True)
+
+
 def test_read_third_party_seg_liver():
     path = data_file("liver.dcm")
     seg = read_dicom_seg(path)
@@ -213,7 +233,7 @@ def test_ua_vls_inference_on_dicom_writes_png_and_seg(ua_vls_root, tmp_path):
     shutil.copy(RG1, src_dir / "RG1.dcm")
     Image.fromarray(np.full((40, 30), 128, np.uint8)).save(src_dir / "plain.png")  # not DICOM: no SEG
     out = run_ua_vls_inference(ua_vls_root, src_dir, tmp_path / "out", "Bilateral pulmonary infection, two infected areas.")
-    assert sorted(p for p in os.listdir(out) if p.endswith(".dcm")) == ["RG1_seg.dcm"]
+    assert sorted(p for p in os.listdir(out) if p.endswith(".dcm")) == ["RG1_prob_seg.dcm", "RG1_seg.dcm"]
     src = pydicom.dcmread(RG1, stop_before_pixels=True)
     png = np.asarray(Image.open(out / "RG1_seg.png"))
     assert png.shape == (src.Rows, src.Columns) == (1955, 1841)  # the radiograph's own pixel grid
@@ -226,6 +246,14 @@ def test_ua_vls_inference_on_dicom_writes_png_and_seg(ua_vls_root, tmp_path):
     assert segment.SegmentAlgorithmName == "UA-VLS text-guided lesion segmentation"
     np.testing.assert_array_equal(ds.pixel_array.astype(bool), png > 0)  # SEG and PNG mask agree pixel for pixel
     assert dciodvfy_errors(out / "RG1_seg.dcm") == []
+    # beside it, the probability map as a FRACTIONAL SEG over the same radiograph: the 16-bit PNG's values in 8 bits
+    prob = pydicom.dcmread(out / "RG1_prob_seg.dcm")
+    assert prob.SegmentationType == "FRACTIONAL" and prob.SegmentationFractionalType == "PROBABILITY"
+    assert prob.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert prob.SeriesNumber == 301 and prob.SeriesInstanceUID != ds.SeriesInstanceUID
+    p16 = np.asarray(Image.open(out / "RG1_prob.png")).astype(np.float64) / 65535
+    np.testing.assert_allclose(read_dicom_seg(out / "RG1_prob_seg.dcm").array[0, ..., 0], p16, atol=1 / 255 + 1e-6)
+    assert dciodvfy_errors(out / "RG1_prob_seg.dcm") == []
     review = (out / "report_review.csv").read_text().splitlines()
     assert review[0].endswith(",input_warnings") and review[1].endswith(",")  # a chest CR: no input warning
 

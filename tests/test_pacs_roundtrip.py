@@ -87,7 +87,9 @@ def tiny_bundle_files(tmp_path_factory):
     """An untrained tiny UA-VLS checkpoint and the override file that builds the same network."""
     tmp = tmp_path_factory.mktemp("tiny_ua_vls")
     save_tiny_checkpoint(tmp / "model.pt")
-    (tmp / "tiny.json").write_text(json.dumps({**TINY_NET, "image_size": [64, 64]}))
+    # the untrained network is unsure everywhere, which alone would flag every mask (tested in test_bundle_ua_vls);
+    # here the report decides what is stored
+    (tmp / "tiny.json").write_text(json.dumps({**TINY_NET, "image_size": [64, 64], "review_uncertainty": 1.0}))
     return {"ckpt": str(tmp / "model.pt"), "overrides": str(tmp / "tiny.json")}
 
 
@@ -117,18 +119,23 @@ def test_pacs_round_trip_stores_seg_over_radiograph(orthanc, tiny_bundle_files, 
     with open(out / "report_review.csv", encoding="utf-8") as f:
         review = f.read()
     assert "False" in review and "upper left; lower right" in review and text not in review
-    printed = res.stdout.split()
-    assert len(printed) == 1 and pydicom.uid.UID(printed[0]).is_valid, res.stdout
+    printed = res.stdout.split()  # the binary SEG and, beside it, the probability map as a FRACTIONAL SEG
+    assert len(printed) == 2 and all(pydicom.uid.UID(u).is_valid for u in printed), res.stdout
     local = pydicom.dcmread(out / f"{src.SOPInstanceUID}_seg.dcm")
-    assert local.SOPInstanceUID == printed[0]
+    local_prob = pydicom.dcmread(out / f"{src.SOPInstanceUID}_prob_seg.dcm")
+    assert sorted(printed) == sorted([local.SOPInstanceUID, local_prob.SOPInstanceUID])
 
     series = client.search_for_series(study_instance_uid=study)
     modalities = {s["0020000E"]["Value"][0]: s["00080060"]["Value"][0] for s in series}
-    assert sorted(modalities.values()) == ["CR", "SEG"]
-    seg_series = next(uid for uid, m in modalities.items() if m == "SEG")
+    assert sorted(modalities.values()) == ["CR", "SEG", "SEG"]
+    seg_series, uid = _seg_series_and_uid(client, study, local.SOPInstanceUID)
     instances = client.search_for_instances(study_instance_uid=study, series_instance_uid=seg_series)
-    assert [i["00080018"]["Value"][0] for i in instances] == printed
-    seg = client.retrieve_instance(study, seg_series, printed[0])
+    assert [i["00080018"]["Value"][0] for i in instances] == [uid]
+    prob = client.retrieve_instance(study, *_seg_series_and_uid(client, study, local_prob.SOPInstanceUID))
+    assert prob.SegmentationType == "FRACTIONAL" and prob.StudyInstanceUID == study
+    assert prob.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    np.testing.assert_array_equal(prob.pixel_array, local_prob.pixel_array)
+    seg = client.retrieve_instance(study, seg_series, uid)
     assert seg.SOPClassUID == pydicom.uid.SegmentationStorage and seg.StudyInstanceUID == study
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == src.SeriesInstanceUID
     assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID

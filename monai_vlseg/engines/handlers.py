@@ -218,6 +218,7 @@ class ManifestSaver:
     OUTPUTS = {
         "mask": "pred_path", "overlay": "overlay_path", "dicom_seg": "pred_dicom_seg", "probability": "prob_path",
         "uncertainty_map": "uncertainty_path", "uncertainty_overlay": "uncertainty_overlay_path",
+        "probability_seg": "prob_dicom_seg",
     }  # fmt: skip
 
     def __init__(

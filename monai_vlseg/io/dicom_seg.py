@@ -57,7 +57,8 @@ _PROPERTY_CODES: dict[str, tuple[tuple[str, str, str], tuple[str, str, str]]] = 
 
 @dataclass
 class DicomSeg:
-    """A DICOM SEG read back: ``array`` (frames, rows, columns, segments) of 0/1 in the order of
+    """A DICOM SEG read back: ``array`` (frames, rows, columns, segments) of 0/1 (of probabilities in [0, 1] for
+    a FRACTIONAL SEG) in the order of
     ``source_sop_instance_uids`` (one frame per referenced source image)."""
 
     array: np.ndarray
@@ -109,6 +110,14 @@ def _binary(mask: np.ndarray, threshold: float) -> np.ndarray:
     return mask > threshold
 
 
+def _fraction(mask: np.ndarray, name: str) -> np.ndarray:
+    """Probabilities as float32, refused outside [0, 1] (a fractional SEG stores them as they are)."""
+    values = np.asarray(mask, dtype=np.float32)
+    if values.size and (not np.isfinite(values).all() or values.min() < 0.0 or values.max() > 1.0):
+        raise ValueError(f"{name}: a fractional SEG needs probabilities in [0, 1], got [{values.min()}, {values.max()}]")
+    return values
+
+
 def _monai_to_frames(
     mask: np.ndarray,
     affine: np.ndarray,
@@ -117,7 +126,8 @@ def _monai_to_frames(
     name: str,
     offsets: np.ndarray | None = None,
 ) -> np.ndarray:
-    """A MONAI-layout mask (x, y[, z]) onto the source grid, as DICOM frames (slices, rows, columns).
+    """A MONAI-layout mask (x, y[, z]) onto the source grid, as DICOM frames (slices, rows, columns): bool for a
+    binary mask, the values themselves (nearest voxel) for a float one (a fractional SEG's probabilities).
 
     ``offsets``: of a series whose slices are not on the regular grid ``src_affine`` / ``src_shape`` describes, each
     slice's distance (mm) from the grid's origin along its third axis; frame k is then the mask at slice k's own
@@ -129,7 +139,7 @@ def _monai_to_frames(
     nd = len(src_shape)
     if mask.ndim == nd + 1:
         if mask.shape[0] != 1:
-            raise ValueError(f"{name}: mask has {mask.shape[0]} channels; a binary SEG needs one")
+            raise ValueError(f"{name}: mask has {mask.shape[0]} channels; a SEG of one segment needs one")
         mask = mask[0]
     if mask.ndim == 2 and nd == 3 and src_shape[2] == 1:
         mask = mask[..., None]
@@ -143,10 +153,12 @@ def _monai_to_frames(
         i, j = np.meshgrid(np.arange(src_shape[0]), np.arange(src_shape[1]), indexing="ij")
         plane = np.einsum("ab,bxy->axy", (to_mask @ src)[:3, [0, 1, 3]], np.stack([i, j, np.ones_like(i)]))
         normal = to_mask[:3, :3] @ (src[:3, 2] / np.linalg.norm(src[:3, 2]))  # mask voxels per mm along the normal
-        data = np.ascontiguousarray(mask, dtype=np.uint8)
+        binary = mask.dtype == bool
+        data = np.ascontiguousarray(mask, dtype=np.uint8 if binary else np.float32)
         frames = [map_coordinates(data, plane + (normal * float(off))[:, None, None], order=0, mode="grid-constant")
                   for off in offsets]  # fmt: skip
-        return np.stack(frames, 0).transpose(0, 2, 1) > 0
+        frames = np.stack(frames, 0).transpose(0, 2, 1)
+        return frames > 0 if binary else frames
     same_grid = mask.shape == tuple(src_shape) and np.allclose(
         to_affine_nd(nd, affine), to_affine_nd(nd, src_affine), atol=1e-3, rtol=1e-4
     )
@@ -156,7 +168,7 @@ def _monai_to_frames(
         out = SpatialResample(mode="nearest", padding_mode="zeros")(
             img, dst_affine=torch.as_tensor(src_affine), spatial_size=src_shape
         )
-        mask = out[0].cpu().numpy() > 0.5
+        mask = out[0].cpu().numpy() > 0.5 if mask.dtype == bool else out[0].cpu().numpy()
     if nd == 2:
         return mask.T[None]
     return mask.transpose(2, 1, 0)
@@ -177,11 +189,14 @@ def write_dicom_seg(
     series_number: int = 300,
     series_description: str | None = None,
     omit_empty_frames: bool = False,
+    fractional: bool = False,
 ) -> str:
-    """Write a BINARY DICOM SEG of ``mask`` over ``sources`` and return its path.
+    """Write a BINARY (or, with ``fractional``, a FRACTIONAL PROBABILITY) DICOM SEG of ``mask`` over ``sources`` and
+    return its path.
 
     Args:
-        mask: one binary mask (bool, 0/1 or probabilities cut at ``threshold``); numpy, torch or MetaTensor.
+        mask: one binary mask (bool, 0/1 or probabilities cut at ``threshold``); numpy, torch or MetaTensor. With
+            ``fractional``, probabilities in [0, 1], stored as they are (8 bits, MaximumFractionalValue 255).
         sources: the source image(s): one radiograph / slice, or the slices of one series (paths, a folder or
             datasets; pixel data is not needed).
         output_path: the ``.dcm`` to write (atomically; folders are created).
@@ -200,6 +215,7 @@ def write_dicom_seg(
             Lesion).
         series_number, series_description: of the new SEG series.
         omit_empty_frames: leave out frames without foreground (default keeps one frame per source image).
+        fractional: a FRACTIONAL SEG of type PROBABILITY (the probability map a reader can window) instead of BINARY.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -236,16 +252,17 @@ def write_dicom_seg(
             raise ValueError("layout='monai' needs the mask's affine (a MetaTensor or `affine`).")
         aff = np.asarray(_to_numpy(affine), dtype=np.float64)
         target = src_affine if str(space) == SpaceKeys.LPS.value else _LPS_TO_RAS @ src_affine
-        frames = _monai_to_frames(_binary(arr, threshold), aff, src_shape, target, output_path, offsets)
+        values = _fraction(arr, output_path) if fractional else _binary(arr, threshold)
+        frames = _monai_to_frames(values, aff, src_shape, target, output_path, offsets)
     else:
-        frames = _binary(arr, threshold)
+        frames = _fraction(arr, output_path) if fractional else _binary(arr, threshold)
         frames = frames[None] if frames.ndim == 2 else frames
         want = (len(headers), int(first.Rows), int(first.Columns))
         if frames.shape != want:
             raise ValueError(
                 f"{output_path}: mask frames {frames.shape} do not match the sources (images, rows, columns) {want}"
             )
-    frames = frames.astype(np.uint8)
+    frames = frames.astype(np.float32 if fractional else np.uint8)
 
     # what highdicom copies as geometry: drop an invalid PixelSpacing (e.g. RG1's "0.000"), and give series slices a
     # SliceThickness (highdicom's reader requires it in the Pixel Measures)
@@ -280,7 +297,8 @@ def write_dicom_seg(
     seg = hd.seg.Segmentation(
         source_images=src_datasets,
         pixel_array=frames if len(src_datasets) > 1 else frames[0],
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL if fractional else hd.seg.SegmentationTypeValues.BINARY,
+        **({"fractional_type": hd.seg.SegmentationFractionalTypeValues.PROBABILITY} if fractional else {}),
         segment_descriptions=[description],
         series_instance_uid=hd.UID(),
         series_number=int(series_number),
@@ -353,6 +371,8 @@ class SaveDicomSegd(MapTransform):
         series_number: of the SEG series.
         review_key: item key of the ``needs_review`` flag (:class:`monai_vlseg.transforms.report.PrepareReportd`):
             a flagged item's SEG says "NEEDS REVIEW" in its SeriesDescription and ``<key>_needs_review`` is set.
+        fractional: write the key's probabilities as a FRACTIONAL PROBABILITY SEG (the probability map,
+            ``"keys": "prob"``) instead of a BINARY one.
         name_key: item key of the output name, used for ``<image name>`` when present (unique in a run, see
             :class:`monai_vlseg.transforms.SaveImageAtomicd`).
     """
@@ -372,6 +392,7 @@ class SaveDicomSegd(MapTransform):
         review_key: str = "needs_review",
         allow_missing_keys: bool = False,
         name_key: str | None = OUTPUT_NAME_KEY,
+        fractional: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         meta = dict(metadata or {})
@@ -384,6 +405,7 @@ class SaveDicomSegd(MapTransform):
         self.output_postfix = output_postfix
         self.threshold = threshold
         self.series_number = series_number
+        self.fractional = bool(fractional)
 
     def _sources(self, d: Mapping[Hashable, Any], mask: Any) -> list[str] | None:
         src = d.get(self.source_key)
@@ -407,11 +429,12 @@ class SaveDicomSegd(MapTransform):
             stem = stem or output_stem(str(name))
             out = os.path.join(self.output_dir, f"{stem}_{self.output_postfix}.dcm")
             flagged = bool(d.get(self.review_key, False))
-            description = f"{'NEEDS REVIEW: ' if flagged else ''}SEG {self.labels[key]} ({self.algorithm_name})"
+            kind = "probability of" if self.fractional else "SEG"
+            description = f"{'NEEDS REVIEW: ' if flagged else ''}{kind} {self.labels[key]} ({self.algorithm_name})"
             d[f"{key}_dicom_seg"] = write_dicom_seg(
                 mask, sources, out, self.labels[key], threshold=self.threshold,
                 algorithm_name=self.algorithm_name, algorithm_version=self.algorithm_version,
-                series_number=self.series_number, series_description=description,
+                series_number=self.series_number, series_description=description, fractional=self.fractional,
             )  # fmt: skip
             d[f"{key}_needs_review"] = flagged
         return d
