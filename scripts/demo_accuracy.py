@@ -351,14 +351,19 @@ def youden_threshold(scores: Sequence[float], poor: Sequence[bool]) -> float | N
 
 
 def uncertainty_row(val_dir: str, test_dir: str, poor_dice: float = 0.5) -> dict[str, Any]:
-    """The threshold chosen on validation (Youden) and what it flags on test: the number flagged, the poor test
-    images found, and the mean Dice of the flagged and the unflagged test images."""
+    """The threshold chosen on validation and what it flags on test: the number flagged, the poor test images found,
+    and the mean Dice of the flagged and the unflagged test images. The threshold is Youden's where validation holds
+    poor and good images, else the largest validation score (flag only what is more uncertain than every validation
+    image)."""
     out: dict[str, Any] = {}
     v_s, v_d = _per_image(val_dir, "val_uncertainty"), _per_image(val_dir, "val_mean_dice")
     t_s, t_d = _per_image(test_dir, "val_uncertainty"), _per_image(test_dir, "val_mean_dice")
     keys = [k for k in v_s if k in v_d]
     out["val_images"], out["val_poor"] = len(keys), sum(v_d[k] < poor_dice for k in keys)
     thr = youden_threshold([v_s[k] for k in keys], [v_d[k] < poor_dice for k in keys]) if keys else None
+    out["rule"] = "Youden" if thr is not None else None
+    if thr is None and keys:  # no poor (or only poor) validation image: flag what is beyond every validation score
+        thr, out["rule"] = max(v_s[k] for k in keys), "validation max"
     out["threshold"] = thr
     keys = [k for k in t_s if k in t_d]
     out["test_images"], out["test_poor"] = len(keys), sum(t_d[k] < poor_dice for k in keys)
@@ -442,10 +447,13 @@ def uncertainty_table(rows: dict[str, dict[str, Any]]) -> list[str]:
         "bins, mean over images; the foreground classes for segmamba_ct); AUROC = the score as a detector of the",
         "images with Dice < 0.5 (0.5 is chance; — when the split has none or only such images); Spearman = rank",
         "correlation of score and Dice (negative is useful). The threshold is chosen on the validation split (Youden's",
-        "J for Dice < 0.5; — when validation has no poor image) and only then applied to the test split.",
+        "J for Dice < 0.5; where validation has no poor image, its largest score) and only then applied to the test",
+        "split; each bundle's `inference.json` `review_uncertainty` is its value here. Scores are relative to a model:",
+        "choose the threshold again on your own validation split (`evaluate.json` with `--eval_split validation` writes",
+        "the per-image scores and Dice; `scripts/demo_accuracy.py`'s `uncertainty_row` does the rest).",
         "",
-        "| bundle | ECE | AUROC (Dice < 0.5) | Spearman (score, Dice) | mean score | poor test images | threshold (validation) | "
-        "flagged on test | poor among flagged | Dice flagged / unflagged |",
+        "| bundle | ECE | AUROC (Dice < 0.5) | Spearman (score, Dice) | mean score | poor test images | threshold "
+        "(validation; rule) | flagged on test | poor among flagged | Dice flagged / unflagged |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in sorted(rows):
@@ -457,7 +465,8 @@ def uncertainty_table(rows: dict[str, dict[str, Any]]) -> list[str]:
         lines.append("| " + " | ".join([
             name, _fmt(t.get("val_calibration_error")), _fmt(t.get("val_uncertainty_auroc")),
             _fmt(t.get("val_uncertainty_spearman")), _fmt(t.get("val_uncertainty")),
-            f"{u.get('test_poor', 0)} of {u.get('test_images', 0)}", _fmt(u.get("threshold")),
+            f"{u.get('test_poor', 0)} of {u.get('test_images', 0)}",
+            f"{_fmt(u.get('threshold'))} ({u.get('rule') or '—'})",
             str(u.get("flagged", "—")), str(u.get("poor_flagged", "—")), both,
         ]) + " |")  # fmt: skip
     return lines

@@ -137,7 +137,7 @@ def test_inference_writes_masks_in_input_geometry(bundle, tmp_path, mode):
         p = torch.from_numpy(prob.astype(np.float32) / 65535)[None]
         h = torch.from_numpy(unc.astype(np.float32) / 65535)[None]
         torch.testing.assert_close(h, normalised_entropy(p), atol=2e-3, rtol=0)
-        score = uncertainty_score(h, torch.from_numpy(mask > 0)[None])
+        score = uncertainty_score(h, torch.from_numpy(mask > 0)[None], prob=p)
         assert float(row["uncertainty"]) == pytest.approx(score, abs=2e-3)
         assert row["needs_review"] == str(score > 0)
         assert np.asarray(Image.open(row["uncertainty_overlay"])).shape == mask.shape + (3,)

@@ -41,16 +41,19 @@ def _prob(edge_p):
     return p
 
 
-def test_score_ranks_a_hesitant_edge_above_a_crisp_one_and_counts_unsure_empty_predictions():
+def test_score_ranks_a_hesitant_mask_above_a_crisp_one_and_scores_empty_predictions_by_their_near_miss():
     crisp, soft = _prob(0.99), _prob(0.6)
-    s_crisp = uncertainty_score(normalised_entropy(crisp), crisp > 0.5)
-    s_soft = uncertainty_score(normalised_entropy(soft), soft > 0.5)
+    s_crisp = uncertainty_score(normalised_entropy(crisp), crisp > 0.5, prob=crisp)
+    s_soft = uncertainty_score(normalised_entropy(soft), soft > 0.5, prob=soft)
     assert 0.0 < s_crisp < 0.1 < s_soft
-    unsure = torch.full((1, 32, 32), 0.01)
-    unsure[0, 4:12, 4:12] = 0.4  # nothing above 0.5: an empty mask, a wide undecided region
-    assert uncertainty_score(normalised_entropy(unsure), unsure > 0.5) > 0.9
+    near_miss = torch.full((1, 32, 32), 0.01)
+    near_miss[0, 4:12, 4:12] = 0.4  # nothing above 0.5: an empty mask, and a region the network nearly called
+    assert uncertainty_score(normalised_entropy(near_miss), near_miss > 0.5, prob=near_miss) > 0.4
     empty = torch.full((1, 32, 32), 0.001)
-    assert uncertainty_score(normalised_entropy(empty), empty > 0.5) == 0.0
+    assert uncertainty_score(normalised_entropy(empty), empty > 0.5, prob=empty) < 0.02
+    assert uncertainty_score(normalised_entropy(empty), empty > 0.5) == 0.0  # no probabilities given
+    softmax = torch.stack([1 - near_miss[0], near_miss[0] * 0.5, near_miss[0] * 0.5])  # 3 classes, fg = 1 - background
+    assert uncertainty_score(normalised_entropy(softmax), torch.zeros(1, 32, 32, dtype=torch.bool), prob=softmax) > 0.4
 
 
 def test_uncertainty_mapd_flags_above_the_threshold_and_keeps_the_geometry():
@@ -60,7 +63,7 @@ def test_uncertainty_mapd_flags_above_the_threshold_and_keeps_the_geometry():
     assert d["needs_review"] is True and d["report_warnings"].startswith("earlier note; uncertainty 0.")
     assert isinstance(d["uncertainty"], MetaTensor) and d["uncertainty"].meta["filename_or_obj"] == "a.png"
     torch.testing.assert_close(d["uncertainty"].as_tensor(), normalised_entropy(soft.as_tensor()))
-    assert d["uncertainty_score"] == pytest.approx(uncertainty_score(normalised_entropy(soft), soft > 0.5))
+    assert d["uncertainty_score"] == pytest.approx(uncertainty_score(normalised_entropy(soft), soft > 0.5, prob=soft))
     calm = UncertaintyMapd(review_threshold=0.1)({"prob": _prob(0.99), "pred": (_prob(0.99) > 0.5).float()})
     assert "needs_review" not in calm and calm["uncertainty_score"] < 0.1
     with pytest.raises(ValueError, match="differ"):
