@@ -151,13 +151,14 @@ class UncertaintyMapd(MapTransform):
 
 class SaveHeatOverlayd(SaveOverlayd):
     """Write ``<output_dir>/<name>_uncertainty_overlay.png``: the image in grey with a map in [0, 1] (the
-    uncertainty) laid over it as a heat colour (transparent at 0, dark red -> yellow -> white at 1) and the mask's
-    outline in cyan, in the image's own pixel grid.
+    uncertainty) laid over it as a heat colour (dark red -> yellow -> white at 1, its opacity growing with the square
+    of the value, so a uniformly hesitant background stays faint and the most uncertain pixels stand out) and the
+    mask's outline in cyan, in the image's own pixel grid.
 
     Args:
         keys: (image key, map key, mask key), channel-first 2D arrays of one spatial size (the mask may be absent).
         output_dir, name_key: as :class:`SaveOverlayd`.
-        alpha: opacity of the heat at 1.
+        alpha: opacity of the heat at 1 (``alpha * value ** 2`` below).
         postfix: file name postfix.
     """
 
@@ -186,7 +187,7 @@ class SaveHeatOverlayd(SaveOverlayd):
         image, value = self._array(d[img_key]), self._array(d[map_key])[0]
         if image.shape[1:] != value.shape:
             raise ValueError(f"{img_key} {image.shape[1:]} and {map_key} {value.shape} differ in size.")
-        a = (self.alpha * np.clip(value, 0.0, 1.0))[..., None]
+        a = (self.alpha * np.clip(value, 0.0, 1.0) ** 2)[..., None]  # the most uncertain pixels stand out
         rgb = (1 - a) * self._rgb(image) + a * self.heat(value)
         if len(self.keys) == 3 and self.keys[2] in d:
             rgb[self._edge(self._array(d[self.keys[2]])[-1] > 0.5)] = (0.0, 230.0, 255.0)
