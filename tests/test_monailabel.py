@@ -175,6 +175,8 @@ def test_monailabel_serves_text_guided_masks(tmp_path):
     shutil.copy(src[0], studies / "cxr.png")
     (studies / "cxr.txt").write_text(TEXT_A + "\n")
     shutil.copy(src[1], studies / "notext.png")
+    shutil.copy(src[1], studies / "other.png")  # a second radiograph with a text: active learning chooses
+    (studies / "other.txt").write_text(TEXT_B + "\n")
     image = str(studies / "cxr.png")
     # the same radiograph as a one-slice volume with 0.5 mm pixels (what a DICOM series converted to NIfTI looks like)
     pixels = np.asarray(Image.open(image)).T[..., None].astype(np.float32)  # NIfTI's (x, y, z)
@@ -263,6 +265,31 @@ def test_monailabel_serves_text_guided_masks(tmp_path):
         # no text anywhere: a clear client error, not a mask from the empty prompt
         status, body = infer(base, "notext", {})
         assert status == 400 and "no text prompt" in json.loads(body)["detail"]
+
+        # active learning: /scoring/uncertainty stores each unlabelled image's score (those without a text are left
+        # unscored), /activelearning/most_uncertain returns the image whose score is highest
+        expected = {}
+        for image_id in ("cxr", "other"):
+            status, body = infer(base, image_id, {}, output="json")
+            assert status == 200, body[-2000:]
+            expected[image_id] = json.loads(body)["uncertainty_score"]
+        assert expected["cxr"] != expected["other"]  # two images the strategy must tell apart
+        deadline = time.monotonic() + 180  # the server also scores on its own at start-up (HTTP 429 meanwhile)
+        while True:
+            status, body = http(f"{base}/scoring/uncertainty?run_sync=true", b"{}", {"Content-Type": "application/json"})
+            if status != 429 or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert status == 200, body[-2000:]
+        status, body = http(f"{base}/datastore/?output=all")
+        images = json.loads(body)["objects"]
+        stored = {k: v["image"]["info"].get("vlseg_uncertainty") for k, v in images.items()}
+        assert stored["notext"] is None and stored["cxr_slice"] is None  # no text: not scored
+        assert stored["cxr"] == pytest.approx(expected["cxr"]) and stored["other"] == pytest.approx(expected["other"])
+        status, body = http(f"{base}/activelearning/most_uncertain", b"{}", {"Content-Type": "application/json"})
+        chosen = json.loads(body)
+        assert status == 200 and chosen["id"] == max(expected, key=expected.get), (chosen, expected)
+        assert chosen["vlseg_uncertainty"] == pytest.approx(max(expected.values()))
     finally:
         stop(proc)
     assert proc.returncode is not None

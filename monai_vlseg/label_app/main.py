@@ -8,6 +8,9 @@ it with::
 ``--conf models`` names bundles under ``APP/model/`` (comma-separated; ``all`` or none: every bundle there). The
 app serves local bundles only and never contacts the model zoo (MONAI Label's ``zoo_source`` is not read).
 Other ``--conf`` options are passed to :class:`TextBundleInferTask` (``empty_text``, ``load_strict``, ``preload``).
+
+Active learning: ``POST /scoring/uncertainty`` scores the unlabelled images with a bundle's uncertainty, and
+``POST /activelearning/most_uncertain`` returns the most uncertain one (``lib/activelearning``).
 """
 
 from __future__ import annotations
@@ -21,9 +24,15 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 
 import monai_vlseg
 
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.tasks.activelearning.random import Random
+
 try:  # the app folder's own lib/ (written by prepare, editable per app) ...
+    from lib.activelearning import MostUncertain, UncertaintyScoring
     from lib.infers import TextBundleInferTask
 except ImportError:  # ... or the installed package's, when imported as monai_vlseg.label_app.main
+    from monai_vlseg.label_app.lib.activelearning import MostUncertain, UncertaintyScoring
     from monai_vlseg.label_app.lib.infers import TextBundleInferTask
 
 logger = logging.getLogger(__name__)
@@ -83,3 +92,11 @@ class VLSegApp(MONAILabelApp):
                 )
             infers[name] = task
         return infers
+
+    def init_scoring_methods(self) -> dict[str, ScoringMethod]:
+        """``/scoring/uncertainty``: every unlabelled image's uncertainty score, stored in the datastore."""
+        return {"uncertainty": UncertaintyScoring(self._infers)}
+
+    def init_strategies(self) -> dict[str, Strategy]:
+        """``/activelearning/most_uncertain`` (the highest stored score first) and MONAI Label's ``random``."""
+        return {"most_uncertain": MostUncertain(), "random": Random()}

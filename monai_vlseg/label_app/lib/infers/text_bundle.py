@@ -290,8 +290,9 @@ class TextBundleInferTask(BundleInferTask):
         if dtype is None and not data.get("result_dtype"):
             dtype = "uint8"  # label values; PNG writers take no float images
         result_file, result_json = super().writer(data, extension=extension, dtype=dtype)
-        # what the bundle's PrepareReportd could not ground reaches the client (never the report text)
-        review = {k: data[k] for k in REVIEW_FIELDS if k in data}
+        # what the bundle's PrepareReportd could not ground, and the uncertainty score (active learning reads it),
+        # reach the client (never the report text)
+        review = {k: data[k] for k in (*REVIEW_FIELDS, "uncertainty_score") if k in data}
         review = {k: (v.item() if hasattr(v, "item") else v) for k, v in review.items()}
         return result_file, {**(result_json or {}), **review}
 
