@@ -322,7 +322,7 @@ def run_bundle(bundle: str, args: argparse.Namespace, seed: int | None = None) -
 
 
 def _per_image(folder: str, metric: str) -> dict[str, float]:
-    """``{image: value}`` from MetricsSaver's ``<metric>_raw.csv`` (first value column)."""
+    """``{image: value}`` from MetricsSaver's ``<metric>_raw.csv`` (its last column: the mean over the classes)."""
     import csv
 
     path = os.path.join(folder, f"{metric}_raw.csv")
@@ -330,7 +330,7 @@ def _per_image(folder: str, metric: str) -> dict[str, float]:
         return {}
     with open(path, encoding="utf-8") as f:
         rows = list(csv.reader(f, delimiter="\t" if "\t" in f.readline() else ","))
-    return {r[0]: float(r[1]) for r in rows if len(r) > 1}
+    return {r[0]: float(r[-1]) for r in rows if len(r) > 1}  # the header line was read above
 
 
 def youden_threshold(scores: Sequence[float], poor: Sequence[bool]) -> float | None:
