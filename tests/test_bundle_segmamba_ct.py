@@ -100,7 +100,10 @@ def test_inference_writes_label_maps_in_input_geometry(bundle, tmp_path, image_f
     assert prob.shape[:3] == unc.shape[:3] == src.shape and prob.shape[-1] == 3
     np.testing.assert_allclose(prob.affine, src.affine, atol=1e-3)
     p = torch.from_numpy(np.moveaxis(np.asarray(prob.dataobj).reshape(*src.shape, 3), -1, 0))
-    np.testing.assert_allclose(unc.reshape(src.shape), normalised_entropy(p)[0].numpy(), atol=1e-5)
+    # mapped on the network's grid, resampled with the probabilities: the entropy is concave, so the resampled map
+    # lies below the entropy of the resampled probabilities, and close to it
+    gap = normalised_entropy(p)[0].numpy() - unc.reshape(src.shape)
+    assert gap.min() > -1e-4 and gap.mean() < 0.05
     with open(out / "manifest.csv", encoding="utf-8") as f:
         score = float(next(csv.DictReader(f))["uncertainty"])
     assert (review[0]["needs_review"] == "True") == (score > REVIEW_THRESHOLD) and 0.0 < score <= 1.0
