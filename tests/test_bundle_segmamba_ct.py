@@ -24,7 +24,7 @@ from monai_vlseg.io.series import write_dicom_series
 from monai_vlseg.nets.segmamba import GSC, ToMLayer
 
 from monai_vlseg.datasets.synthetic.ct import generate_demo_ct_dataset
-from monai_vlseg.transforms.uncertainty import REVIEW_THRESHOLD, normalised_entropy
+from monai_vlseg.transforms.uncertainty import normalised_entropy
 
 cfg = BundleConfigs("segmamba_ct")
 CONFIGS, META, LOGGING = cfg.dir, cfg.meta, cfg.logging
@@ -106,7 +106,9 @@ def test_inference_writes_label_maps_in_input_geometry(bundle, tmp_path, image_f
     assert gap.min() > -1e-4 and gap.mean() < 0.05
     with open(out / "manifest.csv", encoding="utf-8") as f:
         score = float(next(csv.DictReader(f))["uncertainty"])
-    assert (review[0]["needs_review"] == "True") == (score > REVIEW_THRESHOLD) and 0.0 < score <= 1.0
+    with open(os.path.join(CONFIGS, "inference.json"), encoding="utf-8") as f:
+        threshold = json.load(f)["review_uncertainty"]
+    assert (review[0]["needs_review"] == "True") == (score > threshold) and 0.0 < score <= 1.0
     assert next(out.glob("*_uncertainty_overlay.png")).is_file()
 
 

@@ -15,8 +15,9 @@ pixels, on the C2Seg demo model's validation split: with a background probabilit
 score was the same for every image, Spearman +0.26 with Dice, against -0.50 for this one; docs/demo_accuracy.md.)
 
 :class:`UncertaintyMapd` puts the map and the score into the item and flags it ``needs_review`` above
-``review_threshold`` (:data:`REVIEW_THRESHOLD`: chosen on the UA-VLS demo's validation split, see
-docs/demo_accuracy.md "Uncertainty"); :class:`SaveHeatOverlayd` writes the heat overlay a reader opens.
+``review_threshold``; each bundle's ``inference.json`` sets it (``review_uncertainty``) to the threshold chosen on
+its demo validation split (docs/demo_accuracy.md "Uncertainty"), :data:`REVIEW_THRESHOLD` being only the transform's
+default. :class:`SaveHeatOverlayd` writes the heat overlay a reader opens.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ __all__ = [
     "uncertainty_score",
 ]
 
-#: default score above which an output is flagged ``needs_review``.
+#: the transform's default score above which an output is flagged ``needs_review`` (bundles set their own).
 REVIEW_THRESHOLD = 0.35
 
 
