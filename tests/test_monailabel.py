@@ -53,6 +53,11 @@ TINY = {
         "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
     },  # fmt: skip
 }
+# an image-only bundle served beside it: a tiny VM-UNet (untrained: the test is about serving, not accuracy)
+TINY_VM_UNET = {
+    "image_size": [64, 64], "network_def#dims": [8, 16, 32, 64], "network_def#depths": [1, 1, 1, 1],
+    "network_def#depths_decoder": [1, 1, 1, 1],
+}  # fmt: skip
 
 
 LABEL_ENV_GB = 6.0  # .venv-label measured 5.1 GB (torch 2.14.1 with its CUDA libraries: 4.4 GB) + pip's build room
@@ -126,15 +131,15 @@ def http(url: str, data: bytes | None = None, headers: dict | None = None, timeo
         return e.code, e.read()
 
 
-def infer(base: str, image_id: str, params: dict, output: str = "image"):
-    """POST /infer/ua_vls?image=<id>&output=<output> with multipart form field `params` (JSON), as clients do."""
+def infer(base: str, image_id: str, params: dict, output: str = "image", model: str = "ua_vls"):
+    """POST /infer/<model>?image=<id>&output=<output> with multipart form field `params` (JSON), as clients do."""
     boundary = uuid.uuid4().hex
     body = (
         f"--{boundary}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{json.dumps(params)}\r\n"
         f"--{boundary}--\r\n"
     ).encode()
     query = urllib.parse.urlencode({"image": image_id, "output": output})
-    return http(f"{base}/infer/ua_vls?{query}", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    return http(f"{base}/infer/{model}?{query}", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
 
 def wait_ready(proc: subprocess.Popen, base: str, log: str, timeout: float) -> float:
@@ -202,6 +207,20 @@ def test_monailabel_serves_text_guided_masks(tmp_path):
     with open(app / "model" / "ua_vls" / "configs" / "inference.json") as f:
         app_cfg = json.load(f)
     assert app_cfg["network_def"]["vision_config"] == TINY["network_def#vision_config"]
+    # the image-only VM-UNet bundle laid out into the same app
+    vm_parser = ConfigParser()
+    vm_parser.read_config(os.path.join(ROOT, "bundles", "vm_unet", "configs", "inference.json"))
+    for k, v in TINY_VM_UNET.items():
+        vm_parser[k] = v
+    torch.manual_seed(0)
+    torch.save(vm_parser.get_parsed_content("network_def").state_dict(), tmp_path / "vm_unet.pt")
+    (tmp_path / "tiny_vm_unet.json").write_text(json.dumps(TINY_VM_UNET))
+    res = subprocess.run(
+        [sys.executable, "-m", "monai_vlseg.label_app.prepare", "--bundle", os.path.join(ROOT, "bundles", "vm_unet"),
+         "--app", str(app), "--ckpt", str(tmp_path / "vm_unet.pt"), "--overrides", str(tmp_path / "tiny_vm_unet.json")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -213,7 +232,7 @@ def test_monailabel_serves_text_guided_masks(tmp_path):
     )  # fmt: skip
     cmd = [
         os.path.join(LABEL_VENV, "bin", "monailabel"), "start_server", "--app", str(app), "--studies", str(studies),
-        "--conf", "models", "ua_vls", "--host", "127.0.0.1", "--port", str(port),
+        "--conf", "models", "ua_vls,vm_unet", "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     log = str(tmp_path / "server.log")
     with open(log, "w") as logf:
@@ -265,6 +284,16 @@ def test_monailabel_serves_text_guided_masks(tmp_path):
         # no text anywhere: a clear client error, not a mask from the empty prompt
         status, body = infer(base, "notext", {})
         assert status == 400 and "no text prompt" in json.loads(body)["detail"]
+        # the image-only bundle on the same server: no text asked for; its mask and uncertainty score come back
+        vm = info["models"]["vm_unet"]
+        assert "text_prompt" not in vm and "text" not in vm["config"] and vm["labels"] == {"lesion": 1}
+        status, body = infer(base, "notext", {}, model="vm_unet")
+        assert status == 200, body[-2000:]
+        vm_mask = np.asarray(Image.open(BytesIO(body)))
+        assert vm_mask.shape == (64, 64) and set(np.unique(vm_mask)) <= {0, 1}
+        status, body = infer(base, "notext", {}, output="json", model="vm_unet")
+        result = json.loads(body)
+        assert status == 200 and "text" not in result and 0.0 <= result["uncertainty_score"] <= 1.0
 
         # active learning: /scoring/uncertainty stores each unlabelled image's score (those without a text are left
         # unscored), /activelearning/most_uncertain returns the image whose score is highest

@@ -1,4 +1,5 @@
-"""MONAI Label app serving the text-guided monai-vlseg bundles (``main.py`` of the app folder).
+"""MONAI Label app serving the monai-vlseg bundles (``main.py`` of the app folder): the text-guided ones with the
+report text of each request, the image-only ones without.
 
 Lay an app folder out with ``python -m monai_vlseg.label_app.prepare --bundle bundles/ua_vls --app APP`` and start
 it with::

@@ -108,7 +108,10 @@ class SqueezeSingleSliced(MapTransform):
 
 class TextBundleInferTask(BundleInferTask):
     """
-    Bundle infer task for text-guided networks ``forward(image, *text_inputs)``, e.g. UA-VLS.
+    Bundle infer task for text-guided networks ``forward(image, *text_inputs)``, e.g. UA-VLS, and for the image-only
+    bundles of this project (``forward(image)``: no ``TokenizeTextd`` in their preprocessing; no text is asked for),
+    with the same pre- and post-processing (the bundle's own, its file writers dropped; the uncertainty score in the
+    result).
 
     Args:
         path: the bundle folder (``<app>/model/<name>``).
@@ -160,11 +163,17 @@ class TextBundleInferTask(BundleInferTask):
             self.labels = {(names[0] if names else "foreground").lower(): 1}
 
         tok = self._tokenizer(self.pre_transforms())
-        if tok is None:
-            raise ValueError(
-                f"bundle {path}: its inference preprocessing has no monai_vlseg.transforms.TokenizeTextd, so it is "
-                "not a text-guided bundle; serve it with MONAI Label's BundleInferTask instead."
-            )
+        if tok is None:  # an image-only bundle (vm_unet, segmamba_ct): served the same way, without a text
+            if self.extra_input_keys:
+                raise ValueError(
+                    f"bundle {path}: network inputs {self.extra_input_keys} (metadata network_data_format.inputs) "
+                    "beside the image, but its inference preprocessing has no monai_vlseg.transforms.TokenizeTextd."
+                )
+            self.text_key = None
+            self._bundle_empty_text = "error"
+            self._check_checkpoint()
+            self.valid = True
+            return
         produced = set(tok.input_ids_keys) | set(tok.attention_mask_keys)
         missing = [k for k in self.extra_input_keys if k not in produced]
         if missing:
@@ -211,8 +220,15 @@ class TextBundleInferTask(BundleInferTask):
             ),
         )
 
+    @property
+    def text_guided(self) -> bool:
+        """Whether the bundle reads a text (its preprocessing has a ``TokenizeTextd``)."""
+        return self.text_key is not None
+
     def __call__(self, request, callbacks=None):
         request = dict(request)
+        if not self.text_guided:
+            return super().__call__(request, callbacks)
         text, source = self.resolve_text(request)
         request[self.text_param] = text
         request[self.text_key] = text
@@ -226,6 +242,8 @@ class TextBundleInferTask(BundleInferTask):
 
     def info(self) -> dict[str, Any]:
         i = super().info()
+        if not self.text_guided:
+            return i
         i["text_prompt"] = {
             "param": self.text_param,
             "fallback": "<image stem>.txt beside the image",
