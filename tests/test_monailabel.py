@@ -35,6 +35,7 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
+from monai_vlseg.datasets.synthetic.ct import generate_demo_ct_dataset
 from monai_vlseg.datasets.synthetic.cxr import generate_demo_dataset
 from monai_vlseg.utils import trainable_parameters
 
@@ -57,6 +58,11 @@ TINY = {
 TINY_VM_UNET = {
     "image_size": [64, 64], "network_def#dims": [8, 16, 32, 64], "network_def#depths": [1, 1, 1, 1],
     "network_def#depths_decoder": [1, 1, 1, 1],
+}  # fmt: skip
+# and the 3D CT bundle: a tiny SegMamba on a 3 mm grid (untrained)
+TINY_SEGMAMBA = {
+    "pixdim": [3.0, 3.0, 3.0], "patch_size": [32, 32, 32], "network_def#feature_size": [8, 16, 16, 32],
+    "network_def#hidden_size": 32, "network_def#depths": [1, 1, 1, 1], "network_def#num_slices": None,
 }  # fmt: skip
 
 
@@ -207,20 +213,23 @@ def test_monailabel_serves_text_guided_masks(tmp_path):
     with open(app / "model" / "ua_vls" / "configs" / "inference.json") as f:
         app_cfg = json.load(f)
     assert app_cfg["network_def"]["vision_config"] == TINY["network_def#vision_config"]
-    # the image-only VM-UNet bundle laid out into the same app
-    vm_parser = ConfigParser()
-    vm_parser.read_config(os.path.join(ROOT, "bundles", "vm_unet", "configs", "inference.json"))
-    for k, v in TINY_VM_UNET.items():
-        vm_parser[k] = v
-    torch.manual_seed(0)
-    torch.save(vm_parser.get_parsed_content("network_def").state_dict(), tmp_path / "vm_unet.pt")
-    (tmp_path / "tiny_vm_unet.json").write_text(json.dumps(TINY_VM_UNET))
-    res = subprocess.run(
-        [sys.executable, "-m", "monai_vlseg.label_app.prepare", "--bundle", os.path.join(ROOT, "bundles", "vm_unet"),
-         "--app", str(app), "--ckpt", str(tmp_path / "vm_unet.pt"), "--overrides", str(tmp_path / "tiny_vm_unet.json")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stdout + res.stderr
+    # the image-only bundles laid out into the same app: VM-UNet (2D) and SegMamba (3D CT)
+    for name, values in (("vm_unet", TINY_VM_UNET), ("segmamba_ct", TINY_SEGMAMBA)):
+        parser = ConfigParser()
+        parser.read_config(os.path.join(ROOT, "bundles", name, "configs", "inference.json"))
+        for k, v in values.items():
+            parser[k] = v
+        torch.manual_seed(0)
+        torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / f"{name}.pt")
+        (tmp_path / f"tiny_{name}.json").write_text(json.dumps(values))
+        res = subprocess.run(
+            [sys.executable, "-m", "monai_vlseg.label_app.prepare", "--bundle", os.path.join(ROOT, "bundles", name),
+             "--app", str(app), "--ckpt", str(tmp_path / f"{name}.pt"), "--overrides", str(tmp_path / f"tiny_{name}.json")],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stdout + res.stderr
+    ct = generate_demo_ct_dataset(str(tmp_path / "ct"), n_train=1, n_val=1, n_test=1, size=40, seed=1, fov_z_mm=60.0)
+    shutil.copy(os.path.join(os.path.dirname(ct), "imagesTs", "ct_test_000.nii.gz"), studies / "ct.nii.gz")
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -232,7 +241,7 @@ def test_monailabel_serves_text_guided_masks(tmp_path):
     )  # fmt: skip
     cmd = [
         os.path.join(LABEL_VENV, "bin", "monailabel"), "start_server", "--app", str(app), "--studies", str(studies),
-        "--conf", "models", "ua_vls,vm_unet", "--host", "127.0.0.1", "--port", str(port),
+        "--conf", "models", "ua_vls,vm_unet,segmamba_ct", "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     log = str(tmp_path / "server.log")
     with open(log, "w") as logf:
@@ -294,6 +303,14 @@ def test_monailabel_serves_text_guided_masks(tmp_path):
         status, body = infer(base, "notext", {}, output="json", model="vm_unet")
         result = json.loads(body)
         assert status == 200 and "text" not in result and 0.0 <= result["uncertainty_score"] <= 1.0
+        # a CT volume through SegMamba: the label map comes back on the scan's own grid
+        assert info["models"]["segmamba_ct"]["dimension"] == 3
+        status, body = infer(base, "ct", {}, model="segmamba_ct")
+        assert status == 200, body[-2000:]
+        (tmp_path / "ct_seg.nii.gz").write_bytes(body)
+        seg, src_ct = nib.load(tmp_path / "ct_seg.nii.gz"), nib.load(studies / "ct.nii.gz")
+        assert seg.shape == src_ct.shape and np.allclose(seg.affine, src_ct.affine, atol=1e-3)
+        assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
 
         # active learning: /scoring/uncertainty stores each unlabelled image's score (those without a text are left
         # unscored), /activelearning/most_uncertain returns the image whose score is highest

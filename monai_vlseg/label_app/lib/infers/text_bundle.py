@@ -269,6 +269,19 @@ class TextBundleInferTask(BundleInferTask):
                 pre.insert(at, SqueezeSingleSliced(keys=self.input_key))
         return pre
 
+    def run_pre_transforms(self, data: dict[str, Any], transforms: Sequence[Callable]) -> dict[str, Any]:
+        """MONAI Label's request fields named ``<image key>_*`` (``image_path``: a string) are set aside while the
+        bundle's preprocessing runs: MONAI 1.6's ``Spacingd`` updates every ``image_*`` entry of a NIfTI item as a
+        meta dict, and fails on a string."""
+        prefix = f"{self.input_key}_"
+        aside = {k: data.pop(k) for k in list(data) if isinstance(k, str) and k.startswith(prefix)
+                 and not isinstance(data[k], dict)}  # fmt: skip
+        try:
+            data = super().run_pre_transforms(data, transforms)
+        finally:
+            data.update(aside)
+        return data
+
     def post_transforms(self, data=None) -> Sequence[Callable]:
         # the bundle's file writers (SaveImaged, SaveOverlayd, a DICOM SEG writer, ...) are dropped: the server
         # returns the mask itself (and writes DICOM SEG for ?output=dicom_seg)
