@@ -20,6 +20,8 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from scipy import ndimage
 
+from monai_vlseg.transforms.report import flag_for_review
+
 __all__ = ["KeepReportedFindingsd", "component_sides", "mask_laterality", "mask_lesions"]
 
 
@@ -158,6 +160,5 @@ class KeepReportedFindingsd(MapTransform):
         if removed:
             where = " and ".join(sorted(set(removed)))
             note = f"the mask held {len(removed)} lesion(s) in a zone the report calls clear ({where} side): removed"
-            d["needs_review"] = True
-            d["report_warnings"] = "; ".join(filter(None, [str(d.get("report_warnings") or ""), note]))
+            flag_for_review(d, note)
         return d

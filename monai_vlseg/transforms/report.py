@@ -633,6 +633,12 @@ REVIEW_FIELDS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+def flag_for_review(d: dict[Hashable, Any], reason: str) -> None:
+    """Flag item ``d`` ``needs_review`` and add ``reason`` to its ``report_warnings`` (the review CSV's column)."""
+    d["needs_review"] = True
+    d["report_warnings"] = "; ".join(filter(None, [str(d.get("report_warnings") or ""), reason]))
+
+
 class SaveReportReviewd(MapTransform):
     """Write one row per item into ``<output_dir>/<filename>``: the image and the :data:`REVIEW_FIELDS` that
     :class:`PrepareReportd` put into it (never the report text). The file is started anew by the first item a

@@ -34,6 +34,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from monai_vlseg.transforms.image import OUTPUT_NAME_KEY, SaveOverlayd
+from monai_vlseg.transforms.report import flag_for_review
 
 __all__ = [
     "REVIEW_THRESHOLD",
@@ -94,14 +95,15 @@ def uncertainty_score(entropy: torch.Tensor, mask: torch.Tensor, band: int = 2, 
 class UncertaintyMapd(MapTransform):
     """Entropy map and per-image uncertainty score of a prediction (see the module docstring).
 
-    Place it where the mask is final (thresholded or arg-maxed, cut to the report) and back in the input's geometry,
-    with the probabilities kept beforehand under ``prob_key`` (MONAI's ``CopyItemsd`` right after ``Activationsd``)
-    and inverted with the mask, so that the map saved is the entropy of the probabilities saved::
+    Place it where the mask is final (thresholded or arg-maxed, cut to the report) and still on the network's grid,
+    as evaluation scores it (a threshold chosen there then holds whatever the input's resolution), with the
+    probabilities kept beforehand under ``prob_key`` (MONAI's ``CopyItemsd`` right after ``Activationsd``); ``Invertd``
+    then takes the mask and both maps back to the input's geometry::
 
         {"_target_": "CopyItemsd", "keys": "pred", "names": "prob"},   # after Activationsd
         ...
-        {"_target_": "Invertd", "keys": ["pred", "image", "prob"], ...},
-        {"_target_": "monai_vlseg.transforms.UncertaintyMapd", "keys": "pred"}
+        {"_target_": "monai_vlseg.transforms.UncertaintyMapd", "keys": "pred"},
+        {"_target_": "Invertd", "keys": ["pred", "prob", "uncertainty", "image"], ...}
 
     Writes ``d[uncertainty_key]`` (1, *spatial) and ``d[score_key]`` (float); above ``review_threshold`` the item is
     flagged ``needs_review`` and the reason joins ``report_warnings``.
@@ -144,9 +146,7 @@ class UncertaintyMapd(MapTransform):
                 entropy = MetaTensor(entropy, meta=dict(prob.meta))
             d[self.uncertainty_key], d[self.score_key] = entropy, score
             if self.review_threshold is not None and score > self.review_threshold:
-                note = f"uncertainty {score:.3f} above {self.review_threshold:g}"
-                d["needs_review"] = True
-                d["report_warnings"] = "; ".join(filter(None, [str(d.get("report_warnings") or ""), note]))
+                flag_for_review(d, f"uncertainty {score:.3f} above {self.review_threshold:g}")
         return d
 
 
