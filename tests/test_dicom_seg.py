@@ -18,7 +18,8 @@ from test_bundle_ua_vls import TINY_NET, save_tiny_checkpoint
 from test_dicom_io import RAMP_LEVEL, RAMP_ORIGIN, RG1, SLICES, data_file, make_ct_series, ramp_hu, ramp_mask, voxel_lps
 from test_dicom_io import write_ramp_series
 
-from monai_vlseg.io import DicomReader, SaveDicomSegd, load_dicom_series, read_dicom_seg, write_dicom_seg
+from monai_vlseg.io import DicomReader, SaveDicomSegd, dicom_seg_to_label, load_dicom_series, read_dicom_seg
+from monai_vlseg.io import write_dicom_seg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "bundles", "ua_vls", "configs")
@@ -174,6 +175,45 @@ def test_fractional_seg_of_probabilities_over_a_ct_series(tmp_path):
     assert dciodvfy_errors(out) == []
     with pytest.raises(ValueError, match=r"probabilities in \[0, 1\]"):
         write_dicom_seg(pred * 2, vol.paths, tmp_path / "bad.dcm", fractional=True)
+
+
+@pytest.mark.parametrize("case", ["regular", "missing"])
+def test_label_map_seg_of_two_segments_reads_back_onto_the_series_grid(tmp_path, case):
+    """A reader's label map (two segments, SEMIAUTOMATIC) over a CT series, and back with dicom_seg_to_label onto the
+    grid load_dicom_series builds (a series with a missing slice: resampled, each grid slice from its nearest source
+    slice); a MANUAL binary SEG over the radiograph back onto its pixels; label values beyond the segments refused."""
+    offsets = SLICES[case]
+    folder = tmp_path / case
+    write_ramp_series(folder, offsets)
+    vol = load_dicom_series(folder)
+    labels = np.zeros(vol.array.shape, dtype=np.uint8)
+    labels[4:20, 6:24, :] = 1
+    labels[10:14, 12:16, 1:-1] = 2  # inside segment 1, on all but the end slices
+    pred = MetaTensor(torch.as_tensor(labels[None]), affine=torch.as_tensor(vol.affine))
+    out = write_dicom_seg(pred, str(folder), tmp_path / "labels.dcm", segment_label=["liver", "lesion"],
+                          algorithm_type="SEMIAUTOMATIC")  # fmt: skip
+    ds = pydicom.dcmread(out)
+    assert [s.SegmentLabel for s in ds.SegmentSequence] == ["liver", "lesion"]
+    assert {s.SegmentAlgorithmType for s in ds.SegmentSequence} == {"SEMIAUTOMATIC"}
+    assert dciodvfy_errors(out) == []
+    back = dicom_seg_to_label(out, str(folder))
+    assert back.array.shape == labels.shape and np.allclose(back.affine, vol.affine)
+    if case == "regular":
+        np.testing.assert_array_equal(back.array, labels)
+    else:  # the grid slices between source slices take the nearest source slice's frame
+        src = [int(np.argmin(np.abs(np.arange(labels.shape[2]) * vol.spacing[2] - o))) for o in offsets]
+        np.testing.assert_array_equal(back.array[..., src], labels[..., src])
+    with pytest.raises(ValueError, match="integer values 0..2"):
+        write_dicom_seg(pred * 2, str(folder), tmp_path / "bad.dcm", segment_label=["liver", "lesion"])
+
+    src = pydicom.dcmread(RG1, stop_before_pixels=True)
+    mask = lung_mask(int(src.Rows), int(src.Columns))
+    out = write_dicom_seg(mask, RG1, tmp_path / "manual.dcm", segment_label="lung", algorithm_type="MANUAL")
+    ds = pydicom.dcmread(out)
+    assert ds.SegmentSequence[0].SegmentAlgorithmType == "MANUAL" and "SegmentationAlgorithmIdentificationSequence" \
+        not in ds.SegmentSequence[0]
+    back = dicom_seg_to_label(out, RG1)
+    np.testing.assert_array_equal(back.array, mask.T.astype(np.uint8))  # MONAI layout (x, y) of the radiograph
 
 
 def test_read_third_party_seg_liver():

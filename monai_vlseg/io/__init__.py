@@ -28,7 +28,7 @@ from .dicom import (
     save_nifti,
     series_geometry,
 )
-from .dicom_seg import DicomSeg, SaveDicomSegd, read_dicom_seg, write_dicom_seg
+from .dicom_seg import DicomSeg, SaveDicomSegd, dicom_seg_to_label, read_dicom_seg, write_dicom_seg
 from .series import write_dicom_series
 
 _EXPORT_NAMES = ("DicomExportResult", "build_dicom_datalist", "read_reports_csv", "scan_dicom_folder", "sr_text")
@@ -45,6 +45,7 @@ __all__ = [
     "SeriesGeometry",
     "dicom_files_in",
     "dicom_pixels",
+    "dicom_seg_to_label",
     "is_dicom_file",
     "load_dicom_image",
     "load_dicom_series",

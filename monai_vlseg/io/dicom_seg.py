@@ -32,6 +32,7 @@ from monai_vlseg.transforms.image import OUTPUT_NAME_KEY, output_stem
 
 from .dicom import (
     _LPS_TO_RAS,
+    DicomImage,
     DicomReadError,
     _floats,
     _image_geometry,
@@ -43,7 +44,7 @@ from .dicom import (
     series_geometry,
 )
 
-__all__ = ["DicomSeg", "write_dicom_seg", "read_dicom_seg", "SaveDicomSegd"]
+__all__ = ["DicomSeg", "write_dicom_seg", "read_dicom_seg", "dicom_seg_to_label", "SaveDicomSegd"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,14 @@ def _fraction(mask: np.ndarray, name: str) -> np.ndarray:
     return values
 
 
+def _values(arr: np.ndarray, name: str, fractional: bool, label_map: bool, threshold: float) -> np.ndarray:
+    """What a SEG stores of ``arr``: probabilities (fractional), label values as float32 (a label map: resampled by
+    nearest voxel like probabilities) or a binary mask."""
+    if fractional:
+        return _fraction(arr, name)
+    return arr.astype(np.float32) if label_map else _binary(arr, threshold)
+
+
 def _monai_to_frames(
     mask: np.ndarray,
     affine: np.ndarray,
@@ -178,7 +187,7 @@ def write_dicom_seg(
     mask: Any,
     sources: Sequence[PathLike | Dataset] | PathLike | Dataset,
     output_path: PathLike,
-    segment_label: str = "lesion",
+    segment_label: str | Sequence[str] = "lesion",
     affine: Any = None,
     layout: str = "auto",
     threshold: float = 0.5,
@@ -190,17 +199,20 @@ def write_dicom_seg(
     series_description: str | None = None,
     omit_empty_frames: bool = False,
     fractional: bool = False,
+    algorithm_type: str = "AUTOMATIC",
 ) -> str:
     """Write a BINARY (or, with ``fractional``, a FRACTIONAL PROBABILITY) DICOM SEG of ``mask`` over ``sources`` and
     return its path.
 
     Args:
         mask: one binary mask (bool, 0/1 or probabilities cut at ``threshold``); numpy, torch or MetaTensor. With
-            ``fractional``, probabilities in [0, 1], stored as they are (8 bits, MaximumFractionalValue 255).
+            ``fractional``, probabilities in [0, 1], stored as they are (8 bits, MaximumFractionalValue 255). With
+            several ``segment_label``, a label map: integer value ``k`` is segment ``k`` (0 background).
         sources: the source image(s): one radiograph / slice, or the slices of one series (paths, a folder or
             datasets; pixel data is not needed).
         output_path: the ``.dcm`` to write (atomically; folders are created).
-        segment_label: SegmentLabel, e.g. the bundle's output ``channel_def``.
+        segment_label: SegmentLabel, e.g. the bundle's output ``channel_def``; a sequence for a label map of several
+            segments (segment ``k`` is ``segment_label[k - 1]``).
         affine: the mask's 4x4 affine for ``layout="monai"`` when ``mask`` is not a MetaTensor.
         layout: ``"monai"``: MONAI layout (optional channel, x, y[, z]) with an affine (RAS unless the MetaTensor says
             LPS); the mask is resampled (nearest) onto the source grid when its grid differs, and over a series whose
@@ -216,6 +228,8 @@ def write_dicom_seg(
         series_number, series_description: of the new SEG series.
         omit_empty_frames: leave out frames without foreground (default keeps one frame per source image).
         fractional: a FRACTIONAL SEG of type PROBABILITY (the probability map a reader can window) instead of BINARY.
+        algorithm_type: SegmentAlgorithmType: ``"AUTOMATIC"`` (a model's mask), ``"SEMIAUTOMATIC"`` (a model's mask a
+            reader corrected, e.g. a label saved from MONAI Label) or ``"MANUAL"`` (no algorithm identification).
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -230,6 +244,18 @@ def write_dicom_seg(
     if affine is None and isinstance(mask, MetaTensor):
         affine = mask.affine
     arr = _to_numpy(mask)
+    labels = [segment_label] if isinstance(segment_label, str) else [str(x) for x in segment_label]
+    label_map = len(labels) > 1
+    if not labels or (label_map and fractional):
+        raise ValueError(f"{output_path}: one segment label for a fractional SEG, at least one otherwise; got {labels}")
+    if label_map:
+        values = np.unique(arr)
+        if values.size and (arr.dtype.kind not in "uib" and not np.array_equal(values, np.round(values))
+                            or values.min() < 0 or values.max() > len(labels)):  # fmt: skip
+            raise ValueError(
+                f"{output_path}: a label map of {len(labels)} segments needs integer values 0..{len(labels)}, "
+                f"got {values[:10].tolist()}"
+            )
     first_path, first = headers[0]
     has_for = "FrameOfReferenceUID" in first
     offsets = None  # of source slices off the regular grid
@@ -252,17 +278,17 @@ def write_dicom_seg(
             raise ValueError("layout='monai' needs the mask's affine (a MetaTensor or `affine`).")
         aff = np.asarray(_to_numpy(affine), dtype=np.float64)
         target = src_affine if str(space) == SpaceKeys.LPS.value else _LPS_TO_RAS @ src_affine
-        values = _fraction(arr, output_path) if fractional else _binary(arr, threshold)
+        values = _values(arr, output_path, fractional, label_map, threshold)
         frames = _monai_to_frames(values, aff, src_shape, target, output_path, offsets)
     else:
-        frames = _fraction(arr, output_path) if fractional else _binary(arr, threshold)
+        frames = _values(arr, output_path, fractional, label_map, threshold)
         frames = frames[None] if frames.ndim == 2 else frames
         want = (len(headers), int(first.Rows), int(first.Columns))
         if frames.shape != want:
             raise ValueError(
                 f"{output_path}: mask frames {frames.shape} do not match the sources (images, rows, columns) {want}"
             )
-    frames = frames.astype(np.float32 if fractional else np.uint8)
+    frames = frames.astype(np.float32) if fractional else np.rint(frames).astype(np.uint8)
 
     # what highdicom copies as geometry: drop an invalid PixelSpacing (e.g. RG1's "0.000"), and give series slices a
     # SliceThickness (highdicom's reader requires it in the Pixel Measures)
@@ -281,25 +307,33 @@ def write_dicom_seg(
             slice_thickness=thick[0] if thick is not None and thick[0] > 0 else float(dz),
             spacing_between_slices=float(dz) if len(headers) > 1 and offsets is None else None,
         )
-    key = segment_label.strip().lower()
-    default_cat, default_type = _PROPERTY_CODES.get(key, _PROPERTY_CODES["lesion"])
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=str(algorithm_name)[:64], version=str(algorithm_version)[:64], family=codes.cid7162.ArtificialIntelligence
-    )
-    description = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label=segment_label[:64],
-        segmented_property_category=_code(segmented_property_category, default_cat),
-        segmented_property_type=_code(segmented_property_type, default_type),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm,
-    )
+    kind = hd.seg.SegmentAlgorithmTypeValues(str(algorithm_type).upper())
+    algorithm = None
+    if kind != hd.seg.SegmentAlgorithmTypeValues.MANUAL:
+        algorithm = hd.AlgorithmIdentificationSequence(
+            name=str(algorithm_name)[:64], version=str(algorithm_version)[:64],
+            family=codes.cid7162.ArtificialIntelligence,
+        )  # fmt: skip
+    descriptions = []
+    for number, label in enumerate(labels, start=1):
+        default_cat, default_type = _PROPERTY_CODES.get(label.strip().lower(), _PROPERTY_CODES["lesion"])
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=label[:64],
+                segmented_property_category=_code(segmented_property_category, default_cat),
+                segmented_property_type=_code(segmented_property_type, default_type),
+                algorithm_type=kind,
+                algorithm_identification=algorithm,
+            )
+        )
+    segment_label = ", ".join(labels)
     seg = hd.seg.Segmentation(
         source_images=src_datasets,
         pixel_array=frames if len(src_datasets) > 1 else frames[0],
         segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL if fractional else hd.seg.SegmentationTypeValues.BINARY,
         **({"fractional_type": hd.seg.SegmentationFractionalTypeValues.PROBABILITY} if fractional else {}),
-        segment_descriptions=[description],
+        segment_descriptions=descriptions,
         series_instance_uid=hd.UID(),
         series_number=int(series_number),
         sop_instance_uid=hd.UID(),
@@ -338,6 +372,43 @@ def read_dicom_seg(path: PathLike) -> DicomSeg:
     )
     labels = [seg.get_segment_description(n).segment_label for n in numbers]
     return DicomSeg(np.asarray(array), uids, labels, seg.get("FrameOfReferenceUID"), seg)
+
+
+def dicom_seg_to_label(seg: PathLike | DicomSeg, sources: Sequence[PathLike | Dataset] | PathLike) -> DicomImage:
+    """A SEG as a label map on the grid :func:`~monai_vlseg.io.load_dicom_image` / :func:`~monai_vlseg.io.load_dicom_series`
+    give its source images (MONAI layout (x, y[, z]), RAS affine): value ``k`` where segment ``k`` is set (the
+    highest wins where segments overlap), 0 elsewhere; a FRACTIONAL SEG is cut at 0.5. On a series resampled onto a
+    regular grid (a missing slice), each grid slice takes the nearest source slice's frame.
+
+    Raises:
+        DicomReadError: the SEG references an image that is not among ``sources``.
+    """
+    found = seg if isinstance(seg, DicomSeg) else read_dicom_seg(seg)
+    name = str(getattr(found.dataset, "filename", "") or "<SEG>")
+    headers = _headers(sources)
+    frames = (found.array >= 0.5) if found.array.dtype.kind == "f" else found.array > 0
+    labels = np.zeros(frames.shape[:3], dtype=np.uint8)
+    for k in range(frames.shape[3]):
+        labels[frames[..., k]] = k + 1
+    if len(headers) == 1:
+        ds = headers[0][1]
+        if found.source_sop_instance_uids != [str(ds.SOPInstanceUID)]:
+            raise DicomReadError(name, f"the SEG does not reference {headers[0][0]} (and only it)")
+        affine, spacing = _image_geometry(ds, pixel_spacing(ds, headers[0][0]))
+        return DicomImage(np.ascontiguousarray(labels[0].T), _LPS_TO_RAS @ affine, [headers[0][0]], [ds], spacing[:2])
+    geom = series_geometry(headers)
+    index = {str(ds.SOPInstanceUID): k for k, ds in enumerate(geom.datasets)}
+    missing = [u for u in found.source_sop_instance_uids if u not in index]
+    if missing:
+        raise DicomReadError(name, f"the SEG references {len(missing)} image(s) not in the source series, e.g. {missing[0]}")
+    stack = np.zeros((len(geom.datasets), *labels.shape[1:]), dtype=np.uint8)
+    for frame, uid in zip(labels, found.source_sop_instance_uids, strict=True):
+        stack[index[uid]] = np.maximum(stack[index[uid]], frame)
+    if not geom.regular:  # grid slice j at j * dz: the nearest source slice
+        grid = np.arange(geom.shape[2]) * geom.spacing[2]
+        stack = stack[np.abs(grid[:, None] - geom.offsets[None, :]).argmin(1)]
+    array = np.ascontiguousarray(stack.transpose(2, 1, 0))
+    return DicomImage(array, _LPS_TO_RAS @ geom.affine, geom.paths, geom.datasets, geom.spacing)
 
 
 def _label_from_metadata(metadata: Mapping[str, Any] | None, key: str) -> str | None:
