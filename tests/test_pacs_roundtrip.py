@@ -2,16 +2,12 @@
 scripts/pacs_infer.py (QIDO -> WADO-RS -> UA-VLS with a tiny untrained checkpoint -> STOW-RS), then read the SEG back
 from the server and check that it references the radiograph and carries the frame the script wrote.
 
-Orthanc comes from Debian (`apt-get install orthanc orthanc-dicomweb`; .ci/run does it). Runs on loopback, with its
-own free HTTP port, a temporary storage folder and no DICOM listener."""
+Orthanc: tests/orthanc_testing.py."""
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pydicom
@@ -19,67 +15,15 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 from test_bundle_ua_vls import TINY_NET, save_tiny_checkpoint
+from orthanc_testing import free_port, running_orthanc
 from test_dicom_io import RG1
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "pacs_infer.py")
-PLUGIN_DIRS = ["/usr/share/orthanc/plugins", "/usr/lib/orthanc"]
-
-
-def _dicomweb_plugin() -> str:
-    for d in PLUGIN_DIRS:
-        if os.path.isdir(d):
-            for name in sorted(os.listdir(d)):
-                if name.startswith("libOrthancDicomWeb.so"):
-                    return os.path.join(d, name)
-    raise AssertionError(f"libOrthancDicomWeb.so not found in {PLUGIN_DIRS}: apt-get install orthanc-dicomweb")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory):
-    exe = shutil.which("Orthanc")
-    assert exe, "Orthanc not found: apt-get install orthanc orthanc-dicomweb (the CI script does)"
-    tmp = tmp_path_factory.mktemp("orthanc")
-    port = _free_port()
-    config = {
-        "Name": "monai-vlseg-test", "StorageDirectory": str(tmp / "db"), "IndexDirectory": str(tmp / "db"),
-        "HttpPort": port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-        "DicomServerEnabled": False, "Plugins": [_dicomweb_plugin()],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-    }  # fmt: skip
-    (tmp / "orthanc.json").write_text(json.dumps(config))
-    log = open(tmp / "orthanc.log", "w")
-    proc = subprocess.Popen([exe, str(tmp / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            log_tail = (tmp / "orthanc.log").read_text()[-2000:] if proc.poll() is not None else ""
-            assert proc.poll() is None, f"Orthanc exited ({proc.returncode}): {log_tail}"
-            try:
-                if requests.get(f"{base}/system", timeout=2).ok:
-                    break
-            except requests.exceptions.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, f"Orthanc did not answer on {base}/system within 60 s"
-            time.sleep(0.2)
-        plugins = requests.get(f"{base}/plugins", timeout=5).json()
-        assert "dicom-web" in plugins, plugins
-        yield {"base": base, "dicomweb": f"{base}/dicom-web"}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with running_orthanc(tmp_path_factory.mktemp("orthanc")) as urls:
+        yield urls
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +99,7 @@ def test_pacs_round_trip_stores_seg_over_radiograph(orthanc, tiny_bundle_files, 
     res = run_script("--url", orthanc["dicomweb"], "--study", "1.2.3.4.5.6789", "--text", "x")
     assert res.returncode == 1, res.stderr
     assert f"study 1.2.3.4.5.6789 not found on {orthanc['dicomweb']}" in res.stderr, res.stderr
-    dead = f"http://127.0.0.1:{_free_port()}/dicom-web"
+    dead = f"http://127.0.0.1:{free_port()}/dicom-web"
     res = run_script("--url", dead, "--study", study, "--text", "x")
     assert res.returncode == 1 and f"DICOMweb server {dead} is unreachable" in res.stderr, res.stderr
 

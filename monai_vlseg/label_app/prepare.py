@@ -10,7 +10,8 @@ writes ``APP/main.py`` and ``APP/lib/`` (the app code of :mod:`monai_vlseg.label
 ``APP/model/<name>/``: ``configs/`` copied (``inference.json`` with the ``--overrides`` files and ``--set`` values
 applied, so the network it builds is the one the checkpoint was trained as), ``models/model.pt`` copied or, with
 ``--link``, symlinked, with the record of the configuration it was trained with (``models/model.json``), plus
-``LICENSE`` and ``docs/``. A checkpoint whose record differs from the app's configuration (image size, text length,
+``LICENSE`` and ``docs/``; the overrides also as ``configs/overrides.json``, which the MONAI Label train task applies
+to ``train.json``. A checkpoint whose record differs from the app's configuration (image size, text length,
 channels, network) is refused before anything is written, as ``inference.json`` refuses it (``--config-mismatch
 warn`` lays it out anyway). Then::
 
@@ -32,6 +33,8 @@ __all__ = ["prepare_app", "set_config_value", "main"]
 
 APP_SRC = os.path.dirname(os.path.abspath(__file__))
 BUNDLE_EXTRAS = ("LICENSE", "docs")
+#: the overrides an app's bundle was laid out with (``configs/<this>``): the train task applies them to train.json
+OVERRIDES_FILE = "overrides.json"
 
 
 def set_config_value(config: dict, id: str, value: Any) -> None:
@@ -142,6 +145,10 @@ def prepare_app(
     with open(os.path.join(dst, "configs", "inference.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=4)
         f.write("\n")
+    if applied:  # the MONAI Label train task applies them to train.json: the network trained is the one served
+        with open(os.path.join(dst, "configs", OVERRIDES_FILE), "w", encoding="utf-8") as f:
+            json.dump(applied, f, indent=4)
+            f.write("\n")
     return dst
 
 

@@ -1,0 +1,3 @@
+from .dicomweb import LABEL_ALGORITHM_TYPES, VLSegDICOMwebDatastore
+
+__all__ = ["LABEL_ALGORITHM_TYPES", "VLSegDICOMwebDatastore"]
