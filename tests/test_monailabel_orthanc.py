@@ -23,12 +23,23 @@ import requests
 import torch
 from dicomweb_client.api import DICOMwebClient
 from monai.bundle import ConfigParser
+from monai.data import MetaTensor
 from orthanc_testing import running_orthanc
 from test_dicom_io import RG1, make_ct_series, make_sr
-from test_monailabel import LABEL_VENV, READY_TIMEOUT_S, ROOT, TINY, TINY_SEGMAMBA, ensure_label_env, free_port
-from test_monailabel import infer, stop, wait_ready
+from test_monailabel import (
+    LABEL_VENV,
+    READY_TIMEOUT_S,
+    ROOT,
+    TINY,
+    TINY_SEGMAMBA,
+    ensure_label_env,
+    free_port,
+    infer,
+    stop,
+    wait_ready,
+)
 
-from monai_vlseg.io import write_dicom_seg
+from monai_vlseg.io import load_dicom_series, write_dicom_seg
 
 REPORT = ("Findings", "RG1 CompressedSamples, seen on 26/08/2004. Consolidation in the lower left lung.")
 CT_REPORTS = {"ACC-CT-1": "Hypodense lesion in the right hepatic lobe.", "ACC-CT-2": "Two liver lesions."}
@@ -206,6 +217,29 @@ def test_orthanc_monailabel_loop(tmp_path):
             assert r.ok, r.text[-3000:]
             r = requests.post(f"{base}/activelearning/most_uncertain", json={}, timeout=60)
             assert r.ok and r.json()["id"] == max(expected, key=expected.get), (r.text, expected)
+
+            # a label made outside MONAI Label (a MANUAL SEG of liver + lesion, e.g. from 3D Slicer) stored straight
+            # to the PACS: read from there, onto the series' grid, and trained on by SegMamba
+            ct_labels = np.zeros(cts[0]["shape"], np.uint8)
+            ct_labels[4:16, 5:20, 1:7] = 1
+            ct_labels[8:12, 9:14, 3:5] = 2
+            ct_vol = load_dicom_series(cts[0]["paths"])
+            manual = write_dicom_seg(
+                MetaTensor(torch.as_tensor(ct_labels[None]), affine=torch.as_tensor(ct_vol.affine)), cts[0]["paths"],
+                tmp_path / "manual.dcm", segment_label=["liver", "lesion"], algorithm_type="MANUAL",
+            )  # fmt: skip
+            upload(pacs["base"], [manual])
+            stats = requests.get(f"{base}/datastore/", params={"output": "stats"}, timeout=60).json()
+            assert stats["completed"] == 2, stats
+            r = requests.post(f"{base}/train/segmamba_ct", params={"run_sync": "true"},
+                              json={"max_epochs": 1, "val_split": 0.0}, timeout=900)  # fmt: skip
+            assert r.ok, r.text[-3000:]
+            with open(r.json()["datalist"]) as f:
+                items = json.load(f)["training"]
+            assert [os.path.basename(i["image"]) for i in items] == [f"{ct_ids[0]}.nii.gz"]
+            read_back = nib.load(items[0]["label"])
+            np.testing.assert_array_equal(np.asarray(read_back.dataobj), ct_labels)
+            np.testing.assert_allclose(read_back.affine, ct_vol.affine, atol=1e-4)
         finally:
             stop(proc)
     print(f"\none epoch of UA-VLS training through /train: {train_s:.1f} s")

@@ -119,7 +119,8 @@ class VLSegApp(MONAILabelApp):
         """``/train/<model>``: every served bundle with a ``configs/train.json``."""
         trainers: dict[str, TrainTask] = {}
         for name, path in self.bundles.items():
-            task = TextBundleTrainTask(path, self.conf, text_guided=self._infers[name].text_guided)
+            infer = self._infers[name]
+            task = TextBundleTrainTask(path, self.conf, text_guided=infer.text_guided, dimension=infer.dimension)
             if task.is_valid():
                 trainers[name] = task
         return trainers

@@ -8,7 +8,8 @@ its datalist holds only ``image`` and ``label`` (a text-guided network needs the
 :class:`TextBundleTrainTask` keeps its request options and runs the bundle's ``training`` with:
 
 - a datalist file (``<bundle>/monailabel/datalist_<run>.json``: ``training`` / ``validation`` split of the labelled
-  images, ``val_split`` of the request) passed as the bundle's ``datalist``; each item's ``text`` is the report the
+  images of the network's dimensions — radiographs for a 2D bundle, volumes for a 3D one —, ``val_split`` of the
+  request) passed as the bundle's ``datalist``; each item's ``text`` is the report the
   datastore found for the image (``<image id>.txt`` beside it: the study's SR or the reports CSV). A text-guided bundle
   leaves out labelled images without a report, and says which;
 - the app's configuration overrides (``configs/overrides.json``, written by ``prepare --overrides``), so the network
@@ -28,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import monai.bundle
+import nibabel as nib
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.tasks.train.bundle import BundleTrainTask
@@ -51,12 +53,17 @@ class TextBundleTrainTask(BundleTrainTask):
         path: the bundle folder (``<app>/model/<name>``).
         conf: the server's ``--conf`` options.
         text_guided: the bundle reads a report (its infer task has a text tokeniser); items then need a text.
+        dimension: the network's spatial dimensions (2: radiographs, 3: CT/MR volumes); the datastore's labelled
+            images of the other kind (one server serves both) are left out.
     """
 
-    def __init__(self, path: str, conf: Mapping[str, str] | None, text_guided: bool, **kwargs: Any) -> None:
+    def __init__(
+        self, path: str, conf: Mapping[str, str] | None, text_guided: bool, dimension: int, **kwargs: Any
+    ) -> None:
         kwargs.setdefault("load_strict", True)
         super().__init__(path, dict(conf or {}), **kwargs)
         self.text_guided = bool(text_guided)
+        self.dimension = int(dimension)
 
     def config(self) -> dict[str, Any]:
         options = super().config()
@@ -66,9 +73,12 @@ class TextBundleTrainTask(BundleTrainTask):
         return options
 
     def _fetch_datalist(self, request: Mapping[str, Any], datastore: Datastore) -> list[dict[str, Any]]:
-        items, no_text = [], []
+        items, no_text, other = [], [], []
         for d in datastore.datalist():
             if not d or not d.get("label"):
+                continue
+            if len(nib.load(d["image"]).shape) != self.dimension:
+                other.append(os.path.basename(d["image"]))
                 continue
             item = {"image": d["image"], "label": d["label"]}
             if self.text_guided:
@@ -78,11 +88,15 @@ class TextBundleTrainTask(BundleTrainTask):
                     continue
                 item.update(text=text, text_source="report")
             items.append(item)
+        if other:
+            logger.info("%d labelled image(s) not %dD left out: %s", len(other), self.dimension, ", ".join(other))
         if no_text:
             logger.warning("%d labelled image(s) without a report left out: %s", len(no_text), ", ".join(no_text))
         if not items:
             why = " with a report (an SR in the study, or a reports CSV)" if self.text_guided else ""
-            raise MONAILabelException(MONAILabelError.INVALID_INPUT, f"no labelled image{why} to train on")
+            raise MONAILabelException(
+                MONAILabelError.INVALID_INPUT, f"no labelled {self.dimension}D image{why} to train on"
+            )
         return items
 
     def __call__(self, request: Mapping[str, Any], datastore: Datastore) -> dict[str, Any]:
