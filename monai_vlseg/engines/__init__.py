@@ -7,17 +7,19 @@ skips bad inputs and records what it did."""
 from .checkpoint import RandomStates, TrainingStateLoader, TrainingStateSaver, training_objects
 from .handlers import (
     EarlyStopAfterHandler,
+    FindingsAgreementHandler,
     ManifestSaver,
     NegatedAreaHandler,
     TextMaskConsistencyHandler,
     UncertaintyRankingHandler,
 )
-from .inferers import PromptedDiffusionInferer
+from .inferers import PromptedDiffusionInferer, TextSlidingWindowInferer
 from .prepare_batch import PromptedDiffusionPrepareBatch
 from .skipping import SkipFailedDataset, failure_reason, skip_failed_collate, skip_failed_iteration
 
 __all__ = [
     "EarlyStopAfterHandler",
+    "FindingsAgreementHandler",
     "ManifestSaver",
     "NegatedAreaHandler",
     "PromptedDiffusionInferer",
@@ -25,6 +27,7 @@ __all__ = [
     "RandomStates",
     "SkipFailedDataset",
     "TextMaskConsistencyHandler",
+    "TextSlidingWindowInferer",
     "UncertaintyRankingHandler",
     "TrainingStateLoader",
     "TrainingStateSaver",

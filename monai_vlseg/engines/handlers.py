@@ -119,6 +119,27 @@ class TextMaskConsistencyHandler(IgniteMetricHandler):
         self.update((preds, texts))
 
 
+class FindingsAgreementHandler(IgniteMetricHandler):
+    """Ignite handler of :class:`monai_vlseg.metrics.FindingsAgreementMetric`: a volume's predicted lesions against
+    the count and sides its own report names (the item's ``named_count`` / ``named_sides``, kept when
+    :func:`monai_vlseg.bundle.shuffle_texts` permutes the texts), in patient space::
+
+        "val_count_agreement": {"_target_": "monai_vlseg.engines.FindingsAgreementHandler", "kind": "count"}
+    """
+
+    def __init__(self, kind: str = "count", min_volume_mm3: float = 100.0, pred_key: str = "pred",
+                 save_details: bool = True) -> None:  # fmt: skip
+        from monai_vlseg.metrics.findings import FindingsAgreementMetric
+
+        self.pred_key = pred_key
+        super().__init__(metric_fn=FindingsAgreementMetric(kind, min_volume_mm3), save_details=save_details)
+
+    def iteration_completed(self, engine: Any) -> None:
+        preds, items = _preds_and_items(engine, self.pred_key)
+        named = [(int(b.get("named_count", 0)), str(b.get("named_sides", ""))) for b in items]
+        self.metric_fn(preds, named)
+
+
 class NegatedAreaHandler(IgniteMetricHandler):
     """Ignite handler of :class:`~monai_vlseg.metrics.consistency.NegatedAreaMetric`: the fraction of the findings a
     report negates that the prediction covers. Items carry the mask file of those findings under ``mask_key`` (the

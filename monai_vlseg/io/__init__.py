@@ -29,7 +29,7 @@ from .dicom import (
     series_geometry,
 )
 from .dicom_seg import DicomSeg, SaveDicomSegd, dicom_seg_to_label, read_dicom_seg, write_dicom_seg
-from .series import write_dicom_series
+from .series import write_dicom_series, write_report_sr
 
 _EXPORT_NAMES = ("DicomExportResult", "build_dicom_datalist", "read_reports_csv", "scan_dicom_folder", "sr_text")
 
@@ -56,6 +56,7 @@ __all__ = [
     "series_geometry",
     "write_dicom_seg",
     "write_dicom_series",
+    "write_report_sr",
     *_EXPORT_NAMES,
 ]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["write_dicom_series"]
+__all__ = ["write_dicom_series", "write_report_sr"]
 
 #: UID root of the generated objects (a syntactically valid 2.25 UUID-derived root; only used for synthetic data).
 _UID_ROOT = "2.25."
@@ -37,6 +37,7 @@ def write_dicom_series(
     series_description: str = "synthetic abdomen CT",
     uid_seed: str | None = None,
     superior_first: bool = True,
+    accession_number: str = "",
 ) -> list[str]:
     """Write an (x, y, z) HU volume as a DICOM CT series, one file per slice (``IM0001`` ..., no extension).
 
@@ -53,6 +54,7 @@ def write_dicom_series(
         series_description: SeriesDescription.
         uid_seed: makes the Study/Series/Frame-of-Reference/SOP UIDs deterministic (default: the folder name).
         superior_first: number the instances from the top slice down (what CT scanners do).
+        accession_number: AccessionNumber of the study (what a report CSV is keyed by).
 
     Returns:
         the written file paths, in instance order.
@@ -88,7 +90,7 @@ def write_dicom_series(
         ds.PatientID, ds.PatientName, ds.PatientSex, ds.PatientBirthDate = patient_id, patient_id, "O", ""
         ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20200101"
         ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
-        ds.AccessionNumber, ds.StudyID, ds.ReferringPhysicianName = "", "1", ""
+        ds.AccessionNumber, ds.StudyID, ds.ReferringPhysicianName = accession_number, "1", ""
         ds.Modality, ds.Manufacturer, ds.SeriesDescription = "CT", "monai_vlseg synthetic", series_description
         ds.SeriesNumber, ds.InstanceNumber, ds.AcquisitionNumber = 1, n, 1
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
@@ -109,3 +111,40 @@ def write_dicom_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def write_report_sr(
+    path: str | os.PathLike, text: str, study_of: str | os.PathLike, uid_seed: str | None = None
+) -> str:
+    """Write ``text`` as a Basic Text SR (one FINDINGS TEXT item, COMPLETE, VERIFIED) in the study of the DICOM file
+    ``study_of``: the radiology report beside a series, as :func:`monai_vlseg.io.ingest.sr_text` and the PACS tools
+    read it. Returns the path."""
+    from pydicom import dcmread
+    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+
+    ref = dcmread(study_of, stop_before_pixels=True)
+    seed = uid_seed or os.fspath(path)
+    sop_class = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, _uid(seed, "sr")
+    meta.TransferSyntaxUID, meta.ImplementationClassUID = ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+    ds = FileDataset(os.fspath(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    for k in ("PatientID", "PatientName", "PatientSex", "PatientBirthDate", "StudyInstanceUID", "StudyDate",
+              "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName"):  # fmt: skip
+        setattr(ds, k, ref.get(k, ""))
+    ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = _uid(seed, "sr series"), "SR", 900, 1
+    ds.Manufacturer, ds.ContentDate, ds.ContentTime = "monai_vlseg synthetic", ref.get("StudyDate", ""), "130000"
+    ds.CompletionFlag, ds.VerificationFlag, ds.ValueType = "COMPLETE", "UNVERIFIED", "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    title, item, code = Dataset(), Dataset(), Dataset()
+    title.CodeValue, title.CodingSchemeDesignator, title.CodeMeaning = "18748-4", "LN", "Diagnostic Imaging Report"
+    ds.ConceptNameCodeSequence = [title]
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "121071", "DCM", "Findings"
+    item.RelationshipType, item.ValueType, item.TextValue = "CONTAINS", "TEXT", text
+    item.ConceptNameCodeSequence = [code]
+    ds.ContentSequence = [item]
+    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
+    ds.save_as(os.fspath(path), enforce_file_format=True)
+    return os.fspath(path)

@@ -1,4 +1,5 @@
-"""Metrics beside MONAI's Dice/IoU: text–mask consistency (lesion count and laterality), and an HD95 that counts an
+"""Metrics beside MONAI's Dice/IoU: text–mask consistency (lesion count and laterality; for volumes in patient space,
+``findings``), and an HD95 that counts an
 empty prediction as a miss (with the number of such images), and how well an uncertainty score ranks the poor
 segmentations.
 
@@ -14,11 +15,13 @@ from .consistency import (
     parse_laterality,
     parse_lesion_count,
 )
+from .findings import FindingsAgreementMetric, patient_side_components
 from .surface import EmptyPredictionMetric, HausdorffDistanceMissMetric
 from .uncertainty import UncertaintyRankingMetric, rank_correlation
 
 __all__ = [
     "EmptyPredictionMetric",
+    "FindingsAgreementMetric",
     "HausdorffDistanceMissMetric",
     "NegatedAreaMetric",
     "TextMaskConsistencyMetric",
@@ -27,6 +30,7 @@ __all__ = [
     "mask_lesions",
     "parse_laterality",
     "parse_lesion_count",
+    "patient_side_components",
     "rank_correlation",
 ]
 

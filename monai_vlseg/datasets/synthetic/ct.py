@@ -66,6 +66,10 @@ class CTCase:
         spacing: (dx, dy, dz) mm.
         origin_lps: LPS position (mm) of voxel (0, 0, 0).
         n_lesions: lesions drawn.
+        instances: with ``organ_lesions``, (x, y, z) uint8: lesion ``k`` of ``findings`` is value ``k + 1``.
+        findings: with ``organ_lesions``, one record per lesion: ``organ`` (liver, kidney, spleen), ``side`` (the
+            patient's left / right, from the LPS position), ``place`` (the liver lobe, the kidney's side, ...),
+            ``diameter_mm`` and ``centre_lps``.
     """
 
     image: np.ndarray
@@ -73,6 +77,8 @@ class CTCase:
     spacing: tuple[float, float, float]
     origin_lps: tuple[float, float, float]
     n_lesions: int
+    instances: np.ndarray | None = None
+    findings: list[dict[str, Any]] | None = None
 
     @property
     def affine(self) -> np.ndarray:
@@ -90,13 +96,19 @@ def _ellipsoid(p: np.ndarray, centre: Sequence[float], radii: Sequence[float], r
     return np.sqrt((xr / radii[0]) ** 2 + (yr / radii[1]) ** 2 + (z / radii[2]) ** 2)
 
 
-def synthesize_ct_case(seed: int | Sequence[int], size: int = 96, fov_z_mm: float = 150.0) -> CTCase:
+def synthesize_ct_case(
+    seed: int | Sequence[int], size: int = 96, fov_z_mm: float = 150.0, organ_lesions: bool = False
+) -> CTCase:
     """Draw one synthetic abdominal CT volume (deterministic in ``seed``).
 
     Args:
         seed: seed or seed sequence of ``numpy.random.default_rng``.
         size: in-plane matrix (size x size).
         fov_z_mm: cranio-caudal extent; the slice count is ``round(fov_z_mm / dz)``.
+        organ_lesions: also draw lesions of the same look in the kidneys and the spleen, make the liver lesions
+            larger (14-24 mm), and return every lesion's organ, side and place (``instances``, ``findings``): the
+            report-guided set, where a report names some of them. The default draws the segmentation demo set,
+            unchanged.
     """
     from scipy.ndimage import gaussian_filter
 
@@ -130,11 +142,13 @@ def synthesize_ct_case(seed: int | Sequence[int], size: int = 96, fov_z_mm: floa
     hu[rs <= 9] = rng.uniform(180, 260)
     hu[np.hypot(x - sx - 12, y - sy + 22) <= rng.uniform(8, 11)] = rng.uniform(130, 180)
     # distractors: spleen (patient's left = +x in LPS), kidneys (posterior, both sides); no label
-    hu[_ellipsoid(p, (rng.uniform(45, 55), 15, rng.uniform(10, 30)), (18, 28, 40), rng.uniform(-0.4, 0.4)) <= 1] = (
-        rng.uniform(45, 52))  # fmt: skip
+    spleen = _ellipsoid(p, (rng.uniform(45, 55), 15, rng.uniform(10, 30)), (18, 28, 40), rng.uniform(-0.4, 0.4)) <= 1
+    hu[spleen] = rng.uniform(45, 52)
+    kidneys = {}
     for side in (-1, 1):
         kc = (side * rng.uniform(38, 45), rng.uniform(22, 30), rng.uniform(-40, -10))
-        hu[_ellipsoid(p, kc, (14, 20, 35), side * 0.3) <= 1] = rng.uniform(28, 36)
+        kidneys["right" if side < 0 else "left"] = (kc, _ellipsoid(p, kc, (14, 20, 35), side * 0.3) <= 1)
+        hu[kidneys["right" if side < 0 else "left"][1]] = rng.uniform(28, 36)
     # liver: ellipsoid on the patient's right (-x), its surface modulated by a smooth random field
     lc = (rng.uniform(-45, -35), rng.uniform(-12, 0), rng.uniform(5, 25))
     lr = (rng.uniform(36, 44), rng.uniform(36, 44), rng.uniform(48, 60))
@@ -144,8 +158,11 @@ def synthesize_ct_case(seed: int | Sequence[int], size: int = 96, fov_z_mm: floa
     liver_hu = rng.uniform(58, 68)
     hu[liver] = liver_hu
     label = liver.astype(np.uint8)
+    if organ_lesions:  # its own random stream: the default set's draws stay as they were
+        org = np.random.default_rng([*np.atleast_1d(seed).tolist(), 7])
+        instances, findings = _organ_lesions(org, p, hu, label, liver, lc, lr, liver_hu, spleen, kidneys)
     # lesions inside the liver: mostly hypodense (metastasis / cyst-like), sometimes hyperdense
-    n_les = int(rng.choice([0, 1, 1, 2, 2, 3]))
+    n_les = 0 if organ_lesions else int(rng.choice([0, 1, 1, 2, 2, 3]))
     inside = np.argwhere(_ellipsoid(p, lc, [0.65 * r for r in lr]) <= 1)
     drawn = 0
     for _ in range(n_les):
@@ -162,7 +179,51 @@ def synthesize_ct_case(seed: int | Sequence[int], size: int = 96, fov_z_mm: floa
     # scanner blur and noise
     hu = gaussian_filter(hu, sigma=(0.6, 0.6, 0.4)) + rng.normal(0, rng.uniform(8, 14), hu.shape).astype(np.float32)
     image = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+    if organ_lesions:
+        return CTCase(image, label, spacing, tuple(float(o) for o in origin), len(findings), instances, findings)
     return CTCase(image, label, spacing, tuple(float(o) for o in origin), drawn)
+
+
+def _organ_lesions(
+    rng: np.random.Generator, p: np.ndarray, hu: np.ndarray, label: np.ndarray, liver: np.ndarray, lc, lr,
+    liver_hu: float, spleen: np.ndarray, kidneys: dict[str, tuple[Any, np.ndarray]],
+) -> tuple[np.ndarray, list[dict[str, Any]]]:  # fmt: skip
+    """Hypodense lesions (14-24 mm) in the liver (0-3; the lobe from the position: the left lobe is the medial part,
+    towards the patient's left), each kidney (0-1) and the spleen (0-1); drawn into ``hu`` and ``label`` (2), and
+    as instances with their records."""
+    instances = np.zeros(hu.shape, np.uint8)
+    findings: list[dict[str, Any]] = []
+    boundary = lc[0] + 0.3 * lr[0]  # LPS x: larger is towards the patient's left
+    organs = [("liver", liver, int(rng.choice([0, 1, 1, 2, 3])), 0.65)]
+    organs += [("kidney", kidneys[s][1], int(rng.random() < 0.5), 0.55) for s in ("right", "left")]
+    organs.append(("spleen", spleen, int(rng.random() < 0.4), 0.55))
+    for organ, mask, n, core in organs:
+        inside = np.argwhere(mask & (instances == 0))
+        for _ in range(n):
+            if not len(inside):
+                break
+            c = p[(slice(None), *inside[rng.integers(len(inside))])]
+            r = rng.uniform(7, 12) * rng.uniform(0.85, 1.15, size=3)
+            les = (_ellipsoid(p, c, r, rng.uniform(0, np.pi)) <= 1) & mask & (instances == 0)
+            vox = np.argwhere(les)
+            if len(vox) < 20:
+                continue
+            centre = p[:, les].mean(1)
+            if organ == "liver":
+                place = "left lobe" if centre[0] > boundary else "right lobe"
+                base = liver_hu
+            else:
+                place = None
+                base = float(hu[les].mean())
+            hu[les] = base - rng.uniform(30, 45)
+            label[les] = CT_LABELS["lesion"]
+            instances[les] = len(findings) + 1
+            findings.append({
+                "organ": organ, "side": "left" if centre[0] > 0 else "right", "place": place,
+                "diameter_mm": round(float(2 * np.mean(r)), 1), "centre_lps": [round(float(v), 1) for v in centre],
+            })  # fmt: skip
+            inside = np.argwhere(mask & (instances == 0) & (_ellipsoid(p, c, [2.5 * x for x in r]) > 1))
+    return instances, findings
 
 
 def generate_demo_ct_dataset(

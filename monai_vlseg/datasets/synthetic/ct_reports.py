@@ -1,0 +1,186 @@
+"""Radiology reports for the report-guided CT demo: what a report of a synthetic abdominal CT says about *some* of its
+lesions (by organ, side and place, with count and size), and which lesions that makes the target mask.
+
+A volume's lesions (:func:`monai_vlseg.datasets.synthetic.ct.synthesize_ct_case` with ``organ_lesions``) fall into
+groups a radiologist reports together: the right / left hepatic lobe, the right / left kidney, the spleen. A report
+names a subset of the groups; the lesions of the other groups (decoys of the same look) are not in its mask.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import os
+from collections.abc import Sequence
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ensure_report_ct_datalist",
+    "finding_groups",
+    "generate_report_ct_dataset",
+    "named_subsets",
+    "write_ct_report",
+]
+
+_SPLITS = (("training", "Tr", "train"), ("validation", "Val", "val"), ("test", "Ts", "test"))
+
+_COUNT = {1: "A", 2: "Two", 3: "Three", 4: "Four"}
+_HEADERS = ("CT ABDOMEN WITH CONTRAST.", "CT OF THE ABDOMEN, PORTAL VENOUS PHASE.", "ABDOMINAL CT.")
+
+
+def _group(f: dict[str, Any]) -> str:
+    if f["organ"] == "liver":
+        return f"liver {f['place']}"
+    return f"kidney {f['side']}" if f["organ"] == "kidney" else f["organ"]
+
+
+def finding_groups(findings: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
+    """``{group: [lesion indices]}`` in a fixed order (liver right lobe, liver left lobe, right kidney, left kidney,
+    spleen)."""
+    order = ["liver right lobe", "liver left lobe", "kidney right", "kidney left", "spleen"]
+    groups: dict[str, list[int]] = {}
+    for i, f in enumerate(findings):
+        groups.setdefault(_group(f), []).append(i)
+    return {g: groups[g] for g in order if g in groups}
+
+
+def named_subsets(groups: Sequence[str], n: int, rng: np.random.Generator) -> list[tuple[str, ...]]:
+    """Up to ``n`` distinct non-empty subsets of ``groups`` for reports to name, those that leave a decoy group out
+    first (in random order), then the whole set."""
+    partial = [c for k in range(1, len(groups)) for c in combinations(groups, k)]
+    order = [partial[i] for i in rng.permutation(len(partial))] + ([tuple(groups)] if groups else [])
+    return order[:n] if groups else [()]
+
+
+def _sentence(group: str, sizes: list[float], rng: np.random.Generator) -> str:
+    n, d = len(sizes), int(round(max(sizes)))
+    organ, _, where = group.partition(" ")
+    if organ == "liver":
+        place = str(rng.choice([f"the {where.replace(' lobe', '')} hepatic lobe", f"the {where} of the liver"]))
+    elif organ == "kidney":
+        place = str(rng.choice([f"the {where} kidney", f"the {where} renal cortex"]))
+    else:
+        place = str(rng.choice(["the spleen", "the splenic parenchyma"]))
+    if n == 1:
+        return str(rng.choice([f"A {d} mm hypodense lesion in {place}.", f"Solitary hypodense lesion in {place}, "
+                               f"measuring {d} mm."]))  # fmt: skip
+    return str(rng.choice([f"{_COUNT.get(n, str(n))} hypodense lesions in {place}, the largest {d} mm.",
+                           f"{_COUNT.get(n, str(n))} low-attenuation lesions in {place}, up to {d} mm."]))  # fmt: skip
+
+
+def write_ct_report(
+    findings: Sequence[dict[str, Any]], named: Sequence[str], rng: np.random.Generator
+) -> tuple[str, list[int]]:
+    """The report naming the groups ``named`` (see :func:`finding_groups`) and the indices of the lesions it names.
+
+    A report that names nothing says there is no focal lesion only when the volume has none; otherwise it describes
+    the organs without naming a lesion (its mask is empty)."""
+    groups = finding_groups(findings)
+    sentences, indices = [], []
+    for g in groups:
+        if g in named:
+            sentences.append(_sentence(g, [findings[i]["diameter_mm"] for i in groups[g]], rng))
+            indices += groups[g]
+    if not sentences:  # only a volume without lesions has nothing to name
+        sentences = ["No focal lesion in the liver, kidneys or spleen."]
+    header = str(rng.choice(_HEADERS))
+    return f"{header} FINDINGS: {' '.join(sentences)}", sorted(indices)
+
+
+def generate_report_ct_dataset(
+    root: str | os.PathLike,
+    n_train: int = 16,
+    n_val: int = 4,
+    n_test: int = 8,
+    size: int = 96,
+    seed: int = 0,
+    variants: int = 4,
+    dicom: bool = True,
+    fov_z_mm: float = 150.0,
+) -> str:
+    """Write the report-guided CT demo set into ``root`` and return ``root/datalist.json``.
+
+    Every volume (:func:`~monai_vlseg.datasets.synthetic.ct.synthesize_ct_case` with ``organ_lesions``) gets
+    ``variants`` reports in the training split (each naming other groups of its lesions: one item per report, its
+    ``label`` the lesions that report names) and one in the validation and test splits. Items: ``image`` (NIfTI, HU),
+    ``label`` (uint8 0/1), ``text``, ``named_count`` and ``named_sides`` (what
+    :class:`monai_vlseg.metrics.FindingsAgreementMetric` scores against) and ``decoys`` (how many lesions the report
+    leaves out). Every lesion of a volume: ``lesions<Tr|Val|Ts>/<stem>.nii.gz`` (instance ``k`` = lesion ``k - 1``)
+    and ``findings.json`` (``{stem: [records: organ, side, place, diameter_mm, centre_lps]}``). With
+    ``dicom``, each volume is also a DICOM CT series (AccessionNumber ``<stem>``) with its first report as a Basic Text
+    SR in the same study (``dicom/<stem>/``, ``dicom/<stem>_report.dcm``), in ``datalist_dicom.json`` and in
+    ``reports.csv`` (AccessionNumber, report) — an export folder :mod:`monai_vlseg.io.ingest` reads.
+    """
+    from monai_vlseg.datalist import write_datalist
+    from monai_vlseg.io.dicom import save_nifti
+    from monai_vlseg.io.series import write_dicom_series, write_report_sr
+    from monai_vlseg.metrics.findings import named_sides
+
+    from .ct import synthesize_ct_case
+
+    root = os.path.abspath(os.fspath(root))
+    nifti: dict[str, list] = {}
+    dcm: dict[str, list] = {}
+    reports: list[tuple[str, str]] = []
+    findings: dict[str, list] = {}
+    for si, (key, tag, name) in enumerate(_SPLITS):
+        nifti[key], dcm[key] = [], []
+        for i in range(int((n_train, n_val, n_test)[si])):
+            case = synthesize_ct_case([seed, 10 + si, i], size=size, fov_z_mm=fov_z_mm, organ_lesions=True)
+            rng = np.random.default_rng([seed, 20 + si, i])
+            stem = f"ctr_{name}_{i:03d}"
+            img = save_nifti(case.image, case.affine, os.path.join(root, f"images{tag}", stem + ".nii.gz"))
+            save_nifti(case.instances, case.affine, os.path.join(root, f"lesions{tag}", stem + ".nii.gz"))
+            findings[stem] = case.findings
+            groups = list(finding_groups(case.findings))
+            subsets = named_subsets(groups, variants if key == "training" else 1, rng)
+            for v, named in enumerate(subsets):
+                text, idx = write_ct_report(case.findings, named, rng)
+                mask = np.isin(case.instances, np.asarray(idx, dtype=np.uint8) + 1).astype(np.uint8)
+                lab = save_nifti(mask, case.affine, os.path.join(root, f"labels{tag}", f"{stem}_r{v}.nii.gz"))
+                named_findings = [case.findings[k] for k in idx]
+                item = {"image": img, "label": lab, "text": text, "text_source": "report", "named_count": len(idx),
+                        "named_sides": named_sides(named_findings), "decoys": len(case.findings) - len(idx)}  # fmt: skip
+                nifti[key].append(item)
+                if dicom and v == 0:
+                    folder = os.path.join(root, "dicom", stem)
+                    paths = write_dicom_series(case.image, case.spacing, case.origin_lps, folder,
+                                               patient_id=stem.upper(), uid_seed=f"monai_vlseg-report-ct/{seed}/{stem}",
+                                               accession_number=stem)  # fmt: skip
+                    write_report_sr(os.path.join(root, "dicom", f"{stem}_report.dcm"), text, paths[0])
+                    reports.append((stem, text))
+                    dcm[key].append({**item, "image": folder})
+    header = {
+        "name": "monai_vlseg synthetic report-guided abdominal CT demo",
+        "description": "synthetic HU volumes with hypodense lesions in the liver lobes, kidneys and spleen; each report "
+        "names some of them (label: the named lesions, 1); the others are decoys",
+        "labels": {"0": "background", "1": "named lesion"},
+        "generator": {"n_train": n_train, "n_val": n_val, "n_test": n_test, "size": size, "seed": seed,
+                      "variants": variants, "fov_z_mm": fov_z_mm},  # fmt: skip
+        "meta": {"laterality": "patient"},  # reports name the patient's side; the affine says where it is
+    }
+    with open(os.path.join(root, "findings.json"), "w", encoding="utf-8") as f:
+        json.dump(findings, f, indent=1)
+    if dicom:
+        with open(os.path.join(root, "reports.csv"), "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["AccessionNumber", "report"])
+            w.writerows(reports)
+        write_datalist({**header, "image_format": "dicom", **dcm}, os.path.join(root, "datalist_dicom.json"))
+    return write_datalist({**header, "image_format": "nifti", **nifti}, os.path.join(root, "datalist.json"))
+
+
+def ensure_report_ct_datalist(dataset_dir: str | os.PathLike, image_format: str = "nifti", **kwargs: Any) -> str:
+    """The report-guided CT demo datalist in ``dataset_dir`` (NIfTI or ``"dicom"`` series), generated on first use
+    (atomically, one process at a time: :func:`monai_vlseg.files.ensure_generated`)."""
+    from monai_vlseg.files import ensure_generated
+
+    if image_format not in ("nifti", "dicom"):
+        raise ValueError(f"image_format must be 'nifti' or 'dicom', got '{image_format}'.")
+    dataset_dir = os.path.abspath(os.fspath(dataset_dir))
+    ensure_generated(dataset_dir, functools.partial(generate_report_ct_dataset, **kwargs))
+    return os.path.join(dataset_dir, "datalist.json" if image_format == "nifti" else "datalist_dicom.json")
