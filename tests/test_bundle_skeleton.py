@@ -11,13 +11,14 @@ import re
 from collections import defaultdict
 from typing import Any
 
+import numpy as np
 import pytest
 from monai.bundle import ConfigParser
 
 from monai_vlseg.transforms.uncertainty import REVIEW_THRESHOLD
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUNDLES = ("ua_vls", "c2seg", "lcpdn", "tifcmamba", "vm_unet", "segmamba_ct")
+BUNDLES = ("ua_vls", "c2seg", "lcpdn", "tifcmamba", "vm_unet", "segmamba_ct", "report_ct")
 TEXT_KEYS = {"text_model", "text_len", "empty_text", "prepare_batch", "report_parser", "keep_reported_findings"}
 
 #: The only intended differences: (bundle, aspect) -> (value, reason). Aspects: "text" (False: a text-free bundle),
@@ -60,6 +61,20 @@ DIFFERENCES: dict[tuple[str, str], tuple[Any, str]] = {
     ("tifcmamba", "multi_gpu_train.json extra"): (
         {"clip#network", "clip#optimizer#params", "clip#trainer#train_handlers", "train#dataloader#drop_last"},
         "the CLIP stage runs under DDP too; equal batches on every rank for the in-batch contrastive loss"),
+    ("report_ct", "train.json missing"): (
+        {"image_size", "in_channels", "keep_reported_findings"},
+        "3D CT (see segmamba_ct); the reported-zone cut is the chest radiograph's, a 3D report is read whole"),
+    ("report_ct", "inference.json missing"): (
+        {"image_size", "in_channels", "keep_reported_findings"}, "3D CT (see train.json)"),
+    ("report_ct", "model_config"): ({"pixdim", "hu_window"}, "3D CT: the voxel spacing and HU window, as segmamba_ct"),
+    ("report_ct", "validate inferer"): (
+        "monai_vlseg.engines.TextSlidingWindowInferer", "3D volumes patch-wise, the report encoded once per volume"),
+    ("report_ct", "evaluate metrics"): (
+        ({"val_count_agreement", "val_laterality_agreement"},
+         {"val_count_accuracy", "val_laterality_accuracy", "val_negated_area"}),
+        "lesion count and sides in patient space (through each mask's affine) against what the report names; the "
+        "chest report parser's metrics and negations are 2D radiograph ones"),
+    ("report_ct", "evaluate.json missing"): ({"laterality"}, "sides come from the affine, not an image-side convention"),
     ("c2seg", "stage-1 config"): ("pretrain.json", "two-stage: CaCL pre-training of the image encoder"),
     ("lcpdn", "stage-1 config"): ("pretrain_diffusion.json", "two-stage: DDPM training of the diffusion UNet"),
 }  # fmt: skip
@@ -240,7 +255,7 @@ def test_errors_end_in_one_line(bundle, name):
 def test_labels_must_fit_their_images(bundle):
     """Training and evaluation data check that a label has its image's size before anything resizes either."""
     train = _load(bundle, "train.json")
-    if bundle == "segmamba_ct":
+    if bundle in ("segmamba_ct", "report_ct"):
         transforms = train["preprocessing_transforms"]
     elif bundle == "tifcmamba":  # text-supervised: no labels in training; its validate section reads them
         transforms = train["validate"]["preprocessing"]["transforms"]
@@ -297,6 +312,7 @@ VARIANTS = {
     "lcpdn": {"low_data.json"},
     "vm_unet": {"lightm_unet.json", "ultralight.json"},  # the lightweight networks of the survey (issue 23)
     "segmamba_ct": {"lightm_unet_3d.json"},
+    "report_ct": {"image_only.json"},  # the baseline: the same network and data with the report's fusion removed
 }
 
 
@@ -465,6 +481,14 @@ def _default_texts(bundle: str, parser: str | None) -> list[str]:
 
     if parser == "chest":  # whatever the report, the chest parser hands on the canonical sentence: at most six zones
         return [chest_zone_sentence(list(CHEST_ZONES))]
+    if bundle == "report_ct":  # the longest header and, for every lesion group, its longest sentence
+        from monai_vlseg.datasets.synthetic import ct_reports
+
+        assert "ensure_report_ct_datalist" in _load(bundle, "train.json")["datalist"]
+        groups = ["liver right lobe", "liver left lobe", "kidney right", "kidney left", "spleen"]
+        rngs = [np.random.default_rng(s) for s in range(40)]
+        longest = [max((ct_reports._sentence(g, [24.0] * 3, r) for r in rngs), key=len) for g in groups]
+        return [f"{max(ct_reports._HEADERS, key=len)} FINDINGS: {' '.join(longest)}"]
     from monai_vlseg.datasets.synthetic import polyp
 
     assert "ensure_polyp_demo_datalist" in _load(bundle, "train.json")["datalist"]

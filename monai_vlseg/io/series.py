@@ -38,6 +38,7 @@ def write_dicom_series(
     uid_seed: str | None = None,
     superior_first: bool = True,
     accession_number: str = "",
+    rotate_180: bool = False,
 ) -> list[str]:
     """Write an (x, y, z) HU volume as a DICOM CT series, one file per slice (``IM0001`` ..., no extension).
 
@@ -55,6 +56,9 @@ def write_dicom_series(
         uid_seed: makes the Study/Series/Frame-of-Reference/SOP UIDs deterministic (default: the folder name).
         superior_first: number the instances from the top slice down (what CT scanners do).
         accession_number: AccessionNumber of the study (what a report CSV is keyed by).
+        rotate_180: store every slice rotated by 180 degrees in plane — columns towards the patient's right, rows
+            towards anterior (ImageOrientationPatient ``[-1, 0, 0, 0, -1, 0]``, the first pixel at the other corner) —
+            the same patient-space volume in another stored orientation (tests that sides come from the geometry).
 
     Returns:
         the written file paths, in instance order.
@@ -74,6 +78,12 @@ def write_dicom_series(
     dx, dy, dz = (float(s) for s in spacing)
     nz = arr.shape[2]
     stored = (arr.astype(np.int32) + 1024).astype(np.uint16)
+    iop = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    corner = [float(origin_lps[0]), float(origin_lps[1])]
+    if rotate_180:  # pixel (0, 0) at the far corner, columns and rows running the other way
+        stored = stored[::-1, ::-1]
+        iop = [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0]
+        corner = [corner[0] + (arr.shape[0] - 1) * dx, corner[1] + (arr.shape[1] - 1) * dy]
     order = range(nz - 1, -1, -1) if superior_first else range(nz)
     paths = []
     for n, k in enumerate(order, start=1):
@@ -95,8 +105,8 @@ def write_dicom_series(
         ds.SeriesNumber, ds.InstanceNumber, ds.AcquisitionNumber = 1, n, 1
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.PatientPosition, ds.KVP = "FFS", 120
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        pos = [float(origin_lps[0]), float(origin_lps[1]), float(origin_lps[2]) + k * dz]
+        ds.ImageOrientationPatient = iop
+        pos = [corner[0], corner[1], float(origin_lps[2]) + k * dz]
         ds.ImagePositionPatient = [round(v, 4) for v in pos]
         ds.SliceLocation = round(pos[2], 4)
         ds.PixelSpacing = [round(dy, 4), round(dx, 4)]  # row spacing, column spacing

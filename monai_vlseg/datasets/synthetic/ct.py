@@ -106,7 +106,8 @@ def synthesize_ct_case(
         size: in-plane matrix (size x size).
         fov_z_mm: cranio-caudal extent; the slice count is ``round(fov_z_mm / dz)``.
         organ_lesions: also draw lesions of the same look in the kidneys and the spleen, make the liver lesions
-            larger (14-24 mm), and return every lesion's organ, side and place (``instances``, ``findings``): the
+            larger (16-26 mm) and clearly hypodense (55-75 HU below the organ, as metastases are in a portal venous
+            phase), and return every lesion's organ, side and place (``instances``, ``findings``): the
             report-guided set, where a report names some of them. The default draws the segmentation demo set,
             unchanged.
     """
@@ -188,9 +189,9 @@ def _organ_lesions(
     rng: np.random.Generator, p: np.ndarray, hu: np.ndarray, label: np.ndarray, liver: np.ndarray, lc, lr,
     liver_hu: float, spleen: np.ndarray, kidneys: dict[str, tuple[Any, np.ndarray]],
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:  # fmt: skip
-    """Hypodense lesions (14-24 mm) in the liver (0-3; the lobe from the position: the left lobe is the medial part,
-    towards the patient's left), each kidney (0-1) and the spleen (0-1); drawn into ``hu`` and ``label`` (2), and
-    as instances with their records."""
+    """Hypodense lesions (16-26 mm, 55-75 HU below the organ) in the liver (0-3; the lobe from the position: the
+    left lobe is the medial part, towards the patient's left), each kidney (0-1) and the spleen (0-1); drawn into
+    ``hu`` and ``label`` (2), and as instances with their records."""
     instances = np.zeros(hu.shape, np.uint8)
     findings: list[dict[str, Any]] = []
     boundary = lc[0] + 0.3 * lr[0]  # LPS x: larger is towards the patient's left
@@ -203,7 +204,7 @@ def _organ_lesions(
             if not len(inside):
                 break
             c = p[(slice(None), *inside[rng.integers(len(inside))])]
-            r = rng.uniform(7, 12) * rng.uniform(0.85, 1.15, size=3)
+            r = rng.uniform(8, 13) * rng.uniform(0.85, 1.15, size=3)
             les = (_ellipsoid(p, c, r, rng.uniform(0, np.pi)) <= 1) & mask & (instances == 0)
             vox = np.argwhere(les)
             if len(vox) < 20:
@@ -215,7 +216,7 @@ def _organ_lesions(
             else:
                 place = None
                 base = float(hu[les].mean())
-            hu[les] = base - rng.uniform(30, 45)
+            hu[les] = base - rng.uniform(55, 75)
             label[les] = CT_LABELS["lesion"]
             instances[les] = len(findings) + 1
             findings.append({

@@ -113,7 +113,9 @@ def generate_report_ct_dataset(
     and ``findings.json`` (``{stem: [records: organ, side, place, diameter_mm, centre_lps]}``). With
     ``dicom``, each volume is also a DICOM CT series (AccessionNumber ``<stem>``) with its first report as a Basic Text
     SR in the same study (``dicom/<stem>/``, ``dicom/<stem>_report.dcm``), in ``datalist_dicom.json`` and in
-    ``reports.csv`` (AccessionNumber, report) — an export folder :mod:`monai_vlseg.io.ingest` reads.
+    ``reports.csv`` (AccessionNumber, report) — an export folder :mod:`monai_vlseg.io.ingest` reads. The test
+    volumes are also stored rotated by 180 degrees in plane (``dicom_rotated/``, ``datalist_dicom_rotated.json``): the
+    same patients, another stored orientation, the same expected masks.
     """
     from monai_vlseg.datalist import write_datalist
     from monai_vlseg.io.dicom import save_nifti
@@ -125,6 +127,7 @@ def generate_report_ct_dataset(
     root = os.path.abspath(os.fspath(root))
     nifti: dict[str, list] = {}
     dcm: dict[str, list] = {}
+    rot: dict[str, list] = {"test": []}
     reports: list[tuple[str, str]] = []
     findings: dict[str, list] = {}
     for si, (key, tag, name) in enumerate(_SPLITS):
@@ -154,6 +157,12 @@ def generate_report_ct_dataset(
                     write_report_sr(os.path.join(root, "dicom", f"{stem}_report.dcm"), text, paths[0])
                     reports.append((stem, text))
                     dcm[key].append({**item, "image": folder})
+                    if key == "test":  # the same series stored rotated by 180 degrees: the same mask is expected
+                        rotated = os.path.join(root, "dicom_rotated", stem)
+                        write_dicom_series(case.image, case.spacing, case.origin_lps, rotated,
+                                           patient_id=stem.upper(), uid_seed=f"monai_vlseg-report-ct/{seed}/{stem}/r",
+                                           accession_number=stem, rotate_180=True)  # fmt: skip
+                        rot[key].append({**item, "image": rotated})
     header = {
         "name": "monai_vlseg synthetic report-guided abdominal CT demo",
         "description": "synthetic HU volumes with hypodense lesions in the liver lobes, kidneys and spleen; each report "
@@ -171,16 +180,19 @@ def generate_report_ct_dataset(
             w.writerow(["AccessionNumber", "report"])
             w.writerows(reports)
         write_datalist({**header, "image_format": "dicom", **dcm}, os.path.join(root, "datalist_dicom.json"))
+        write_datalist({**header, "image_format": "dicom_rotated", **rot},
+                       os.path.join(root, "datalist_dicom_rotated.json"))  # fmt: skip
     return write_datalist({**header, "image_format": "nifti", **nifti}, os.path.join(root, "datalist.json"))
 
 
 def ensure_report_ct_datalist(dataset_dir: str | os.PathLike, image_format: str = "nifti", **kwargs: Any) -> str:
-    """The report-guided CT demo datalist in ``dataset_dir`` (NIfTI or ``"dicom"`` series), generated on first use
+    """The report-guided CT demo datalist in ``dataset_dir`` (NIfTI, ``"dicom"`` series or ``"dicom_rotated"``: the
+    test series stored rotated by 180 degrees), generated on first use
     (atomically, one process at a time: :func:`monai_vlseg.files.ensure_generated`)."""
     from monai_vlseg.files import ensure_generated
 
-    if image_format not in ("nifti", "dicom"):
-        raise ValueError(f"image_format must be 'nifti' or 'dicom', got '{image_format}'.")
+    if image_format not in ("nifti", "dicom", "dicom_rotated"):
+        raise ValueError(f"image_format must be 'nifti', 'dicom' or 'dicom_rotated', got '{image_format}'.")
     dataset_dir = os.path.abspath(os.fspath(dataset_dir))
     ensure_generated(dataset_dir, functools.partial(generate_report_ct_dataset, **kwargs))
-    return os.path.join(dataset_dir, "datalist.json" if image_format == "nifti" else "datalist_dicom.json")
+    return os.path.join(dataset_dir, "datalist.json" if image_format == "nifti" else f"datalist_{image_format}.json")

@@ -1,0 +1,88 @@
+"""The report_ct bundle as model-zoo tests it: train / evaluate (right and shuffled reports, count and laterality
+agreement) / inference workflows with a tiny ReportSegMamba on a tiny report-guided CT set (NIfTI, and DICOM series
+with the report from the CSV or the SR), verify_net_in_out, metadata fields."""
+
+import csv
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bundle_testing import BundleConfigs, check_bundle_layout, check_run_folder
+from monai.bundle import verify_net_in_out
+
+from monai_vlseg.datasets.synthetic.ct_reports import generate_report_ct_dataset
+
+cfg = BundleConfigs("report_ct")
+CONFIGS, META, LOGGING = cfg.dir, cfg.meta, cfg.logging
+TINY_NET = {
+    "network_def#feature_size": [8, 16, 16, 32],
+    "network_def#hidden_size": 32,
+    "network_def#depths": [1, 1, 1, 1],
+    "network_def#num_slices": None,
+}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """A tiny report-guided CT set and a bundle root trained for one epoch."""
+    tmp = tmp_path_factory.mktemp("report_ct")
+    datalist = generate_report_ct_dataset(str(tmp / "data"), n_train=2, n_val=1, n_test=2, size=48, variants=2,
+                                          fov_z_mm=60.0)  # fmt: skip
+    overrides = {
+        "bundle_root": str(tmp / "bundle"), "datalist": datalist, "pixdim": [4.0, 4.0, 4.0],
+        "patch_size": [32, 32, 32], "num_samples": 1, "max_epochs": 1, "min_epochs": 0, "val_interval": 1,
+        "batch_size": 2, **TINY_NET,
+    }  # fmt: skip
+    cfg.run("train", "train.json", **overrides)
+    return {"root": tmp, "datalist": datalist, "overrides": overrides}
+
+
+def test_train_writes_checkpoint_with_its_text_config(bundle):
+    root = bundle["root"] / "bundle"
+    ckpt = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert any(k.startswith("text_enc.3.attn") for k in ckpt) and any(k.startswith("text_dec.1.") for k in ckpt)
+    check_run_folder(root, pixdim=[4.0, 4.0, 4.0], num_classes=2, text_len=112, text_model="default")
+
+
+def test_evaluate_right_and_shuffled_reports(bundle):
+    cfg.run("eval", "train.json", "evaluate.json", **bundle["overrides"])
+    out = bundle["root"] / "bundle" / "eval" / "test"
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["conditions"]) == {"right", "shuffled"}
+    for cond in ("right", "shuffled"):
+        metrics = summary["conditions"][cond]
+        assert {"val_mean_dice", "val_hd95", "val_count_agreement", "val_laterality_agreement"} <= set(metrics) | set(
+            metrics["absent"])
+        assert metrics["num_images"] == 2
+    with open(out / "val_count_agreement_raw.csv") as f:
+        rows = list(csv.reader(f))
+    assert len(rows) == 3 and rows[1][0].endswith(".nii.gz")
+
+
+@pytest.mark.parametrize("image_format", ["nifti", "dicom"])
+def test_inference_in_input_geometry_with_the_report(bundle, tmp_path, image_format):
+    datalist = bundle["datalist"]
+    if image_format == "dicom":
+        datalist = os.path.join(os.path.dirname(datalist), "datalist_dicom.json")
+    overrides = dict(bundle["overrides"], datalist=datalist, output_dir=str(tmp_path / "out"))
+    cfg.run("infer", "inference.json", **overrides)
+    out = tmp_path / "out"
+    segs = sorted(out.glob("*_seg.nii.gz"))
+    assert len(segs) == 2
+    src = nib.load(os.path.join(os.path.dirname(bundle["datalist"]), "imagesTs", "ctr_test_000.nii.gz"))
+    seg = nib.load(segs[0])
+    assert seg.shape == src.shape
+    np.testing.assert_allclose(seg.affine, src.affine, atol=1e-3)
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1}
+    with open(out / "manifest.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["written", "written"] and all("FINDINGS" in r["text"] for r in rows)
+
+
+def test_verify_net_in_out_and_layout():
+    check_bundle_layout(os.path.dirname(CONFIGS))
+    verify_net_in_out(net_id="network_def", meta_file=META, config_file=cfg("inference.json"), n=1, any=16,
+                      **TINY_NET)  # fmt: skip
