@@ -41,6 +41,11 @@ from test_monailabel import (
 
 from monai_vlseg.io import load_dicom_series, write_dicom_seg
 
+# the report-guided CT bundle, tiny and untrained (a 3D text-guided model served with the study's report)
+TINY_REPORT_CT = {
+    "pixdim": [4.0, 4.0, 4.0], "patch_size": [32, 32, 32], "network_def#feature_size": [8, 16, 16, 32],
+    "network_def#hidden_size": 32, "network_def#depths": [1, 1, 1, 1], "network_def#num_slices": None,
+}  # fmt: skip
 REPORT = ("Findings", "RG1 CompressedSamples, seen on 26/08/2004. Consolidation in the lower left lung.")
 CT_REPORTS = {"ACC-CT-1": "Hypodense lesion in the right hepatic lobe.", "ACC-CT-2": "Two liver lesions."}
 
@@ -93,7 +98,7 @@ def test_orthanc_monailabel_loop(tmp_path):
     proposal = write_dicom_seg(np.ones((int(cr.Rows), int(cr.Columns)), bool), RG1, tmp_path / "proposal.dcm")
 
     app = tmp_path / "app"
-    for name, values in (("ua_vls", TINY), ("segmamba_ct", TINY_SEGMAMBA)):
+    for name, values in (("ua_vls", TINY), ("segmamba_ct", TINY_SEGMAMBA), ("report_ct", TINY_REPORT_CT)):
         (tmp_path / f"{name}.json").write_text(json.dumps(values))
         res = subprocess.run(
             [sys.executable, "-m", "monai_vlseg.label_app.prepare", "--bundle", os.path.join(ROOT, "bundles", name),
@@ -117,7 +122,7 @@ def test_orthanc_monailabel_loop(tmp_path):
         )  # fmt: skip
         cmd = [
             os.path.join(LABEL_VENV, "bin", "monailabel"), "start_server", "--app", str(app),
-            "--studies", pacs["dicomweb"], "--conf", "models", "ua_vls,segmamba_ct",
+            "--studies", pacs["dicomweb"], "--conf", "models", "ua_vls,segmamba_ct,report_ct",
             "--conf", "reports_csv", str(tmp_path / "reports.csv"), "--host", "127.0.0.1", "--port", str(port),
         ]  # fmt: skip
         log = str(tmp_path / "server.log")
@@ -126,7 +131,7 @@ def test_orthanc_monailabel_loop(tmp_path):
         try:
             wait_ready(proc, base, log, READY_TIMEOUT_S)
             info = requests.get(f"{base}/info/", timeout=30).json()
-            assert set(info["trainers"]) == {"ua_vls", "segmamba_ct"}
+            assert set(info["trainers"]) == {"ua_vls", "segmamba_ct", "report_ct"}
             # the image series of the PACS, listed through MONAI Label; the SR and the proposal SEG are not images,
             # and the proposal does not make the CR "labelled"
             stats = requests.get(f"{base}/datastore/", params={"output": "stats"}, timeout=60).json()
@@ -153,6 +158,14 @@ def test_orthanc_monailabel_loop(tmp_path):
             ct_mask = nib.load(tmp_path / "ct_mask.nii.gz")
             assert ct_mask.shape == cts[0]["shape"]
             np.testing.assert_allclose(ct_mask.affine, cts[0]["affine_ras"], atol=1e-3)
+            # the report-guided CT bundle on the same series: the report from the CSV (AccessionNumber ACC-CT-1)
+            status, body = infer(base, ct_ids[0], {}, output="json", model="report_ct")
+            assert status == 200, body[-3000:]
+            assert json.loads(body)["text"] == CT_REPORTS["ACC-CT-1"]
+            status, body = infer(base, ct_ids[0], {}, model="report_ct")
+            assert status == 200, body[-3000:]
+            (tmp_path / "ct_report_mask.nii.gz").write_bytes(body)
+            assert nib.load(tmp_path / "ct_report_mask.nii.gz").shape == cts[0]["shape"]
 
             # a reader's label for the CR, saved through /datastore: a DICOM SEG in Orthanc over the radiograph
             label = np.zeros(mask.shape[:2], np.uint8)
