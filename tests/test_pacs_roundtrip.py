@@ -110,3 +110,42 @@ def _seg_series_and_uid(client: DICOMwebClient, study: str, sop_uid: str) -> tup
         if inst["00080018"]["Value"][0] == sop_uid:
             return inst["0020000E"]["Value"][0], sop_uid
     raise AssertionError(f"{sop_uid} not stored in study {study}")
+
+
+def test_pacs_round_trip_of_the_report_guided_ct_bundle(orthanc, tmp_path):
+    """report_ct on a CT series whose report is a DICOM SR in the study: the SR text is read, the tiny untrained
+    network runs on the series, and the SEG stored in the study references every slice of it."""
+    from monai_vlseg.datasets.synthetic.ct_reports import generate_report_ct_dataset
+
+    generate_report_ct_dataset(str(tmp_path / "data"), n_train=0, n_val=0, n_test=1, size=40, fov_z_mm=45.0)
+    folder = tmp_path / "data" / "dicom" / "ctr_test_000"
+    slices = sorted(str(p) for p in folder.iterdir())
+    for path in [*slices, str(tmp_path / "data" / "dicom" / "ctr_test_000_report.dcm")]:
+        with open(path, "rb") as f:
+            assert requests.post(f"{orthanc['base']}/instances", data=f.read(), timeout=30).ok
+    src = pydicom.dcmread(slices[0], stop_before_pixels=True)
+    tiny = {"pixdim": [4.0, 4.0, 4.0], "patch_size": [32, 32, 32], "network_def#feature_size": [8, 16, 16, 32],
+            "network_def#hidden_size": 32, "network_def#depths": [1, 1, 1, 1], "network_def#num_slices": None,
+            "review_uncertainty": 1.0}  # fmt: skip
+    (tmp_path / "tiny.json").write_text(json.dumps(tiny))
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(os.path.join(ROOT, "bundles", "report_ct", "configs", "inference.json"))
+    for k, v in tiny.items():
+        parser[k] = v
+    import torch
+
+    torch.manual_seed(0)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "model.pt")
+    res = run_script("--url", orthanc["dicomweb"], "--accession", "ctr_test_000", "--bundle", "bundles/report_ct",
+                     "--config_overrides", str(tmp_path / "tiny.json"), "--ckpt", str(tmp_path / "model.pt"),
+                     "--output_dir", str(tmp_path / "out"))  # fmt: skip
+    assert res.returncode == 0, res.stderr[-4000:]
+    client = DICOMwebClient(url=orthanc["dicomweb"])
+    uid = res.stdout.split()[0]
+    seg = client.retrieve_instance(str(src.StudyInstanceUID), *_seg_series_and_uid(client, str(src.StudyInstanceUID), uid))
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == src.SeriesInstanceUID
+    referenced = {r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in slices}
+    assert int(seg.NumberOfFrames) == len(slices)

@@ -95,7 +95,7 @@ def generate_report_ct_dataset(
     root: str | os.PathLike,
     n_train: int = 16,
     n_val: int = 4,
-    n_test: int = 8,
+    n_test: int = 24,
     size: int = 96,
     seed: int = 0,
     variants: int = 4,
