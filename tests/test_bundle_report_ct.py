@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_testing import BundleConfigs, check_bundle_layout, check_run_folder
+from bundle_testing import BundleConfigs, check_bundle_layout, check_run_folder, run_ddp_training
 from monai.bundle import verify_net_in_out
 
 from monai_vlseg.datasets.synthetic.ct_reports import generate_report_ct_dataset
@@ -86,3 +86,10 @@ def test_verify_net_in_out_and_layout():
     check_bundle_layout(os.path.dirname(CONFIGS))
     verify_net_in_out(net_id="network_def", meta_file=META, config_file=cfg("inference.json"), n=1, any=16,
                       **TINY_NET)  # fmt: skip
+
+
+def test_multi_gpu_config_runs_ddp_on_cpu(bundle, tmp_path):
+    """torchrun with 2 CPU processes (gloo): the validation's once-per-volume text encoding reaches through DDP."""
+    overrides = dict(bundle["overrides"], bundle_root=str(tmp_path / "ddp"))
+    ckpt = run_ddp_training(cfg("train.json", "multi_gpu_train.json"), META, LOGGING, overrides, str(tmp_path))
+    assert any(k.startswith("text_dec.0.") for k in ckpt)

@@ -23,7 +23,7 @@ from monai.utils import convert_to_tensor
 from monai_vlseg.errors import InputError
 from monai_vlseg.nets.blocks.fusion import BCAM, C2SegFusion, DualAttention, KGate
 from monai_vlseg.nets.blocks.kan import OverlapPatchEmbed, TokenizedKANBlock
-from monai_vlseg.nets.blocks.text_encoder import FrozenTextEncoder
+from monai_vlseg.nets.blocks.text_encoder import FrozenTextEncoder, text_or_empty_prompt
 from monai_vlseg.utils import load_checkpoint
 
 __all__ = [
@@ -179,18 +179,7 @@ class C2Seg(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen text tokens (B, text_len, D) and their validity mask; the learned empty prompt (all valid) where
         there is no text."""
-        prompt = self.empty_prompt.unsqueeze(0).expand(batch, -1, -1)
-        full = torch.ones(batch, self.text_len, dtype=torch.bool, device=prompt.device)
-        if input_ids is None:
-            return prompt, full
-        if input_ids.shape[1] != self.text_len:
-            raise ValueError(f"input_ids have {input_ids.shape[1]} tokens; this network was built for {self.text_len}.")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        feats, _ = self.text_encoder(input_ids, attention_mask)
-        has_text = attention_mask.sum(1) > 0
-        tokens = torch.where(has_text[:, None, None], feats.to(prompt.dtype), prompt)
-        return tokens, attention_mask.bool() | ~has_text[:, None]  # the empty prompt's tokens are all valid
+        return text_or_empty_prompt(self.text_encoder, self.empty_prompt, input_ids, attention_mask, batch)
 
     def forward(
         self, image: torch.Tensor, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None

@@ -25,7 +25,7 @@ import torch.nn as nn
 from monai.utils import convert_to_tensor
 
 from monai_vlseg.nets.blocks.fusion import C2SegFusion
-from monai_vlseg.nets.blocks.text_encoder import FrozenTextEncoder
+from monai_vlseg.nets.blocks.text_encoder import FrozenTextEncoder, text_or_empty_prompt
 from monai_vlseg.nets.segmamba import SEGMAMBA_NUM_SLICES, SegMamba
 
 __all__ = ["ReportSegMamba"]
@@ -99,18 +99,7 @@ class ReportSegMamba(SegMamba):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen text tokens (B, text_len, D) and their validity mask; the learned empty prompt (all valid) for rows
         without text (no ``input_ids``, or an all-zero ``attention_mask``)."""
-        prompt = self.empty_prompt.unsqueeze(0).expand(batch, -1, -1)
-        full = torch.ones(batch, self.text_len, dtype=torch.bool, device=prompt.device)
-        if input_ids is None:
-            return prompt, full
-        if input_ids.shape[1] != self.text_len:
-            raise ValueError(f"input_ids have {input_ids.shape[1]} tokens; this network was built for {self.text_len}.")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        feats, _ = self.text_encoder(input_ids, attention_mask)
-        has_text = attention_mask.sum(1) > 0
-        tokens = torch.where(has_text[:, None, None], feats.to(prompt.dtype), prompt)
-        return tokens, attention_mask.bool() | ~has_text[:, None]
+        return text_or_empty_prompt(self.text_encoder, self.empty_prompt, input_ids, attention_mask, batch)
 
     def forward(  # type: ignore[override]
         self,

@@ -18,7 +18,7 @@ from transformers import ConvNextConfig, ConvNextModel
 
 from monai_vlseg.nets.blocks.attention import MultiHeadAttention, sinusoidal_positions
 from monai_vlseg.nets.blocks.mamba import SelectiveSSM
-from monai_vlseg.nets.blocks.text_encoder import FrozenTextEncoder
+from monai_vlseg.nets.blocks.text_encoder import FrozenTextEncoder, text_or_empty_prompt
 from monai_vlseg.utils import load_pretrained
 
 __all__ = ["SSMix", "MoDAB", "UAVLS", "CONVNEXT_TINY"]
@@ -228,16 +228,7 @@ class UAVLS(nn.Module):
 
     def encode_text(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, batch: int):
         """Frozen text features (eq. 2), (B, text_len, D); the learned empty prompt where there is no text."""
-        prompt = self.empty_prompt.unsqueeze(0).expand(batch, -1, -1)
-        if input_ids is None:
-            return prompt
-        if input_ids.shape[1] != self.text_len:
-            raise ValueError(f"input_ids have {input_ids.shape[1]} tokens; this network was built for {self.text_len}.")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        feats, _ = self.text_encoder(input_ids, attention_mask)
-        has_text = attention_mask.sum(1) > 0
-        return torch.where(has_text[:, None, None], feats.to(prompt.dtype), prompt)
+        return text_or_empty_prompt(self.text_encoder, self.empty_prompt, input_ids, attention_mask, batch)[0]
 
     def forward(
         self, image: torch.Tensor, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None

@@ -121,3 +121,29 @@ class FrozenTextEncoder(nn.Module):
             hidden = outputs.last_hidden_state if hasattr(outputs, "last_hidden_state") else outputs[0]
             hidden = hidden * has_text[:, None, None].to(hidden.dtype)
         return hidden, attention_mask
+
+
+def text_or_empty_prompt(
+    encoder: FrozenTextEncoder,
+    empty_prompt: torch.Tensor,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    batch: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a text-guided network reads: the frozen text tokens (B, N, D) and their validity mask (B, N), with the
+    learned ``empty_prompt`` (N, D; every token valid) for rows without text (no ``input_ids``, or an all-zero
+    ``attention_mask``). ``N`` is the network's text length: ``input_ids`` of another length are refused."""
+    prompt = empty_prompt.unsqueeze(0).expand(batch, -1, -1)
+    full = torch.ones(batch, empty_prompt.shape[0], dtype=torch.bool, device=prompt.device)
+    if input_ids is None:
+        return prompt, full
+    if input_ids.shape[1] != empty_prompt.shape[0]:
+        raise ValueError(
+            f"input_ids have {input_ids.shape[1]} tokens; this network was built for {empty_prompt.shape[0]}."
+        )
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    feats, _ = encoder(input_ids, attention_mask)
+    has_text = attention_mask.sum(1) > 0
+    tokens = torch.where(has_text[:, None, None], feats.to(prompt.dtype), prompt)
+    return tokens, attention_mask.bool() | ~has_text[:, None]
