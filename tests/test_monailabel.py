@@ -148,6 +148,17 @@ def infer(base: str, image_id: str, params: dict, output: str = "image", model: 
     return http(f"{base}/infer/{model}?{query}", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
 
+def server_env(tmp_path, **extra: str) -> dict[str, str]:
+    """The environment of a `monailabel start_server` subprocess, as after `source .venv-label/bin/activate` (the
+    monailabel script runs the `python` on PATH), with its sessions under ``tmp_path`` and ``extra`` variables."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.update(
+        PATH=os.path.join(LABEL_VENV, "bin") + os.pathsep + env.get("PATH", ""), VIRTUAL_ENV=LABEL_VENV,
+        OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MONAI_LABEL_SESSION_PATH=str(tmp_path / "sessions"), **extra,
+    )  # fmt: skip
+    return env
+
+
 def wait_ready(proc: subprocess.Popen, base: str, log: str, timeout: float) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
@@ -233,12 +244,7 @@ def test_monailabel_serves_text_guided_masks(tmp_path):
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    # as after `source .venv-label/bin/activate`: the monailabel script runs the `python` on PATH
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env.update(
-        PATH=os.path.join(LABEL_VENV, "bin") + os.pathsep + env.get("PATH", ""), VIRTUAL_ENV=LABEL_VENV,
-        OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MONAI_LABEL_SESSION_PATH=str(tmp_path / "sessions"),
-    )  # fmt: skip
+    env = server_env(tmp_path)
     cmd = [
         os.path.join(LABEL_VENV, "bin", "monailabel"), "start_server", "--app", str(app), "--studies", str(studies),
         "--conf", "models", "ua_vls,vm_unet,segmamba_ct", "--host", "127.0.0.1", "--port", str(port),

@@ -35,6 +35,7 @@ from test_monailabel import (
     ensure_label_env,
     free_port,
     infer,
+    server_env,
     stop,
     wait_ready,
 )
@@ -114,12 +115,8 @@ def test_orthanc_monailabel_loop(tmp_path):
         upload(pacs["base"], [RG1, sr, proposal, *cts[0]["paths"], *cts[1]["paths"]])
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-        env.update(
-            PATH=os.path.join(LABEL_VENV, "bin") + os.pathsep + env.get("PATH", ""), VIRTUAL_ENV=LABEL_VENV,
-            OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MONAI_LABEL_SESSION_PATH=str(tmp_path / "sessions"),
-            MONAI_LABEL_DICOMWEB_CACHE_PATH=str(tmp_path / "cache"), MONAI_LABEL_AUTO_UPDATE_SCORING="false",
-        )  # fmt: skip
+        env = server_env(tmp_path, MONAI_LABEL_DICOMWEB_CACHE_PATH=str(tmp_path / "cache"),
+                         MONAI_LABEL_AUTO_UPDATE_SCORING="false")  # fmt: skip
         cmd = [
             os.path.join(LABEL_VENV, "bin", "monailabel"), "start_server", "--app", str(app),
             "--studies", pacs["dicomweb"], "--conf", "models", "ua_vls,segmamba_ct,report_ct",
