@@ -70,13 +70,14 @@ LABEL_ENV_GB = 6.0  # .venv-label measured 5.1 GB (torch 2.14.1 with its CUDA li
 
 
 def ensure_label_env() -> float:
-    """Create .venv-label with `make label` unless its stamp exists; returns the seconds it took. Skips, saying so,
-    when the disk has no room for it (a full disk half-writes the env and says only ``OSError 28``)."""
+    """Create .venv-label with `make label` unless its stamp exists; returns the seconds it took. Fails, saying so,
+    before `make label` when the disk has no room for it (a full disk half-writes the env and says only ``OSError 28``)."""
     start = time.monotonic()
     if not os.path.isfile(LABEL_STAMP):
         free_gb = shutil.disk_usage(ROOT).free / 1e9
-        if free_gb < LABEL_ENV_GB:
-            pytest.skip(f"no room for .venv-label: {free_gb:.1f} GB free on {ROOT}, `make label` needs {LABEL_ENV_GB} GB")
+        assert free_gb >= LABEL_ENV_GB, (
+            f"no room for .venv-label: {free_gb:.1f} GB free on {ROOT}, `make label` needs {LABEL_ENV_GB} GB"
+        )
         res = subprocess.run(["make", "label"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
         assert res.returncode == 0, f"make label failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     assert os.path.isfile(os.path.join(LABEL_VENV, "bin", "monailabel")), "make label did not install monailabel"
