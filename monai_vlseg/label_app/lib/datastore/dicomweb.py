@@ -320,29 +320,37 @@ class VLSegDICOMwebDatastore(DICOMWebDatastore):
         if cached and os.path.isfile(cached):
             return cached
         study_seg = self._labels_on_server().get(image_id)
-        if study_seg is None:
-            return ""
+        return "" if study_seg is None else self._cache_label(image_id, *study_seg)
+
+    def _cache_label(self, image_id: str, study: str, seg_series: str) -> str:
+        """The cached label of ``image_id``, read from SEG ``seg_series`` unless the cache holds that one already."""
+        tag = DefaultLabelTag.FINAL
+        cached = LocalDatastore.get_label_uri(self, image_id, tag)
+        info = LocalDatastore.get_label_info(self, image_id, tag) if cached else {}
+        if cached and os.path.isfile(cached) and (info or {}).get("SeriesInstanceUID") == seg_series:
+            return cached
         self.get_image_uri(image_id)
-        label_dir = os.path.join(self._datastore.label_path(label_tag), study_seg[1])
+        label_dir = os.path.join(self._datastore.label_path(tag), seg_series)
         if not os.path.isdir(label_dir) or not os.listdir(label_dir):
-            dicom_web_download_series(study_seg[0], study_seg[1], label_dir, self._client, self._fetch_by_frame)
+            dicom_web_download_series(study, seg_series, label_dir, self._client, self._fetch_by_frame)
         try:
             label = dicom_seg_to_label(dicom_files_in(label_dir)[0], self._image_dir(image_id))
         except DicomReadError as err:
-            logger.warning("label %s of %s not used: %s", study_seg[1], image_id, err)
+            logger.warning("label %s of %s not used: %s", seg_series, image_id, err)
             return ""
         finally:
             shutil.rmtree(label_dir, ignore_errors=True)
         with tempfile.TemporaryDirectory() as tmp:
             path = save_nifti(label.array, label.affine, os.path.join(tmp, f"{image_id}.nii.gz"))
-            LocalDatastore.save_label(self, image_id, path, label_tag, {"SeriesInstanceUID": study_seg[1]})
-        return LocalDatastore.get_label_uri(self, image_id, label_tag)
+            LocalDatastore.save_label(self, image_id, path, tag, {"SeriesInstanceUID": seg_series})
+        return LocalDatastore.get_label_uri(self, image_id, tag)
 
     def _download_labeled_data(self) -> None:
-        """The cache holds exactly the server's labels: new ones are read, ones deleted there are dropped."""
+        """The cache holds exactly the server's labels: new ones are read, ones deleted there are dropped, one
+        replaced there by a newer SEG is read again (one listing of the server for all of them)."""
         on_server = self._labels_on_server()
         for image_id in set(LocalDatastore.get_labeled_images(self)) - set(on_server):
             logger.info("label of %s is no longer on the server; dropped from the cache", image_id)
             LocalDatastore.remove_label(self, image_id, DefaultLabelTag.FINAL)
-        for image_id, (_, seg_series) in on_server.items():
-            self.get_label_uri(seg_series, DefaultLabelTag.FINAL, image_id)
+        for image_id, (study, seg_series) in on_server.items():
+            self._cache_label(image_id, study, seg_series)
