@@ -94,3 +94,51 @@ def test_multi_gpu_config_runs_ddp_on_cpu(bundle, tmp_path):
     overrides = dict(bundle["overrides"], bundle_root=str(tmp_path / "ddp"))
     ckpt = run_ddp_training(cfg("train.json", "multi_gpu_train.json"), META, LOGGING, overrides, str(tmp_path))
     assert any(k.startswith("text_dec.0.") for k in ckpt)
+
+
+def _two_lesion_logits() -> dict:
+    """Logits (2, 24, 24, 24) on a 3 mm grid: a 6x6x6-voxel lesion (5832 mm3) and a 2x2x2-voxel fragment (216 mm3)."""
+    from monai.data import MetaTensor
+
+    fg = torch.zeros(24, 24, 24)
+    fg[2:8, 2:8, 2:8] = 1
+    fg[16:18, 16:18, 16:18] = 1
+    affine = torch.diag(torch.tensor([3.0, 3.0, 3.0, 1.0]))
+    logits = MetaTensor(torch.stack([1 - fg, fg]) * 4 - 2, affine=affine)
+    return {"pred": logits, "label": MetaTensor((fg[None] > 0).float(), affine=affine)}
+
+
+@pytest.mark.parametrize(("min_mm3", "kept"), [(0, 216 + 8), (500, 216)])
+def test_evaluate_postprocessing_removes_lesions_below_min_lesion_mm3(min_mm3, kept):
+    """evaluate.json's post-processing: components below ``min_lesion_mm3`` (mm3 of the 3 mm grid) are dropped;
+    0 keeps every component."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(cfg("train.json", "evaluate.json"))
+    parser.update({"min_lesion_mm3": min_mm3})
+    post = parser.get_parsed_content("validate#postprocessing")
+    out = post(_two_lesion_logits())
+    assert out["pred"].shape == (2, 24, 24, 24)
+    assert int(out["pred"][1].sum()) == kept and torch.equal(out["pred"].sum(0), torch.ones(24, 24, 24))
+
+
+def test_choose_min_lesion_scores_count_after_removal():
+    """scripts/choose_min_lesion.py's scoring: the fragment breaks the count at 0 mm3, not at 500 mm3."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "choose_min_lesion", os.path.join(os.path.dirname(CONFIGS), "..", "..", "scripts", "choose_min_lesion.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    d = _two_lesion_logits()
+    onehot = torch.stack([d["pred"][0] > 0, d["pred"][1] > 0]).float()
+    pred = d["pred"].clone()
+    pred[:] = onehot
+    label = torch.stack([1 - d["label"][0], d["label"][0]])
+    label[1, 16:18, 16:18, 16:18] = 0  # the fragment is not a named lesion
+    label[0, 16:18, 16:18, 16:18] = 1
+    kept = [(pred, label, 1, "right")]  # RAS x >= 0 everywhere: the patient's right
+    at0, at500 = mod.score(kept, 0, [3.0, 3.0, 3.0]), mod.score(kept, 500, [3.0, 3.0, 3.0])
+    assert at0["count"] == 0.0 and at500["count"] == 1.0
+    assert at500["dice"] == pytest.approx(1.0) and at0["dice"] < 1.0 and at500["laterality"] == 1.0
