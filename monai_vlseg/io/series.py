@@ -39,6 +39,7 @@ def write_dicom_series(
     superior_first: bool = True,
     accession_number: str = "",
     rotate_180: bool = False,
+    plane: str = "axial",
 ) -> list[str]:
     """Write an (x, y, z) HU volume as a DICOM CT series, one file per slice (``IM0001`` ..., no extension).
 
@@ -59,6 +60,9 @@ def write_dicom_series(
         rotate_180: store every slice rotated by 180 degrees in plane — columns towards the patient's right, rows
             towards anterior (ImageOrientationPatient ``[-1, 0, 0, 0, -1, 0]``, the first pixel at the other corner) —
             the same patient-space volume in another stored orientation (tests that sides come from the geometry).
+        plane: ``"axial"``, or ``"coronal"``: one slice per y (posterior), rows from superior to inferior, columns
+            towards the patient's left (ImageOrientationPatient ``[1, 0, 0, 0, 0, -1]``, PixelSpacing (dz, dx)) — a
+            reformat as scanners export it; ``superior_first`` and ``rotate_180`` apply to axial series only.
 
     Returns:
         the written file paths, in instance order.
@@ -76,11 +80,19 @@ def write_dicom_series(
     seed = uid_seed or os.path.basename(os.path.abspath(folder))
     study, series, frame = _uid(seed, "study"), _uid(seed, "series"), _uid(seed, "frame")
     dx, dy, dz = (float(s) for s in spacing)
-    nz = arr.shape[2]
+    if plane not in ("axial", "coronal"):
+        raise ValueError(f"write_dicom_series: plane must be 'axial' or 'coronal', got {plane!r}.")
     stored = (arr.astype(np.int32) + 1024).astype(np.uint16)
     iop = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     corner = [float(origin_lps[0]), float(origin_lps[1])]
-    if rotate_180:  # pixel (0, 0) at the far corner, columns and rows running the other way
+    z0 = float(origin_lps[2])
+    if plane == "coronal":  # (x, y, z) -> (x, z from superior down, y): slices along y, first row the top one
+        stored = np.ascontiguousarray(stored[:, :, ::-1].transpose(0, 2, 1))
+        iop = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]
+        z0, dy, dz = z0 + (arr.shape[2] - 1) * dz, dz, dy  # row step dz (now "dy"), slice step dy (now "dz")
+        superior_first = False
+    nz = stored.shape[2]
+    if rotate_180 and plane == "axial":  # pixel (0, 0) at the far corner, columns and rows running the other way
         stored = stored[::-1, ::-1]
         iop = [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0]
         corner = [corner[0] + (arr.shape[0] - 1) * dx, corner[1] + (arr.shape[1] - 1) * dy]
@@ -103,17 +115,17 @@ def write_dicom_series(
         ds.AccessionNumber, ds.StudyID, ds.ReferringPhysicianName = accession_number, "1", ""
         ds.Modality, ds.Manufacturer, ds.SeriesDescription = "CT", "monai_vlseg synthetic", series_description
         ds.SeriesNumber, ds.InstanceNumber, ds.AcquisitionNumber = 1, n, 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"] if plane == "axial" else ["DERIVED", "SECONDARY", "REFORMATTED"]
         ds.PatientPosition, ds.KVP = "FFS", 120
         ds.ImageOrientationPatient = iop
-        pos = [corner[0], corner[1], float(origin_lps[2]) + k * dz]
+        pos = [corner[0], corner[1], z0 + k * dz] if plane == "axial" else [corner[0], corner[1] + k * dz, z0]
         ds.ImagePositionPatient = [round(v, 4) for v in pos]
-        ds.SliceLocation = round(pos[2], 4)
+        ds.SliceLocation = round(pos[2] if plane == "axial" else pos[1], 4)
         ds.PixelSpacing = [round(dy, 4), round(dx, 4)]  # row spacing, column spacing
         ds.SliceThickness = round(dz, 4)
         ds.SpacingBetweenSlices = round(dz, 4)
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows, ds.Columns = arr.shape[1], arr.shape[0]
+        ds.Rows, ds.Columns = stored.shape[1], stored.shape[0]
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
         ds.WindowCenter, ds.WindowWidth = 40, 400

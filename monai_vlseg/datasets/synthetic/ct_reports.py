@@ -114,8 +114,9 @@ def generate_report_ct_dataset(
     ``dicom``, each volume is also a DICOM CT series (AccessionNumber ``<stem>``) with its first report as a Basic Text
     SR in the same study (``dicom/<stem>/``, ``dicom/<stem>_report.dcm``), in ``datalist_dicom.json`` and in
     ``reports.csv`` (AccessionNumber, report) — an export folder :mod:`monai_vlseg.io.ingest` reads. The test
-    volumes are also stored rotated by 180 degrees in plane (``dicom_rotated/``, ``datalist_dicom_rotated.json``): the
-    same patients, another stored orientation, the same expected masks.
+    volumes are also stored rotated by 180 degrees in plane (``dicom_rotated/``, ``datalist_dicom_rotated.json``) and as
+    coronal series (``dicom_coronal/``, ``datalist_dicom_coronal.json``): the same patients, other stored
+    orientations, the same expected masks.
     """
     from monai_vlseg.datalist import write_datalist
     from monai_vlseg.io.dicom import save_nifti
@@ -128,6 +129,7 @@ def generate_report_ct_dataset(
     nifti: dict[str, list] = {}
     dcm: dict[str, list] = {}
     rot: dict[str, list] = {"test": []}
+    cor: dict[str, list] = {"test": []}
     reports: list[tuple[str, str]] = []
     findings: dict[str, list] = {}
     for si, (key, tag, name) in enumerate(_SPLITS):
@@ -163,6 +165,11 @@ def generate_report_ct_dataset(
                                            patient_id=stem.upper(), uid_seed=f"monai_vlseg-report-ct/{seed}/{stem}/r",
                                            accession_number=stem, rotate_180=True)  # fmt: skip
                         rot[key].append({**item, "image": rotated})
+                        coronal = os.path.join(root, "dicom_coronal", stem)  # a coronal reformat of the same volume
+                        write_dicom_series(case.image, case.spacing, case.origin_lps, coronal,
+                                           patient_id=stem.upper(), uid_seed=f"monai_vlseg-report-ct/{seed}/{stem}/c",
+                                           accession_number=stem, plane="coronal")  # fmt: skip
+                        cor[key].append({**item, "image": coronal})
     header = {
         "name": "monai_vlseg synthetic report-guided abdominal CT demo",
         "description": "synthetic HU volumes with hypodense lesions in the liver lobes, kidneys and spleen; each report "
@@ -182,17 +189,21 @@ def generate_report_ct_dataset(
         write_datalist({**header, "image_format": "dicom", **dcm}, os.path.join(root, "datalist_dicom.json"))
         write_datalist({**header, "image_format": "dicom_rotated", **rot},
                        os.path.join(root, "datalist_dicom_rotated.json"))  # fmt: skip
+        write_datalist({**header, "image_format": "dicom_coronal", **cor},
+                       os.path.join(root, "datalist_dicom_coronal.json"))  # fmt: skip
     return write_datalist({**header, "image_format": "nifti", **nifti}, os.path.join(root, "datalist.json"))
 
 
 def ensure_report_ct_datalist(dataset_dir: str | os.PathLike, image_format: str = "nifti", **kwargs: Any) -> str:
-    """The report-guided CT demo datalist in ``dataset_dir`` (NIfTI, ``"dicom"`` series or ``"dicom_rotated"``: the
-    test series stored rotated by 180 degrees), generated on first use
+    """The report-guided CT demo datalist in ``dataset_dir`` (NIfTI, ``"dicom"`` series, ``"dicom_rotated"``: the
+    test series stored rotated by 180 degrees in plane, or ``"dicom_coronal"``: the test volumes as coronal series),
+    generated on first use
     (atomically, one process at a time: :func:`monai_vlseg.files.ensure_generated`)."""
     from monai_vlseg.files import ensure_generated
 
-    if image_format not in ("nifti", "dicom", "dicom_rotated"):
-        raise ValueError(f"image_format must be 'nifti', 'dicom' or 'dicom_rotated', got '{image_format}'.")
+    formats = ("nifti", "dicom", "dicom_rotated", "dicom_coronal")
+    if image_format not in formats:
+        raise ValueError(f"image_format must be one of {formats}, got '{image_format}'.")
     dataset_dir = os.path.abspath(os.fspath(dataset_dir))
     ensure_generated(dataset_dir, functools.partial(generate_report_ct_dataset, **kwargs))
     return os.path.join(dataset_dir, "datalist.json" if image_format == "nifti" else f"datalist_{image_format}.json")
