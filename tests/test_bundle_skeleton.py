@@ -75,6 +75,8 @@ DIFFERENCES: dict[tuple[str, str], tuple[Any, str]] = {
         "lesion count and sides in patient space (through each mask's affine) against what the report names; the "
         "chest report parser's metrics and negations are 2D radiograph ones"),
     ("report_ct", "evaluate.json missing"): ({"laterality"}, "sides come from the affine, not an image-side convention"),
+    ("report_ct", "evaluate.json extra"): (
+        {"validate#postprocessing"}, "components below min_lesion_mm3 are dropped before the metrics, as in inference"),
     ("c2seg", "stage-1 config"): ("pretrain.json", "two-stage: CaCL pre-training of the image encoder"),
     ("lcpdn", "stage-1 config"): ("pretrain_diffusion.json", "two-stage: DDPM training of the diffusion UNet"),
 }  # fmt: skip
