@@ -9,6 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 from monai.bundle import ConfigParser
+from monai.data import MetaTensor
 from monai.transforms import Compose
 
 from monai_vlseg.datasets.synthetic.ct import (
@@ -85,6 +86,29 @@ def test_dicom_series_geometry_tags(demo, tmp_path):
     assert [float(v) for v in first.PixelSpacing] == pytest.approx([case.spacing[1], case.spacing[0]])
     with pytest.raises(ValueError, match="outside"):
         write_dicom_series(np.full((2, 2, 2), 5000, np.int16), (1, 1, 1), (0, 0, 0), tmp_path / "bad")
+
+
+@pytest.mark.parametrize("kwargs", [{"plane": "coronal"}, {"rotate_180": True}])
+def test_reformatted_series_read_back_to_the_axial_volume(tmp_path, kwargs):
+    """A coronal reformat and a 180-degree rotated axial series hold the same patient-space volume: after orienting
+    to RAS the voxels and the affine equal the plain axial series'."""
+    from monai.transforms import Orientation
+
+    case = synthesize_ct_case([5, 0, 1], size=24, fov_z_mm=30.0)
+    write_dicom_series(case.image, case.spacing, case.origin_lps, tmp_path / "ax")
+    paths = write_dicom_series(case.image, case.spacing, case.origin_lps, tmp_path / "other", **kwargs)
+    ref, other = load_dicom_series(str(tmp_path / "ax")), load_dicom_series(str(tmp_path / "other"))
+    first = pydicom.dcmread(paths[0])
+    if kwargs.get("plane") == "coronal":
+        assert list(first.ImageOrientationPatient) == [1, 0, 0, 0, 0, -1] and len(paths) == case.image.shape[1]
+        assert [float(v) for v in first.PixelSpacing] == pytest.approx([case.spacing[2], case.spacing[0]])
+    assert not np.array_equal(other.array, ref.array)  # stored another way round
+    ras = Orientation(axcodes="RAS", labels=None)
+    a, b = (ras(MetaTensor(im.array[None].astype(np.float32), affine=im.affine)) for im in (ref, other))
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_allclose(np.asarray(a.affine), np.asarray(b.affine), atol=1e-3)
+    with pytest.raises(ValueError, match="plane"):
+        write_dicom_series(case.image, case.spacing, case.origin_lps, tmp_path / "bad", plane="sagittal")
 
 
 def test_ensure_datalist_generates_once_and_picks_the_format(tmp_path):
