@@ -196,6 +196,11 @@ def test_datalist_helpers(tmp_path):
     assert back == dl
     path = write_datalist(dl, tmp_path / "out" / "d.json")
     assert load_datalist(path)[0]["image"] == img
+    # fields other than paths come back as written, even when a file of that name sits beside the datalist
+    (tmp_path / "out" / "left").write_text("")
+    path = write_datalist({"test": [{"image": img, "named_sides": "", "text": "left", "named_count": 0}]}, path)
+    item = load_datalist(path, "test")[0]
+    assert (item["named_sides"], item["text"], item["named_count"]) == ("", "left", 0)
 
 
 # ---------------------------------------------------------------- synthetic demo set
