@@ -94,7 +94,7 @@ def write_ct_report(
 def generate_report_ct_dataset(
     root: str | os.PathLike,
     n_train: int = 16,
-    n_val: int = 8,
+    n_val: int = 16,
     n_test: int = 24,
     size: int = 96,
     seed: int = 0,
