@@ -231,7 +231,8 @@ def load_datalist(
         base_dir = os.path.dirname(path)
     items = load_decathlon_datalist(path, is_segmentation=is_segmentation, data_list_key=split, base_dir=base_dir)
     for item, raw in zip(items, data[split]):  # MONAI joins *any* string that names an existing path: "" -> base_dir
-        item.update({k: v for k, v in raw.items() if k not in PATH_KEYS})
+        if isinstance(raw, Mapping):
+            item.update({k: v for k, v in raw.items() if k not in PATH_KEYS})
     extra = [k for k in PATH_KEYS if k not in ("image", "label")]
     return convert_paths({"items": items}, base_dir, relative=False, keys=extra)["items"]
 

@@ -96,8 +96,11 @@ def tiny_parser(bundle_root: str) -> ConfigParser:
 
 def train_checkpoint(tmp: str, image: str) -> tuple[str, np.ndarray, np.ndarray]:
     """Train the tiny UA-VLS for 60 Adam steps on one image with two texts (text A: the left half, text B: the right
-    half), save its state dict as model.pt and return it with the network's own masks for A and B as (H, W) arrays,
-    the layout of the PNGs the server returns."""
+    half), save its state dict as model.pt and return it with the network's own logits for A and B, zeroed where the
+    bundle's report cut (``KeepReportedFindingsd``, zones from the texts) removes a component, as (H, W) arrays, the
+    layout of the PNGs the server returns."""
+    from monai_vlseg.transforms import KeepReportedFindingsd
+
     parser = tiny_parser(os.path.join(tmp, "bundle"))
     pre = parser.get_parsed_content("preprocessing")  # the bundle's own: load, resize, scale, TokenizeTextd
     items = [pre({"image": image, "text": t}) for t in (TEXT_A, TEXT_B)]
@@ -116,11 +119,13 @@ def train_checkpoint(tmp: str, image: str) -> tuple[str, np.ndarray, np.ndarray]
         opt.step()
     with torch.no_grad():
         logits = net(img, ids, mask)[:, 0]
-    mask_a, mask_b = ((x > 0).numpy().astype(np.uint8).T for x in logits)
-    assert (mask_a != mask_b).mean() > 0.8, f"the tiny network did not learn the two texts (loss {loss.item():.3f})"
+    cut = KeepReportedFindingsd(keys="pred")
+    kept = [cut({**d, "pred": (x > 0)[None].float()})["pred"][0].numpy() > 0 for x, d in zip(logits, items)]
+    logit_a, logit_b = (np.where(k, x.numpy(), np.minimum(x.numpy(), -1.0)).T for x, k in zip(logits, kept))
+    assert ((logit_a > 0) != (logit_b > 0)).mean() > 0.8, f"the tiny network did not learn the two texts (loss {loss.item():.3f})"
     path = os.path.join(tmp, "model.pt")
     torch.save(net.state_dict(), path)  # a bare state dict, as the bundle's CheckpointSaver writes it
-    return path, mask_a, mask_b
+    return path, logit_a, logit_b
 
 
 def free_port() -> int:
@@ -269,11 +274,14 @@ def test_monailabel_serves_text_guided_masks(tmp_path):
             assert status == 200, body[-2000:]
             masks[key] = np.asarray(Image.open(BytesIO(body)))
 
-        for key, expected in (("a", expected_a), ("b", expected_b)):
+        for key, logit in (("a", expected_a), ("b", expected_b)):
             m = masks[key]
             assert m.shape == (64, 64) and set(np.unique(m)) <= {0, 1}
-            # the server runs the network trained here (another torch build: allow a few pixels at the threshold)
-            assert (m == expected).mean() > 0.99, f"text {key}: served mask differs from the network's"
+            # the server runs the network trained here on another torch build: pixels whose logit is near the
+            # threshold may flip; every confident pixel must agree, and nearly all pixels overall
+            sure = np.abs(logit) > 0.5
+            assert sure.mean() > 0.8 and (m == (logit > 0))[sure].all(), f"text {key}: served mask differs from the network's"
+            assert (m == (logit > 0)).mean() > 0.95, f"text {key}: served mask differs from the network's"
         assert (masks["a"] != masks["b"]).mean() > 0.8, "the mask does not depend on the text"
         assert masks["a"][:, :32].mean() > 0.9 and masks["a"][:, 32:].mean() < 0.1  # text A: the left half
 
