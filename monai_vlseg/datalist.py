@@ -30,6 +30,7 @@ __all__ = [
     "convert_paths",
     "count_text_sources",
     "datalist_laterality",
+    "group_reports",
     "load_datalist",
     "read_datalist",
     "summarise_text_sources",
@@ -235,6 +236,34 @@ def load_datalist(
             item.update({k: v for k, v in raw.items() if k not in PATH_KEYS})
     extra = [k for k in PATH_KEYS if k not in ("image", "label")]
     return convert_paths({"items": items}, base_dir, relative=False, keys=extra)["items"]
+
+
+def group_reports(
+    items: Iterable[Mapping[str, Any]], keys: tuple[str, ...] = ("label", "text"), image_key: str = "image"
+) -> list[dict[str, Any]]:
+    """One item per image, its reports gathered: ``keys`` become lists (in datalist order); other fields are kept
+    where all of the image's items agree (a per-report field such as a finding count is dropped). For training on images that carry several reports, each naming other findings
+    (:class:`monai_vlseg.transforms.RandPickReportsd` then draws some of them per step, so that one batch holds the
+    same image with different reports and masks).
+
+    Raises:
+        ValueError: an item lacks one of ``keys``.
+    """
+    groups: dict[Any, dict[str, Any]] = {}
+    for i, item in enumerate(items):
+        missing = [k for k in (image_key, *keys) if k not in item]
+        if missing:
+            raise ValueError(f"datalist item {i} ({item.get(image_key)!r}) has no {missing}")
+        img = item[image_key]
+        key = tuple(img) if isinstance(img, list) else img
+        if key not in groups:
+            groups[key] = {**item, **{k: [] for k in keys}}
+        group = groups[key]
+        for k in keys:
+            group[k].append(item[k])
+        for k in [k for k in group if k not in keys and k != image_key and item.get(k, ...) != group[k]]:
+            del group[k]
+    return list(groups.values())
 
 
 def text_source_of(item: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> str | None:

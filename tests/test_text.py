@@ -243,3 +243,64 @@ def test_set_text():
     assert fill({"text": "  "})["text"] == "liver"
     assert fill({"text": "kidney"})["text"] == "kidney"
     assert SetTextd(text="liver", override=True)({"text": "kidney"})["text"] == "liver"
+
+
+def test_several_reports_per_image_become_batch_rows(tokenize):
+    """group_reports -> TokenizeTextd(multiple) -> RandPickReportsd -> ReportsPrepareBatch: each batch row pairs the
+    image with one report's tokens and that report's own mask."""
+    from monai.data import list_data_collate
+
+    from monai_vlseg.datalist import group_reports
+    from monai_vlseg.engines import ReportsPrepareBatch
+    from monai_vlseg.transforms import RandPickReportsd
+
+    items = [{"image": "a.nii", "label": f"a{i}.nii", "text": f"lesion {w}", "named_count": i, "site": "x"}
+             for i, w in enumerate(["liver", "spleen", "left kidney"])]  # fmt: skip
+    items.append({"image": "b.nii", "label": "b0.nii", "text": "no focal lesion", "named_count": 0, "site": "y"})
+    groups = group_reports(items)
+    assert [g["image"] for g in groups] == ["a.nii", "b.nii"]
+    assert groups[0]["label"] == ["a0.nii", "a1.nii", "a2.nii"] and groups[0]["text"][2] == "lesion left kidney"
+    assert "named_count" not in groups[0] and groups[0]["site"] == "x" and groups[1]["named_count"] == 0
+    with pytest.raises(ValueError, match="has no"):
+        group_reports([{"image": "c.nii", "label": "c.nii"}])
+
+    tok = TokenizeTextd(max_length=12, multiple=True)
+    tok.tokenize._tokenizer = tokenize.tokenizer
+    d = tok({"text": groups[0]["text"]})
+    assert d["input_ids"].shape == (3, 12)
+    assert tok({"text": "one report"})["input_ids"].shape == (12,)
+    with pytest.raises(ValueError, match="one text prompt"):
+        TokenizeTextd(max_length=12)(d | {"text": groups[0]["text"]})
+    # channel k of the label is report k's mask: a marker voxel at k
+    label = torch.zeros(3, 4, 4, 4)
+    for k in range(3):
+        label[k, k, 0, 0] = 1
+    d.update(image=torch.rand(1, 4, 4, 4), label=label, text=groups[0]["text"])
+    pick = RandPickReportsd(keys=["label", "input_ids", "attention_mask", "text"], num_reports=2).set_random_state(0)
+    seen = set()
+    for _ in range(20):
+        out = pick(d)
+        ks = [int(out["label"][r].nonzero()[0, 0]) for r in range(2)]  # which reports were kept
+        assert ks[0] != ks[1]  # distinct when there are enough
+        seen.update(ks)
+        assert out["text"] == [groups[0]["text"][k] for k in ks]
+        assert all(torch.equal(out["input_ids"][r], d["input_ids"][k]) for r, k in enumerate(ks))
+        assert torch.equal(out["label_union"][0], label[ks].amax(0))
+    assert seen == {0, 1, 2}
+    one = pick({"label": label[:1], "input_ids": d["input_ids"][0], "attention_mask": d["attention_mask"][0],
+                "text": ["only"]})  # fmt: skip
+    assert one["input_ids"].shape == (2, 12) and one["text"] == ["only", "only"]  # drawn again when too few
+    with pytest.raises(ValueError, match="one entry per report"):
+        pick({**d, "text": ["a", "b"]})
+
+    batch = list_data_collate([pick(d), pick(d)])
+    image, target, args, kwargs = ReportsPrepareBatch()(batch)
+    assert image.shape == (4, 1, 4, 4, 4) and target.shape == (4, 1, 4, 4, 4) and kwargs["input_ids"].shape == (4, 12)
+    for row in range(4):
+        b, r = divmod(row, 2)
+        assert torch.equal(image[row], batch["image"][b]) and torch.equal(target[row, 0], batch["label"][b, r])
+        assert torch.equal(kwargs["input_ids"][row], batch["input_ids"][b, r])
+    single = {"image": torch.rand(2, 1, 4, 4, 4), "label": torch.rand(2, 1, 4, 4, 4),
+              "input_ids": torch.ones(2, 12, dtype=torch.long), "attention_mask": torch.ones(2, 12, dtype=torch.long)}
+    image, target, _, kwargs = ReportsPrepareBatch()(single)
+    assert image.shape == (2, 1, 4, 4, 4) and kwargs["input_ids"].shape == (2, 12)

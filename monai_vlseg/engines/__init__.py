@@ -14,7 +14,7 @@ from .handlers import (
     UncertaintyRankingHandler,
 )
 from .inferers import PromptedDiffusionInferer, TextSlidingWindowInferer
-from .prepare_batch import PromptedDiffusionPrepareBatch
+from .prepare_batch import PromptedDiffusionPrepareBatch, ReportsPrepareBatch
 from .skipping import SkipFailedDataset, failure_reason, skip_failed_collate, skip_failed_iteration
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "NegatedAreaHandler",
     "PromptedDiffusionInferer",
     "PromptedDiffusionPrepareBatch",
+    "ReportsPrepareBatch",
     "RandomStates",
     "SkipFailedDataset",
     "TextMaskConsistencyHandler",

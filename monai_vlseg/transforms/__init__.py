@@ -20,6 +20,7 @@ from .lesions import KeepReportedFindingsd
 from .report import PrepareReportd, SaveReportReviewd
 from .uncertainty import SaveHeatOverlayd, UncertaintyMapd
 from .text import (
+    RandPickReportsd,
     RandTextDropoutd,
     SetTextd,
     TokenizeText,
@@ -38,6 +39,7 @@ __all__ = [
     "InputSpec",
     "KeepReportedFindingsd",
     "PrepareReportd",
+    "RandPickReportsd",
     "RandTextDropoutd",
     "SaveHeatOverlayd",
     "SaveImageAtomicd",

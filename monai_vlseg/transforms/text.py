@@ -16,7 +16,7 @@ from monai.utils import ensure_tuple_rep
 
 from monai_vlseg.utils import load_pretrained
 
-__all__ = ["normalize_text", "TokenizeText", "TokenizeTextd", "RandTextDropoutd", "SetTextd"]
+__all__ = ["normalize_text", "TokenizeText", "TokenizeTextd", "RandPickReportsd", "RandTextDropoutd", "SetTextd"]
 
 EMPTY_TEXT_POLICIES = ("error", "empty")
 
@@ -160,6 +160,9 @@ class TokenizeTextd(MapTransform):
         empty_text: ``"error"`` or ``"empty"``, see :class:`TokenizeText`.
         trust_remote_code: forwarded to ``AutoTokenizer.from_pretrained``.
         allow_missing_keys: don't raise for keys absent from the item.
+        multiple: a list of prompts (several reports of one image, :func:`monai_vlseg.datalist.group_reports`) gives
+            one row each, ``(n, max_length)``; a single string still gives ``(max_length,)``. Off: a list must hold
+            exactly one prompt.
     """
 
     def __init__(
@@ -172,9 +175,11 @@ class TokenizeTextd(MapTransform):
         empty_text: str = "error",
         trust_remote_code: bool = False,
         allow_missing_keys: bool = False,
+        multiple: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.tokenize = TokenizeText(tokenizer, max_length, empty_text, trust_remote_code)
+        self.multiple = multiple
         self.input_ids_keys = ensure_tuple_rep(input_ids_key, len(self.keys))
         self.attention_mask_keys = ensure_tuple_rep(attention_mask_key, len(self.keys))
         outputs = self.input_ids_keys + self.attention_mask_keys
@@ -187,7 +192,64 @@ class TokenizeTextd(MapTransform):
             if key not in d and self.allow_missing_keys:
                 continue
             name = _item_name(d)
-            d[ids_key], d[mask_key] = self.tokenize(d.get(key), name=f"{name} (key {key!r})" if name else None)
+            name = f"{name} (key {key!r})" if name else None
+            text = d.get(key)
+            if self.multiple and isinstance(text, (list, tuple)) and text:
+                rows = [self.tokenize(t, name=name) for t in text]
+                d[ids_key], d[mask_key] = (torch.stack(r) for r in zip(*rows))
+            else:
+                d[ids_key], d[mask_key] = self.tokenize(text, name=name)
+        return d
+
+
+def _report_rows(value: Any, is_label: bool) -> Any:
+    """``value`` as one entry per report: a list as it is, a 1-D token tensor as one row, other tensors by dim 0."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return value if is_label or value.ndim > 1 else value[None]
+
+
+class RandPickReportsd(RandomizableTransform, MapTransform):
+    """
+    Of an image's several reports (stacked along dim 0: label channels, token rows; see
+    :func:`monai_vlseg.datalist.group_reports`), pick ``num_reports`` at random, distinct when there are enough. The
+    batch then shows the network the same image with reports that name other findings, and masks that differ only
+    where the text does: an image-only solution cannot fit both (the report-guided CT bundle's training).
+    :class:`monai_vlseg.engines.ReportsPrepareBatch` turns the reports into batch rows.
+
+    Args:
+        keys: the per-report entries, first the label (C = reports), then token ids / masks ((reports, L), or (L,)
+            for one report) and lists (the texts).
+        num_reports: reports kept per image.
+        union_key: also store the union of the kept labels (1 channel) here, for a crop sampler
+            (``RandCropByPosNegLabeld`` reads a multi-channel label as one-hot and would ignore the first report).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("label", "input_ids", "attention_mask"),
+        num_reports: int = 2,
+        union_key: str | None = "label_union",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        RandomizableTransform.__init__(self, 1.0)
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        if num_reports < 1:
+            raise ValueError(f"num_reports must be >= 1, got {num_reports}")
+        self.num_reports, self.union_key = int(num_reports), union_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        rows = {k: _report_rows(d[k], k == self.keys[0]) for k in self.key_iterator(d)}
+        counts = {k: len(v) for k, v in rows.items()}
+        n = counts[self.keys[0]]
+        if len(set(counts.values())) != 1 or n == 0:
+            raise ValueError(f"{_item_name(d)}: every key needs one entry per report, got {counts}")
+        idx = self.R.choice(n, size=self.num_reports, replace=n < self.num_reports)
+        for k, v in rows.items():
+            d[k] = [v[i] for i in idx] if isinstance(v, list) else v[torch.as_tensor(idx)]
+        if self.union_key is not None:
+            d[self.union_key] = (d[self.keys[0]] > 0).any(0, keepdim=True).to(d[self.keys[0]].dtype)
         return d
 
 
