@@ -242,9 +242,9 @@ def group_reports(
     items: Iterable[Mapping[str, Any]], keys: tuple[str, ...] = ("label", "text"), image_key: str = "image"
 ) -> list[dict[str, Any]]:
     """One item per image, its reports gathered: ``keys`` become lists (in datalist order); other fields are kept
-    where all of the image's items agree (a per-report field such as a finding count is dropped). For training on images that carry several reports, each naming other findings
-    (:class:`monai_vlseg.transforms.RandPickReportsd` then draws some of them per step, so that one batch holds the
-    same image with different reports and masks).
+    where all of the image's items agree (a per-report field such as a finding count is dropped). For training on
+    images that carry several reports, each naming other findings (:class:`monai_vlseg.transforms.RandPickReportsd`
+    then draws some of them per step, so that one batch holds the same image with different reports and masks).
 
     Raises:
         ValueError: an item lacks one of ``keys``.

@@ -304,3 +304,5 @@ def test_several_reports_per_image_become_batch_rows(tokenize):
               "input_ids": torch.ones(2, 12, dtype=torch.long), "attention_mask": torch.ones(2, 12, dtype=torch.long)}
     image, target, _, kwargs = ReportsPrepareBatch()(single)
     assert image.shape == (2, 1, 4, 4, 4) and kwargs["input_ids"].shape == (2, 12)
+    one_report = {**single, "input_ids": single["input_ids"][:, None], "attention_mask": single["attention_mask"][:, None]}
+    assert ReportsPrepareBatch()(one_report)[3]["input_ids"].shape == (2, 12)  # reports_per_volume = 1

@@ -57,7 +57,7 @@ class ReportsPrepareBatch(PrepareBatch):
         image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
         b, r = label.shape[:2]
         extra = {k: batchdata[k].to(device, non_blocking=non_blocking) for k in self.text_keys if k in batchdata}
-        if r > 1:
+        if r > 1 or any(v.ndim == 3 for v in extra.values()):  # (B, R, L) tokens: one row per report, R = 1 too
             for k, v in extra.items():
                 if v.ndim != 3 or tuple(v.shape[:2]) != (b, r):
                     raise ValueError(f"'{k}' must be (batch, reports, length) = ({b}, {r}, L), got {tuple(v.shape)}")
