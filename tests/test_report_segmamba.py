@@ -5,6 +5,7 @@ the affine."""
 
 import json
 import os
+import re
 
 import nibabel as nib
 import numpy as np
@@ -13,7 +14,12 @@ import torch
 from monai.inferers import SlidingWindowInferer
 
 from monai_vlseg.datasets.synthetic.ct import synthesize_ct_case
-from monai_vlseg.datasets.synthetic.ct_reports import finding_groups, generate_report_ct_dataset, write_ct_report
+from monai_vlseg.datasets.synthetic.ct_reports import (
+    finding_groups,
+    generate_report_ct_dataset,
+    no_target_reports,
+    write_ct_report,
+)
 from monai_vlseg.engines import TextSlidingWindowInferer
 from monai_vlseg.metrics import FindingsAgreementMetric, patient_side_components
 from monai_vlseg.nets.blocks import C2SegFusion
@@ -31,7 +37,8 @@ def tiny_net(**kw) -> ReportSegMamba:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("report_ct")
-    path = generate_report_ct_dataset(str(root), n_train=2, n_val=1, n_test=2, size=48, variants=3, fov_z_mm=60.0)
+    path = generate_report_ct_dataset(str(root), n_train=2, n_val=1, n_test=2, size=48, variants=3, no_target=2,
+                                      fov_z_mm=60.0)
     return root, json.loads(open(path).read())
 
 
@@ -62,7 +69,7 @@ def test_report_names_some_lesions_and_the_mask_holds_exactly_those(demo):
             assert sides == {s for s in item["named_sides"].split(",") if s}
             for k in named:
                 f = findings[stem][k - 1]
-                word = {"kidney": "kidney" if "kidney" in item["text"] else "renal", "spleen": "spleen"}.get(
+                word = {"kidney": "kidney" if "kidney" in item["text"] else "renal", "spleen": "sple"}.get(
                     f["organ"], "lobe")
                 assert f["side"] in ("left", "right") and word in item["text"], (item["text"], f)
     assert decoys > 0  # reports leave lesions out
@@ -77,6 +84,34 @@ def test_write_ct_report_names_the_groups_asked_for():
     assert idx == groups[first] and text.startswith(("CT", "ABDOMINAL")) and "FINDINGS:" in text
     text, idx = write_ct_report(case.findings, list(groups), np.random.default_rng(0))
     assert idx == sorted(i for g in groups.values() for i in g)
+
+
+#: how the demo reports name each group's place
+PLACES = {"liver right lobe": r"right (hepatic lobe|lobe of the liver)", "liver left lobe": r"left (hepatic lobe|lobe of the"
+          r" liver)", "kidney right": r"right (kidney|renal)", "kidney left": r"left (kidney|renal)",
+          "spleen": r"spleen|splenic"}  # fmt: skip
+
+
+def test_no_target_reports_name_groups_the_volume_lacks_and_leave_them_out_of_the_mask(demo):
+    case = synthesize_ct_case([0, 10, 5], organ_lesions=True)
+    groups = finding_groups(case.findings)
+    missing = [g for g in ("liver right lobe", "liver left lobe", "kidney right", "kidney left", "spleen")
+               if g not in groups]  # fmt: skip
+    assert missing
+    rng = np.random.default_rng(0)
+    for named, absent in no_target_reports(list(groups), 3, rng):
+        assert set(absent) <= set(missing) and set(named) <= set(groups) and (absent or not named)
+        text, idx = write_ct_report(case.findings, named, rng, absent)
+        assert idx == sorted(i for g in named for i in groups[g])  # the absent groups add no lesion
+        if not named and not absent:
+            assert "No focal lesion" in text
+        for g in absent:  # ... but the report names them
+            assert re.search(PLACES[g], text), (g, text)
+    text, idx = write_ct_report(case.findings, [], rng)
+    assert idx == [] and "No focal lesion" in text
+    _, dl = demo  # the training split holds such reports, the validation and test splits none
+    assert any(it["absent_named"] for it in dl["training"]) or any(not it["named_count"] for it in dl["training"])
+    assert not any(it["absent_named"] for k in ("validation", "test") for it in dl[k])
 
 
 def test_shared_fusion_block_in_2d_and_3d():

@@ -23,6 +23,7 @@ __all__ = [
     "finding_groups",
     "generate_report_ct_dataset",
     "named_subsets",
+    "no_target_reports",
     "write_ct_report",
 ]
 
@@ -30,6 +31,7 @@ _SPLITS = (("training", "Tr", "train"), ("validation", "Val", "val"), ("test", "
 
 _COUNT = {1: "A", 2: "Two", 3: "Three", 4: "Four"}
 _HEADERS = ("CT ABDOMEN WITH CONTRAST.", "CT OF THE ABDOMEN, PORTAL VENOUS PHASE.", "ABDOMINAL CT.")
+_ORDER = ("liver right lobe", "liver left lobe", "kidney right", "kidney left", "spleen")
 
 
 def _group(f: dict[str, Any]) -> str:
@@ -41,11 +43,10 @@ def _group(f: dict[str, Any]) -> str:
 def finding_groups(findings: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
     """``{group: [lesion indices]}`` in a fixed order (liver right lobe, liver left lobe, right kidney, left kidney,
     spleen)."""
-    order = ["liver right lobe", "liver left lobe", "kidney right", "kidney left", "spleen"]
     groups: dict[str, list[int]] = {}
     for i, f in enumerate(findings):
         groups.setdefault(_group(f), []).append(i)
-    return {g: groups[g] for g in order if g in groups}
+    return {g: groups[g] for g in _ORDER if g in groups}
 
 
 def named_subsets(groups: Sequence[str], n: int, rng: np.random.Generator) -> list[tuple[str, ...]]:
@@ -73,22 +74,43 @@ def _sentence(group: str, sizes: list[float], rng: np.random.Generator) -> str:
 
 
 def write_ct_report(
-    findings: Sequence[dict[str, Any]], named: Sequence[str], rng: np.random.Generator
+    findings: Sequence[dict[str, Any]], named: Sequence[str], rng: np.random.Generator, absent: Sequence[str] = ()
 ) -> tuple[str, list[int]]:
     """The report naming the groups ``named`` (see :func:`finding_groups`) and the indices of the lesions it names.
 
-    A report that names nothing says there is no focal lesion only when the volume has none; otherwise it describes
-    the organs without naming a lesion (its mask is empty)."""
+    ``absent``: groups the volume has no lesion in that the report names all the same (with sizes drawn here): a
+    no-target phrase, whose lesions are not in the mask because they are not in the image. A report that names
+    nothing says there is no focal lesion (its mask is empty)."""
     groups = finding_groups(findings)
     sentences, indices = [], []
-    for g in groups:
-        if g in named:
+    for g in _ORDER:
+        if g in groups and g in named:
             sentences.append(_sentence(g, [findings[i]["diameter_mm"] for i in groups[g]], rng))
             indices += groups[g]
-    if not sentences:  # only a volume without lesions has nothing to name
+        elif g in absent and g not in groups:
+            n = int(rng.integers(1, 3)) if g.startswith("liver") else 1  # as many as the generator draws there
+            sentences.append(_sentence(g, list(rng.uniform(16, 26, size=n)), rng))
+    if not sentences:
         sentences = ["No focal lesion in the liver, kidneys or spleen."]
     header = str(rng.choice(_HEADERS))
     return f"{header} FINDINGS: {' '.join(sentences)}", sorted(indices)
+
+
+def no_target_reports(groups: Sequence[str], n: int, rng: np.random.Generator) -> list[tuple[tuple, tuple]]:
+    """Up to ``n`` ``(named, absent)`` pairs for reports that name at least one group the volume has no lesion in
+    (``absent``, 1-2 groups), with a random subset of its own groups (``named``, possibly none), or that name
+    nothing at all (the "no focal lesion" report of a volume that has lesions, when ``groups`` is not empty)."""
+    missing = [g for g in _ORDER if g not in groups]
+    out: list[tuple[tuple, tuple]] = [((), ())] if groups else []
+    for _ in range(4 * n):
+        if len(out) > 2 * n or not missing:  # candidates, of which n are kept
+            break
+        k = int(rng.integers(1, min(2, len(missing)) + 1))
+        absent = tuple(sorted((str(g) for g in rng.choice(missing, size=k, replace=False)), key=_ORDER.index))
+        named = tuple(g for g in groups if rng.random() < 0.5)
+        if (named, absent) not in out:
+            out.append((named, absent))
+    return [out[i] for i in rng.permutation(len(out))][:n]
 
 
 def generate_report_ct_dataset(
@@ -99,6 +121,7 @@ def generate_report_ct_dataset(
     size: int = 96,
     seed: int = 0,
     variants: int = 4,
+    no_target: int = 0,
     dicom: bool = True,
     fov_z_mm: float = 150.0,
 ) -> str:
@@ -106,7 +129,10 @@ def generate_report_ct_dataset(
 
     Every volume (:func:`~monai_vlseg.datasets.synthetic.ct.synthesize_ct_case` with ``organ_lesions``) gets
     ``variants`` reports in the training split (each naming other groups of its lesions: one item per report, its
-    ``label`` the lesions that report names) and one in the validation and test splits. Items: ``image`` (NIfTI, HU),
+    ``label`` the lesions that report names), plus ``no_target`` training reports that name a group the volume has
+    no lesion in, or nothing (:func:`no_target_reports`: their mask holds only the named lesions that exist, the
+    no-target expressions of generalised referring segmentation), and one report in the validation and test splits
+    (naming only groups the volume has). Items: ``image`` (NIfTI, HU),
     ``label`` (uint8 0/1), ``text``, ``named_count`` and ``named_sides`` (what
     :class:`monai_vlseg.metrics.FindingsAgreementMetric` scores against) and ``decoys`` (how many lesions the report
     leaves out). Every lesion of a volume: ``lesions<Tr|Val|Ts>/<stem>.nii.gz`` (instance ``k`` = lesion ``k - 1``)
@@ -142,14 +168,17 @@ def generate_report_ct_dataset(
             save_nifti(case.instances, case.affine, os.path.join(root, f"lesions{tag}", stem + ".nii.gz"))
             findings[stem] = case.findings
             groups = list(finding_groups(case.findings))
-            subsets = named_subsets(groups, variants if key == "training" else 1, rng)
-            for v, named in enumerate(subsets):
-                text, idx = write_ct_report(case.findings, named, rng)
+            subsets = [(n, ()) for n in named_subsets(groups, variants if key == "training" else 1, rng)]
+            if key == "training":
+                subsets += no_target_reports(groups, no_target, rng)
+            for v, (named, absent) in enumerate(subsets):
+                text, idx = write_ct_report(case.findings, named, rng, absent)
                 mask = np.isin(case.instances, np.asarray(idx, dtype=np.uint8) + 1).astype(np.uint8)
                 lab = save_nifti(mask, case.affine, os.path.join(root, f"labels{tag}", f"{stem}_r{v}.nii.gz"))
                 named_findings = [case.findings[k] for k in idx]
                 item = {"image": img, "label": lab, "text": text, "text_source": "report", "named_count": len(idx),
-                        "named_sides": named_sides(named_findings), "decoys": len(case.findings) - len(idx)}  # fmt: skip
+                        "named_sides": named_sides(named_findings), "decoys": len(case.findings) - len(idx),
+                        "absent_named": len(absent)}  # fmt: skip
                 nifti[key].append(item)
                 if dicom and v == 0:
                     folder = os.path.join(root, "dicom", stem)
@@ -176,7 +205,7 @@ def generate_report_ct_dataset(
         "names some of them (label: the named lesions, 1); the others are decoys",
         "labels": {"0": "background", "1": "named lesion"},
         "generator": {"n_train": n_train, "n_val": n_val, "n_test": n_test, "size": size, "seed": seed,
-                      "variants": variants, "fov_z_mm": fov_z_mm},  # fmt: skip
+                      "variants": variants, "no_target": no_target, "fov_z_mm": fov_z_mm},  # fmt: skip
         "meta": {"laterality": "patient"},  # reports name the patient's side; the affine says where it is
     }
     with open(os.path.join(root, "findings.json"), "w", encoding="utf-8") as f:
