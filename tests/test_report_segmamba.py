@@ -15,6 +15,7 @@ from monai.inferers import SlidingWindowInferer
 
 from monai_vlseg.datasets.synthetic.ct import synthesize_ct_case
 from monai_vlseg.datasets.synthetic.ct_reports import (
+    GROUP_PATTERNS,
     finding_groups,
     generate_report_ct_dataset,
     no_target_reports,
@@ -86,12 +87,6 @@ def test_write_ct_report_names_the_groups_asked_for():
     assert idx == sorted(i for g in groups.values() for i in g)
 
 
-#: how the demo reports name each group's place
-PLACES = {"liver right lobe": r"right (hepatic lobe|lobe of the liver)", "liver left lobe": r"left (hepatic lobe|lobe of the"
-          r" liver)", "kidney right": r"right (kidney|renal)", "kidney left": r"left (kidney|renal)",
-          "spleen": r"spleen|splenic"}  # fmt: skip
-
-
 def test_no_target_reports_name_groups_the_volume_lacks_and_leave_them_out_of_the_mask(demo):
     case = synthesize_ct_case([0, 10, 5], organ_lesions=True)
     groups = finding_groups(case.findings)
@@ -106,7 +101,7 @@ def test_no_target_reports_name_groups_the_volume_lacks_and_leave_them_out_of_th
         if not named and not absent:
             assert "No focal lesion" in text
         for g in absent:  # ... but the report names them
-            assert re.search(PLACES[g], text), (g, text)
+            assert re.search(GROUP_PATTERNS[g], text), (g, text)
     text, idx = write_ct_report(case.findings, [], rng)
     assert idx == [] and "No focal lesion" in text
     _, dl = demo  # the training split holds such reports, the validation and test splits none
