@@ -32,12 +32,15 @@ _SPLITS = (("training", "Tr", "train"), ("validation", "Val", "val"), ("test", "
 
 _COUNT = {1: "A", 2: "Two", 3: "Three", 4: "Four"}
 _HEADERS = ("CT ABDOMEN WITH CONTRAST.", "CT OF THE ABDOMEN, PORTAL VENOUS PHASE.", "ABDOMINAL CT.")
-_ORDER = ("liver right lobe", "liver left lobe", "kidney right", "kidney left", "spleen")
-#: how the reports (:func:`write_ct_report`) name each group's place, as regular expressions
+#: the groups in report order, and how the reports (:func:`write_ct_report`) name each one's place (regular expressions)
 GROUP_PATTERNS = {
-    "liver right lobe": r"right (hepatic lobe|lobe of the liver)", "liver left lobe": r"left (hepatic lobe|lobe of the liver)",
-    "kidney right": r"right (kidney|renal)", "kidney left": r"left (kidney|renal)", "spleen": r"spleen|splenic",
-}  # fmt: skip
+    "liver right lobe": r"right (hepatic lobe|lobe of the liver)",
+    "liver left lobe": r"left (hepatic lobe|lobe of the liver)",
+    "kidney right": r"right (kidney|renal)",
+    "kidney left": r"left (kidney|renal)",
+    "spleen": r"spleen|splenic",
+}
+_ORDER = tuple(GROUP_PATTERNS)
 
 
 def _group(f: dict[str, Any]) -> str:
