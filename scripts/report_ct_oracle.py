@@ -28,7 +28,8 @@ def oracle_dice(root: str, split: str, condition: str) -> list[float]:
     ``condition="all lesions"``: of every lesion (a perfect segmenter that ignores the report)."""
     findings = json.load(open(os.path.join(root, "findings.json"), encoding="utf-8"))
     own = condition_items(os.path.join(root, "datalist.json"), split, "right")
-    used = condition_items(os.path.join(root, "datalist.json"), split, "right" if condition == "all lesions" else condition)
+    read_as = "right" if condition == "all lesions" else condition
+    used = condition_items(os.path.join(root, "datalist.json"), split, read_as)
     out = []
     for item, report in zip(own, used):
         stem = os.path.basename(item["image"]).split(".")[0]
