@@ -24,7 +24,8 @@ from monai_vlseg.datasets.synthetic.ct_reports import (
 from monai_vlseg.engines import TextSlidingWindowInferer
 from monai_vlseg.metrics import FindingsAgreementMetric, patient_side_components
 from monai_vlseg.nets.blocks import C2SegFusion
-from monai_vlseg.nets.report_segmamba import ReportSegMamba
+from monai_vlseg.nets.report_segmamba import ReportSegMamba, split_token_sentences
+from monai_vlseg.transforms.text import TokenizeText
 
 TINY_TEXT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
 
@@ -133,8 +134,9 @@ def test_report_segmamba_reads_the_text_and_trains_its_fusion():
         net(torch.randn(1, 1, 30, 32, 32), ids[:1], mask[:1])
 
 
-def test_text_encoded_once_per_volume_gives_the_sliding_window_output():
-    net = tiny_net().eval()
+@pytest.mark.parametrize("finding_head", [False, True])
+def test_text_encoded_once_per_volume_gives_the_sliding_window_output(finding_head):
+    net = tiny_net(finding_head=finding_head).eval()
     image = torch.randn(2, 1, 48, 40, 36)
     ids, mask = torch.randint(5, 1000, (2, 12)), torch.ones(2, 12, dtype=torch.long)
     mask[1, 7:] = 0
@@ -154,6 +156,36 @@ def test_text_encoded_once_per_volume_gives_the_sliding_window_output():
                                 for i in range(2)])  # fmt: skip
     assert n_once == 2 and len(calls) > 2 * n_once  # once per volume vs once per window batch
     torch.testing.assert_close(once, per_window, rtol=1e-5, atol=1e-5)
+
+
+def test_report_split_into_sentences_at_token_level():
+    tok = TokenizeText("default", 64)
+    report = "CT ABDOMEN. FINDINGS: A 12.5 mm lesion in the right kidney; two lesions in the spleen. No ascites"
+    ids, mask = tok(report)
+    got = [tok.tokenizer.decode(s) for s in split_token_sentences(ids[mask.bool()].tolist(), tok.tokenizer)]
+    assert got == ["ct abdomen.", "findings : a 12. 5 mm lesion in the right kidney ;", "two lesions in the spleen.",
+                   "no ascites"]  # fmt: skip
+    assert split_token_sentences(tok("...")[0][:4].tolist(), tok.tokenizer) == []  # punctuation only: no sentence
+
+
+def test_finding_head_draws_the_union_of_the_sentences_masks():
+    net = tiny_net(finding_head=True, finding_dim=8)
+    tok = TokenizeText("default", 12)
+    one, two = tok("A lesion in the spleen."), tok("A lesion in the spleen. Two in the left kidney.")
+    ids, mask = torch.stack([one[0], two[0], one[0]]), torch.stack([one[1], two[1], torch.zeros_like(one[1])])
+    x = torch.randn(1, 1, 32, 32, 32).expand(3, -1, -1, -1, -1)
+    per_sentence = net(x, ids, mask, return_findings=True)
+    assert per_sentence.shape == (3, 2, 32, 32, 32)
+    assert torch.isinf(per_sentence[0, 1]).all() and torch.isinf(per_sentence[2]).all()  # padding: no mask
+    out = net(x, ids, mask)
+    assert out.shape == (3, 2, 32, 32, 32)
+    fg = out[:, 1] - out[:, 0]  # the foreground logit of the 2-class softmax
+    torch.testing.assert_close(fg[:2], per_sentence[:2].amax(1))  # the union: the most confident sentence
+    assert (fg[2] < -20).all()  # a row without a report: background everywhere
+    out[:2].softmax(1)[:, 1].mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.finding_query.parameters())
+    with pytest.raises(ValueError, match="out_channels must be 2"):
+        tiny_net(finding_head=True, out_channels=3)
 
 
 def test_findings_agreement_reads_sides_through_the_affine():
@@ -178,3 +210,26 @@ def test_findings_agreement_reads_sides_through_the_affine():
         metric = FindingsAgreementMetric(kind)
         metric([pred], [truth])
         assert float(metric.aggregate()) == expected, (kind, truth)
+
+
+def test_patient_coordinates_come_from_the_affine_and_the_body_centre():
+    from monai.data import MetaTensor
+
+    from monai_vlseg.errors import InputError
+    from monai_vlseg.transforms import PatientCoordinatesd
+
+    vol = torch.zeros(1, 10, 8, 6)
+    vol[0, 2:9, 1:8, 1:6] = 0.5  # the body: bounding-box centre at index (5, 4, 3)
+    affine = torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0]))
+    out = PatientCoordinatesd("image")({"image": MetaTensor(vol, affine=affine)})["image"]
+    assert out.shape == (4, 10, 8, 6) and torch.equal(out[:1], vol)
+    assert torch.allclose(out[1:, 5, 4, 3], torch.zeros(3))
+    torch.testing.assert_close(out[1:, 9, 4, 0], torch.tensor([0.08, 0.0, -0.09]))  # (4, 0, -3) voxels in mm / 100
+    # the same patient stored with the first axis reversed (another orientation): each voxel keeps its coordinates
+    flipped = torch.diag(torch.tensor([-2.0, 2.0, 3.0, 1.0]))
+    flipped[0, 3] = 18.0
+    back = PatientCoordinatesd("image")({"image": MetaTensor(vol.flip(1), affine=flipped)})["image"]
+    torch.testing.assert_close(back.flip(1), out)
+    assert PatientCoordinatesd("image", channels=0)({"image": MetaTensor(vol)})["image"].shape == (1, 10, 8, 6)
+    with pytest.raises(InputError, match="no voxel above"):
+        PatientCoordinatesd("image")({"image": MetaTensor(torch.zeros(1, 4, 4, 4))})

@@ -11,6 +11,13 @@ maps (1/16 -> 1/8, 1/8 -> 1/4), so the skip connections that carry every lesion'
 the full-resolution decoder draws them. TK-Mamba (text-driven 3D Mamba with KAN) conditions its decoder the same way;
 this network reuses the project's KAN attention instead of its group-rational KAN.
 
+With ``finding_head`` (the bundle's default) the output is drawn per *finding sentence*, as the per-class text queries of
+CLIP-Driven Universal Model / TK-Mamba's head, with the report's sentences in place of class names: each sentence of
+the report is encoded alone by the frozen text encoder (mean-pooled tokens), a small MLP turns it into the weights of a
+1x1x1 head over a voxel embedding, and the report's mask is the union (maximum of the logits) of its sentences'
+masks. A sentence that names no lesion of the volume (the header, "no focal lesion", a finding of another patient)
+then draws nothing by construction, and what one sentence draws cannot depend on the other sentences of the report.
+
 ``forward(image, input_ids, attention_mask)`` as the 2D text-guided networks; ``forward(image, text=(tokens, mask))``
 takes the report already encoded (:meth:`encode_text`), which
 :class:`monai_vlseg.engines.TextSlidingWindowInferer` does once per volume for all its windows.
@@ -28,7 +35,29 @@ from monai_vlseg.nets.blocks.fusion import C2SegFusion
 from monai_vlseg.nets.blocks.text_encoder import FrozenTextEncoder, text_or_empty_prompt
 from monai_vlseg.nets.segmamba import SEGMAMBA_NUM_SLICES, SegMamba
 
-__all__ = ["ReportSegMamba"]
+__all__ = ["ReportSegMamba", "split_token_sentences"]
+
+#: the largest number of sentences of one report that get a finding query (the rest are dropped, with the tokens
+#: beyond ``text_len``)
+MAX_SENTENCES = 16
+
+
+def split_token_sentences(ids: Sequence[int], tokenizer) -> list[list[int]]:
+    """The sentences of one tokenized report (its token ids without padding) as token-id lists without special
+    tokens: split after ``.``, ``;``, ``!``, ``?`` unless the ``.`` is a decimal point (a digit on both sides)."""
+    toks = tokenizer.convert_ids_to_tokens(list(ids))
+    special = set(tokenizer.all_special_tokens)
+    digit = [t.lstrip("#").isdigit() for t in toks]
+    out, cur = [], []
+    for i, (tid, t) in enumerate(zip(ids, toks)):
+        if t in special:
+            continue
+        cur.append(int(tid))
+        decimal = t == "." and 0 < i < len(toks) - 1 and digit[i - 1] and digit[i + 1]
+        if t in (".", ";", "!", "?") and not decimal:
+            out.append(cur)
+            cur = []
+    return [c for c in out + [cur] if any(tokenizer.convert_ids_to_tokens(x) not in ".;!?" for x in c)]
 
 
 class ReportSegMamba(SegMamba):
@@ -45,6 +74,15 @@ class ReportSegMamba(SegMamba):
         decoder_fusion: decoder outputs fused with the text (0: after ``decoder5`` at 1/8, 1: after ``decoder4`` at
             1/4).
         fusion, k_gate, num_heads, grid_size, spline_order: of :class:`~monai_vlseg.nets.blocks.C2SegFusion`.
+        finding_head: draw the mask per report sentence and take their union (see the module docstring); needs
+            ``out_channels`` 2 (background, named lesion).
+        finding_dim: size of the voxel embedding the sentence queries are matched with.
+        coord_channels: the input's last channels that are patient coordinates
+            (:class:`monai_vlseg.transforms.PatientCoordinatesd`, 3), not image: the encoder takes the first
+            ``in_channels``, and the finding head reads the coordinates beside the voxel embedding, so that a sentence
+            can select a place ("the left kidney") as well as a look. 0: none.
+        finding_hidden: hidden size of the per-sentence head (two 1x1x1 layers with ReLU, as CLIP-Driven Universal
+            Model's text-driven head); 0: one linear layer.
     """
 
     def __init__(
@@ -73,9 +111,16 @@ class ReportSegMamba(SegMamba):
         num_heads: int = 1,
         grid_size: int = 5,
         spline_order: int = 3,
+        finding_head: bool = False,
+        finding_dim: int = 32,
+        coord_channels: int = 0,
+        finding_hidden: int = 8,
     ) -> None:
+        if finding_head and out_channels != 2:
+            raise ValueError(f"finding_head draws one 'named lesion' mask: out_channels must be 2, got {out_channels}.")
+        self.finding_head = bool(finding_head)
         super().__init__(
-            in_channels, out_channels, depths, feature_size, hidden_size, num_slices, norm_name, res_block, 3,
+            in_channels, finding_dim if finding_head else out_channels, depths, feature_size, hidden_size, num_slices, norm_name, res_block, 3,
             d_state, d_conv, expand, gsc_fusion, use_checkpoint, slice_axis,
         )  # fmt: skip
         if any(not 0 <= i <= 3 for i in encoder_fusion) or any(not 0 <= i <= 1 for i in decoder_fusion):
@@ -93,29 +138,102 @@ class ReportSegMamba(SegMamba):
         self.decoder_fusion = tuple(sorted(set(decoder_fusion)))
         self.text_enc = nn.ModuleDict({str(i): C2SegFusion(f[i], text_dim, **kw) for i in self.encoder_fusion})
         self.text_dec = nn.ModuleDict({str(i): C2SegFusion(f[3 - i], text_dim, **kw) for i in self.decoder_fusion})
+        self.text_name = text_encoder
+        self._tokenizer = None
+        self.in_channels, self.coord_channels = int(in_channels), int(coord_channels)
+        if self.coord_channels and not self.finding_head:
+            raise ValueError("coord_channels are read by the finding head: set finding_head=True.")
+        if self.finding_head:  # a sentence vector -> the weights and biases of a 1x1x1 head over self.out's embedding
+            n_in, h = finding_dim + self.coord_channels, int(finding_hidden)
+            self.head_shapes = [(h, n_in), (1, h)] if h else [(1, n_in)]
+            n_out = sum(o * i + o for o, i in self.head_shapes)
+            self.finding_query = nn.Sequential(nn.Linear(text_dim, 128), nn.GELU(), nn.Linear(128, n_out))
+
+    @property
+    def tokenizer(self):
+        """The text encoder's tokenizer (offline policy of :func:`monai_vlseg.utils.load_pretrained`), to split a
+        report into its sentences."""
+        if self._tokenizer is None:
+            from monai_vlseg.transforms.text import TokenizeText
+
+            self._tokenizer = TokenizeText(self.text_name).tokenizer
+        return self._tokenizer
+
+    def encode_sentences(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each report's sentences (:func:`split_token_sentences`), encoded alone by the frozen text encoder and
+        mean-pooled: (B, S, D) and their validity mask (B, S); a row without text has no sentence."""
+        tok = self.tokenizer
+        rows = [
+            split_token_sentences(ids[m.bool()].tolist(), tok)[:MAX_SENTENCES] if m.any() else []
+            for ids, m in zip(input_ids, attention_mask)
+        ]
+        b, s = len(rows), max(1, max(len(r) for r in rows))
+        flat = [[tok.cls_token_id, *x[: self.text_len - 2], tok.sep_token_id] for r in rows for x in r]
+        out = torch.zeros(b, s, self.text_encoder.hidden_size, device=input_ids.device)
+        valid = torch.zeros(b, s, dtype=torch.bool, device=input_ids.device)
+        if flat:
+            n = max(len(x) for x in flat)
+            ids = torch.tensor([x + [tok.pad_token_id] * (n - len(x)) for x in flat], device=input_ids.device)
+            mask = torch.tensor([[1] * len(x) + [0] * (n - len(x)) for x in flat], device=input_ids.device)
+            hidden, _ = self.text_encoder(ids, mask)
+            pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+            index = torch.tensor([[i, j] for i, r in enumerate(rows) for j in range(len(r))], device=input_ids.device)
+            out[index[:, 0], index[:, 1]] = pooled.to(out.dtype)
+            valid[index[:, 0], index[:, 1]] = True
+        return out, valid
+
+    def _finding_logits(self, features: torch.Tensor, sentences: torch.Tensor) -> torch.Tensor:
+        """Each sentence's head (its weights from :attr:`finding_query`) on the voxel features (B, C, X, Y, Z) ->
+        (B, S, X, Y, Z) logits."""
+        params, start, h = self.finding_query(sentences), 0, features
+        for i, (o, n) in enumerate(self.head_shapes):
+            w = params[..., start : start + o * n].unflatten(-1, (o, n))  # (B, S, o, n)
+            b = params[..., start + o * n : start + o * n + o]
+            start += o * n + o
+            eq = "bsoc,bcxyz->bsoxyz" if i == 0 else "bsoc,bscxyz->bsoxyz"
+            h = torch.einsum(eq, w, h) + b[..., None, None, None]
+            if i < len(self.head_shapes) - 1:
+                h = torch.relu(h)
+        return h[:, :, 0]
 
     def encode_text(
         self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, batch: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen text tokens (B, text_len, D) and their validity mask; the learned empty prompt (all valid) for rows
-        without text (no ``input_ids``, or an all-zero ``attention_mask``)."""
-        return text_or_empty_prompt(self.text_encoder, self.empty_prompt, input_ids, attention_mask, batch)
+        without text (no ``input_ids``, or an all-zero ``attention_mask``). With ``finding_head`` also the sentence
+        vectors (B, S, D) and their mask (B, S) of :meth:`encode_sentences`."""
+        text = text_or_empty_prompt(self.text_encoder, self.empty_prompt, input_ids, attention_mask, batch)
+        if not self.finding_head:
+            return text
+        if input_ids is None:
+            dev = self.empty_prompt.device
+            return (*text, torch.zeros(batch, 1, self.empty_prompt.shape[1], device=dev),
+                    torch.zeros(batch, 1, dtype=torch.bool, device=dev))  # fmt: skip
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        return (*text, *self.encode_sentences(input_ids, mask))
 
     def forward(  # type: ignore[override]
         self,
         image: torch.Tensor,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        text: tuple[torch.Tensor, torch.Tensor] | None = None,
+        text: tuple[torch.Tensor, ...] | None = None,
+        return_findings: bool = False,
     ) -> torch.Tensor:
-        """(B, in_channels, X, Y, Z) and the report -> (B, out_channels, X, Y, Z) logits."""
+        """(B, in_channels, X, Y, Z) and the report -> (B, out_channels, X, Y, Z) logits; with ``finding_head`` and
+        ``return_findings``, the logits of each sentence's mask (B, S, X, Y, Z) instead (-inf for padding)."""
         x = convert_to_tensor(image, track_meta=False)
         if x.ndim != 5 or any(s % 16 for s in x.shape[2:]):
             raise ValueError(f"ReportSegMamba expects (B, C, X, Y, Z) with sizes divisible by 16, got {tuple(x.shape)}.")
+        if x.shape[1] != self.in_channels + self.coord_channels:
+            raise ValueError(f"ReportSegMamba expects {self.in_channels} image + {self.coord_channels} coordinate "
+                             f"channels, got {x.shape[1]}.")  # fmt: skip
+        x, coords = x[:, : self.in_channels], x[:, self.in_channels :]
         b = x.shape[0]
-        tokens, mask = self.encode_text(input_ids, attention_mask, b) if text is None else text
-        if tokens.shape[0] != b:  # one report for every window of a volume
-            tokens, mask = tokens.expand(b, -1, -1), mask.expand(b, -1)
+        text = self.encode_text(input_ids, attention_mask, b) if text is None else text
+        if text[0].shape[0] != b:  # one report for every window of a volume
+            text = tuple(t.expand(b, *t.shape[1:]) for t in text)
+        tokens, mask = text[:2]
         s = list(self.encoder(x))
         for i in self.encoder_fusion:
             s[i] = s[i] + self.text_enc[str(i)](s[i], tokens, mask)  # residual: the image path stays SegMamba's
@@ -128,4 +246,14 @@ class ReportSegMamba(SegMamba):
             dec = dec + self.text_dec["1"](dec, tokens, mask)
         dec = self.decoder3(dec, enc2)
         dec = self.decoder2(dec, enc1)
-        return self.out(self.decoder1(dec))
+        out = self.out(self.decoder1(dec))
+        if not self.finding_head:
+            return out
+        sentences, valid = text[2:]
+        logits = self._finding_logits(torch.cat([out, coords], 1), sentences)
+        logits = logits.masked_fill(~valid[..., None, None, None], float("-inf"))
+        if return_findings:
+            return logits
+        fg = logits.amax(1, keepdim=True)  # the union of the sentences' masks; a report without any: background
+        fg = torch.where(valid.any(1)[:, None, None, None, None], fg, torch.full_like(fg, -30.0))
+        return torch.cat([-fg / 2, fg / 2], 1)

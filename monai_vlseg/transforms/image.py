@@ -25,7 +25,7 @@ from monai_vlseg.files import atomic_write_bytes
 
 __all__ = [
     "OUTPUT_NAME_KEY", "BinarizeMask", "BinarizeMaskd", "CheckInputd", "CheckSameSized",
-    "EnsureChannels", "EnsureChannelsd", "InputSpec", "SaveImageAtomicd", "SaveOverlayd", "output_stem",
+    "EnsureChannels", "EnsureChannelsd", "InputSpec", "PatientCoordinatesd", "SaveImageAtomicd", "SaveOverlayd", "output_stem",
     "unique_output_names",
 ]  # fmt: skip
 
@@ -109,6 +109,47 @@ class CheckSameSized(MapTransform):
                     f"{key} size {shape} differs from its {ref} {_source_name(d[ref])} size {ref_shape}; "
                     f"a {key} must have the size of its {ref}",
                 )
+        return d
+
+
+class PatientCoordinatesd(MapTransform):
+    """Append three channels to a volume: each voxel's patient position in mm (RAS, through the MetaTensor's affine,
+    never the array index) relative to the centre of the body (the bounding box of the first channel's voxels above
+    ``threshold``: after a HU window scaled to 0-1, everything but air), divided by ``scale_mm``. They tell a
+    patch-wise network where in the patient a window lies (CoordConv in patient space), the same with or without a
+    crop to the body. Put it after every resampling of the whole volume and before patch sampling;
+    :class:`monai_vlseg.nets.report_segmamba.ReportSegMamba` reads the channels with ``coord_channels=3``.
+
+    Args:
+        channels: 3 (the channels), or 0 to pass the volume through (a config without coordinates).
+    """
+
+    def __init__(
+        self, keys: KeysCollection = "image", channels: int = 3, scale_mm: float = 100.0, threshold: float = 0.0,
+        allow_missing_keys: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__(keys, allow_missing_keys)
+        if channels not in (0, 3):
+            raise ValueError(f"channels must be 3 (x, y, z) or 0 (none), got {channels}.")
+        self.channels, self.scale_mm, self.threshold = int(channels), float(scale_mm), float(threshold)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            if not self.channels:
+                continue
+            if not isinstance(img, MetaTensor) or img.ndim != 4:
+                raise InputError(_source_name(img), f"{key} must be a channel-first 3D MetaTensor with an affine")
+            body = torch.nonzero(torch.as_tensor(img[0]) > self.threshold)
+            if len(body) == 0:
+                raise InputError(_source_name(img), f"{key} has no voxel above {self.threshold}: no body to centre on")
+            centre = (body.amin(0) + body.amax(0)).to(torch.float64) / 2
+            grid = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in img.shape[1:]], indexing="ij")
+            index = torch.stack(grid, 0) - centre[:, None, None, None]
+            mm = torch.einsum("ij,jxyz->ixyz", img.affine.to(torch.float64)[:3, :3], index)  # no translation
+            coords = (mm / self.scale_mm).to(img.dtype)
+            d[key] = torch.cat([img, MetaTensor(coords, meta=img.meta)], 0)
         return d
 
 

@@ -58,11 +58,17 @@ def finding_groups(findings: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
     return {g: groups[g] for g in _ORDER if g in groups}
 
 
-def named_subsets(groups: Sequence[str], n: int, rng: np.random.Generator) -> list[tuple[str, ...]]:
+def named_subsets(
+    groups: Sequence[str], n: int, rng: np.random.Generator, singles_first: bool = False
+) -> list[tuple[str, ...]]:
     """Up to ``n`` distinct non-empty subsets of ``groups`` for reports to name, those that leave a decoy group out
-    first (in random order), then the whole set."""
+    first (in random order), then the whole set. ``singles_first``: the one-group subsets come first (in random
+    order), so that every group of a volume is named alone by some report (the training reports: a report that names
+    one group is the one a network that does not read cannot fit)."""
     partial = [c for k in range(1, len(groups)) for c in combinations(groups, k)]
     order = [partial[i] for i in rng.permutation(len(partial))] + ([tuple(groups)] if groups else [])
+    if singles_first:
+        order = sorted(order, key=lambda c: len(c) > 1)  # stable: the rest keep their random order
     return order[:n] if groups else [()]
 
 
@@ -129,7 +135,7 @@ def generate_report_ct_dataset(
     n_test: int = 24,
     size: int = 96,
     seed: int = 0,
-    variants: int = 4,
+    variants: int = 6,
     no_target: int = 0,
     dicom: bool = True,
     fov_z_mm: float = 150.0,
@@ -177,7 +183,8 @@ def generate_report_ct_dataset(
             save_nifti(case.instances, case.affine, os.path.join(root, f"lesions{tag}", stem + ".nii.gz"))
             findings[stem] = case.findings
             groups = list(finding_groups(case.findings))
-            subsets = [(n, ()) for n in named_subsets(groups, variants if key == "training" else 1, rng)]
+            train = key == "training"
+            subsets = [(n, ()) for n in named_subsets(groups, variants if train else 1, rng, singles_first=train)]
             if key == "training":
                 subsets += no_target_reports(groups, no_target, rng)
             for v, (named, absent) in enumerate(subsets):
