@@ -15,8 +15,10 @@ With ``finding_head`` (the bundle's default) the output is drawn per *finding se
 CLIP-Driven Universal Model / TK-Mamba's head, with the report's sentences in place of class names: each sentence of
 the report is encoded alone by the frozen text encoder (mean-pooled tokens), a small MLP turns it into the weights of a
 1x1x1 head over a voxel embedding, and the report's mask is the union (maximum of the logits) of its sentences'
-masks. A sentence that names no lesion of the volume (the header, "no focal lesion", a finding of another patient)
-then draws nothing by construction, and what one sentence draws cannot depend on the other sentences of the report.
+masks. The head also reads the voxel's patient coordinates (``coord_channels``), so a sentence can select a place
+("the left kidney") as well as a look. A report whose sentences name nothing present (the header, "no focal lesion",
+a finding of another patient) must then draw nothing, and a network that does not read cannot fit two reports of one
+volume that name different lesions: each sentence's mask is its own.
 
 ``forward(image, input_ids, attention_mask)`` as the 2D text-guided networks; ``forward(image, text=(tokens, mask))``
 takes the report already encoded (:meth:`encode_text`), which
@@ -83,6 +85,9 @@ class ReportSegMamba(SegMamba):
             can select a place ("the left kidney") as well as a look. 0: none.
         finding_hidden: hidden size of the per-sentence head (two 1x1x1 layers with ReLU, as CLIP-Driven Universal
             Model's text-driven head); 0: one linear layer.
+        finding_prior: initial foreground logit of every sentence's head (RetinaNet's prior initialisation: lesions
+            are a few voxels in a thousand, and from a logit of 0 cross-entropy first drives every voxel to a
+            background logit where the Dice gradient vanishes).
     """
 
     def __init__(
@@ -115,6 +120,7 @@ class ReportSegMamba(SegMamba):
         finding_dim: int = 32,
         coord_channels: int = 0,
         finding_hidden: int = 8,
+        finding_prior: float = -4.0,
     ) -> None:
         if finding_head and out_channels != 2:
             raise ValueError(f"finding_head draws one 'named lesion' mask: out_channels must be 2, got {out_channels}.")
@@ -148,6 +154,14 @@ class ReportSegMamba(SegMamba):
             self.head_shapes = [(h, n_in), (1, h)] if h else [(1, n_in)]
             n_out = sum(o * i + o for o, i in self.head_shapes)
             self.finding_query = nn.Sequential(nn.Linear(text_dim, 128), nn.GELU(), nn.Linear(128, n_out))
+            # generated weights move ~lr x fan-in per Adam step: a fixed output scale slows them to the pace of the
+            # rest of the network (a hypernetwork at the image path's learning rate otherwise diverges in steps)
+            self.query_scale = 0.05
+            self.finding_norm = nn.InstanceNorm3d(finding_dim)  # the voxel embedding at a fixed scale, as the decoder's
+            self.finding_scale = nn.Parameter(torch.tensor(4.0))  # the head's weights are unit vectors times this
+            with torch.no_grad():  # start from the lesion prior (p = 0.02), not from cross-entropy's collapse
+                self.finding_query[-1].bias.zero_()
+                self.finding_query[-1].bias[-1] = finding_prior / self.query_scale
 
     @property
     def tokenizer(self):
@@ -185,9 +199,11 @@ class ReportSegMamba(SegMamba):
     def _finding_logits(self, features: torch.Tensor, sentences: torch.Tensor) -> torch.Tensor:
         """Each sentence's head (its weights from :attr:`finding_query`) on the voxel features (B, C, X, Y, Z) ->
         (B, S, X, Y, Z) logits."""
-        params, start, h = self.finding_query(sentences), 0, features
+        params, start, h = self.finding_query(sentences) * self.query_scale, 0, features
         for i, (o, n) in enumerate(self.head_shapes):
-            w = params[..., start : start + o * n].unflatten(-1, (o, n))  # (B, S, o, n)
+            w = nn.functional.normalize(params[..., start : start + o * n].unflatten(-1, (o, n)), dim=-1)  # (B, S, o, n)
+            if i == len(self.head_shapes) - 1:
+                w = w * self.finding_scale
             b = params[..., start + o * n : start + o * n + o]
             start += o * n + o
             eq = "bsoc,bcxyz->bsoxyz" if i == 0 else "bsoc,bscxyz->bsoxyz"
@@ -250,7 +266,7 @@ class ReportSegMamba(SegMamba):
         if not self.finding_head:
             return out
         sentences, valid = text[2:]
-        logits = self._finding_logits(torch.cat([out, coords], 1), sentences)
+        logits = self._finding_logits(torch.cat([self.finding_norm(out), coords], 1), sentences)
         logits = logits.masked_fill(~valid[..., None, None, None], float("-inf"))
         if return_findings:
             return logits
