@@ -11,8 +11,8 @@ maps (1/16 -> 1/8, 1/8 -> 1/4), so the skip connections that carry every lesion'
 the full-resolution decoder draws them. TK-Mamba (text-driven 3D Mamba with KAN) conditions its decoder the same way;
 this network reuses the project's KAN attention instead of its group-rational KAN.
 
-With ``finding_head`` (the bundle's default) the output is drawn per *finding sentence*, as the per-class text queries of
-CLIP-Driven Universal Model / TK-Mamba's head, with the report's sentences in place of class names: each sentence of
+With ``finding_head`` (the bundle's default) the output is drawn per *finding sentence*, as the per-class text queries
+of CLIP-Driven Universal Model / TK-Mamba's head, with the report's sentences in place of class names: each sentence of
 the report is encoded alone by the frozen text encoder (mean-pooled tokens), a small MLP turns it into the weights of a
 1x1x1 head over a voxel embedding, and the report's mask is the union (maximum of the logits) of its sentences'
 masks. The head also reads the voxel's patient coordinates (``coord_channels``), so a sentence can select a place
@@ -36,6 +36,7 @@ from monai.utils import convert_to_tensor
 from monai_vlseg.nets.blocks.fusion import C2SegFusion
 from monai_vlseg.nets.blocks.text_encoder import FrozenTextEncoder, text_or_empty_prompt
 from monai_vlseg.nets.segmamba import SEGMAMBA_NUM_SLICES, SegMamba
+from monai_vlseg.utils import load_pretrained
 
 __all__ = ["ReportSegMamba", "split_token_sentences"]
 
@@ -126,7 +127,8 @@ class ReportSegMamba(SegMamba):
             raise ValueError(f"finding_head draws one 'named lesion' mask: out_channels must be 2, got {out_channels}.")
         self.finding_head = bool(finding_head)
         super().__init__(
-            in_channels, finding_dim if finding_head else out_channels, depths, feature_size, hidden_size, num_slices, norm_name, res_block, 3,
+            in_channels, finding_dim if finding_head else out_channels, depths, feature_size, hidden_size, num_slices,
+            norm_name, res_block, 3,
             d_state, d_conv, expand, gsc_fusion, use_checkpoint, slice_axis,
         )  # fmt: skip
         if any(not 0 <= i <= 3 for i in encoder_fusion) or any(not 0 <= i <= 1 for i in decoder_fusion):
@@ -168,12 +170,14 @@ class ReportSegMamba(SegMamba):
         """The text encoder's tokenizer (offline policy of :func:`monai_vlseg.utils.load_pretrained`), to split a
         report into its sentences."""
         if self._tokenizer is None:
-            from monai_vlseg.transforms.text import TokenizeText
+            from transformers import AutoTokenizer
 
-            self._tokenizer = TokenizeText(self.text_name).tokenizer
+            self._tokenizer = load_pretrained(AutoTokenizer, self.text_name)
         return self._tokenizer
 
-    def encode_sentences(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_sentences(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each report's sentences (:func:`split_token_sentences`), encoded alone by the frozen text encoder and
         mean-pooled: (B, S, D) and their validity mask (B, S); a row without text has no sentence."""
         tok = self.tokenizer
@@ -201,7 +205,8 @@ class ReportSegMamba(SegMamba):
         (B, S, X, Y, Z) logits."""
         params, start, h = self.finding_query(sentences) * self.query_scale, 0, features
         for i, (o, n) in enumerate(self.head_shapes):
-            w = nn.functional.normalize(params[..., start : start + o * n].unflatten(-1, (o, n)), dim=-1)  # (B, S, o, n)
+            w = params[..., start : start + o * n].unflatten(-1, (o, n))  # (B, S, o, n)
+            w = nn.functional.normalize(w, dim=-1)
             if i == len(self.head_shapes) - 1:
                 w = w * self.finding_scale
             b = params[..., start + o * n : start + o * n + o]

@@ -25,8 +25,8 @@ from monai_vlseg.files import atomic_write_bytes
 
 __all__ = [
     "OUTPUT_NAME_KEY", "BinarizeMask", "BinarizeMaskd", "CheckInputd", "CheckSameSized",
-    "EnsureChannels", "EnsureChannelsd", "InputSpec", "PatientCoordinatesd", "SaveImageAtomicd", "SaveOverlayd", "output_stem",
-    "unique_output_names",
+    "EnsureChannels", "EnsureChannelsd", "InputSpec", "PatientCoordinatesd", "SaveImageAtomicd", "SaveOverlayd",
+    "output_stem", "unique_output_names",
 ]  # fmt: skip
 
 #: item key of the name an input's outputs get (``<name>_seg.png``, ``<name>_overlay.png``, ...), unique in a run
