@@ -63,6 +63,22 @@ def test_evaluate_right_and_shuffled_reports(bundle):
     assert len(rows) == 3 and rows[1][0].endswith(".nii.gz")
 
 
+def test_coronal_series_gives_the_axial_volumes_dice(bundle):
+    """The test volumes stored as coronal DICOM series, scored against the axial NIfTI labels: the size check runs after
+    both are oriented to RAS, and each volume's Dice equals the NIfTI run's."""
+    def per_volume(out):
+        with open(out / "val_mean_dice_raw.csv") as f:
+            return {os.path.basename(r[0]).split(".")[0].replace("_r0", ""): r[2] for r in list(csv.reader(f))[1:]}
+
+    base = bundle["root"] / "bundle" / "eval"
+    for fmt, datalist in (("nifti", "datalist.json"), ("dicom_coronal", "datalist_dicom_coronal.json")):
+        overrides = {**bundle["overrides"], "image_format": fmt, "text_conditions": ["right"],
+                     "datalist": os.path.join(os.path.dirname(bundle["datalist"]), datalist)}  # fmt: skip
+        cfg.run("eval", "train.json", "evaluate.json", **overrides)
+    axial, coronal = per_volume(base / "test"), per_volume(base / "test_dicom_coronal")
+    assert len(axial) == 2 and coronal == axial
+
+
 @pytest.mark.parametrize("image_format", ["nifti", "dicom"])
 def test_inference_in_input_geometry_with_the_report(bundle, tmp_path, image_format):
     datalist = bundle["datalist"]
