@@ -219,7 +219,7 @@ class ReportSegMamba(SegMamba):
 
     def encode_text(
         self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, batch: int = 1
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, ...]:
         """Frozen text tokens (B, text_len, D) and their validity mask; the learned empty prompt (all valid) for rows
         without text (no ``input_ids``, or an all-zero ``attention_mask``). With ``finding_head`` also the sentence
         vectors (B, S, D) and their mask (B, S) of :meth:`encode_sentences`."""
