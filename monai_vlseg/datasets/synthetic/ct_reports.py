@@ -185,7 +185,7 @@ def generate_report_ct_dataset(
             groups = list(finding_groups(case.findings))
             train = key == "training"
             subsets = [(n, ()) for n in named_subsets(groups, variants if train else 1, rng, singles_first=train)]
-            if key == "training":
+            if train:
                 subsets += no_target_reports(groups, no_target, rng)
             for v, (named, absent) in enumerate(subsets):
                 text, idx = write_ct_report(case.findings, named, rng, absent)
