@@ -1,4 +1,5 @@
-"""Report text before tokenising: sections, de-identification, the chest finding parser, language, token budget."""
+"""Report text before tokenising: sections, de-identification, the chest and CT finding parsers, language, token
+budget; a 3D mask checked against its report."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from monai_vlseg.transforms.report import (
     fit_to_budget,
     is_english,
     parse_chest_findings,
+    parse_ct_findings,
     text_token_stats,
 )
 
@@ -298,3 +300,82 @@ def test_text_token_stats_counts_the_text_the_network_reads():
     assert count_truncated(stats, 16) == 4 and count_truncated(stats, n2) == 0
     raw = text_token_stats(texts, parser=None)
     assert raw["max_tokens"] == n2 and "by_split" not in raw and raw["truncated"] == {}
+
+
+@pytest.mark.parametrize(
+    "text, findings, negated",
+    [
+        ("CT ABDOMEN. FINDINGS: A 14 mm hypodense lesion in the right kidney.", [(1, "right")], 0),
+        ("Two low-attenuation lesions in the left hepatic lobe, up to 21 mm.", [(2, None)], 0),  # crosses the midline
+        ("Three hypodense lesions in the right lobe of the liver, the largest 22 mm.", [(3, "right")], 0),
+        ("Solitary hypodense lesion in the splenic parenchyma, measuring 18 mm.", [(1, "left")], 0),
+        # free wording no generator writes: a size in cm is no count, digits and a lone plural
+        ("There is a 2.3 cm enhancing mass arising from the lower pole of the left kidney.", [(1, "left")], 0),
+        ("Impression: 2 hypodense foci in the right renal cortex. No splenic lesion.", [(2, "right")], 1),
+        ("Multiple hepatic cysts.", [(None, None)], 0),
+        ("A 9 mm cyst in the right kidney and a 12 mm lesion in the left kidney.", [(2, None)], 0),
+        ("No focal lesion in the liver, kidneys or spleen.", [], 1),
+        ("Liver, spleen and kidneys unremarkable.", [], 0),
+    ],
+)
+def test_ct_parser(text, findings, negated):
+    found = parse_ct_findings(text)
+    assert found.findings == findings and found.negated == negated
+
+
+def test_ct_parser_reads_every_report_the_ct_demo_writes():
+    import numpy as np
+
+    from monai_vlseg.datasets.synthetic.ct_reports import finding_groups, write_ct_report
+
+    places = {"liver right lobe": ("liver", "right", "right lobe"), "liver left lobe": ("liver", "right", "left lobe"),
+              "kidney right": ("kidney", "right", None), "kidney left": ("kidney", "left", None),
+              "spleen": ("spleen", "left", None)}  # fmt: skip
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        findings = [
+            {"organ": o, "side": s, "place": p, "diameter_mm": float(rng.uniform(8, 26))}
+            for g, (o, s, p) in places.items()
+            for _ in range(int(rng.integers(0, 4)))
+        ]
+        groups = list(finding_groups(findings))
+        named = [g for g in groups if rng.random() < 0.5]
+        text, idx = write_ct_report(findings, named, rng)
+        read = parse_ct_findings(text)
+        assert read.count == len(idx), text
+        sides = {findings[i]["side"] for i in idx}
+        assert read.sides in (None, sides), text
+        assert read.sides is not None or "liver left lobe" in named, text
+
+
+def test_check_report_findings_flags_what_the_report_does_not_say_in_patient_space():
+    import numpy as np
+    import torch
+    from monai.data import MetaTensor
+
+    from monai_vlseg.transforms import CheckReportFindingsd
+
+    mask = torch.zeros(1, 40, 30, 20)  # RAS, 2 mm voxels centred on x = 0: x index >= 20 is the patient's right
+    mask[0, 30:36, 10:16, 8:14] = 1  # patient's right
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-39.0, -29.0, -19.0]
+    check = CheckReportFindingsd("pred")
+    right = "FINDINGS: A 12 mm hypodense lesion in the right kidney."
+    flipped = affine.copy()
+    flipped[0] = [-2.0, 0.0, 0.0, 39.0]  # the same patient stored with x running right to left
+    for pred in (MetaTensor(mask, affine=affine), MetaTensor(mask.flip(1), affine=flipped)):
+        assert not check({"pred": pred, "text": right}).get("needs_review")  # stored left-right flipped: the same
+    two = mask.clone()
+    two[0, 4:10, 10:16, 8:14] = 1  # and one on the patient's left
+    out = check({"pred": MetaTensor(two, affine=affine), "text": right})
+    assert out["needs_review"] and "holds 2 lesion(s), the report names 1" in out["report_warnings"]
+    assert "patient's left, where the report names none" in out["report_warnings"]
+    out = check({"pred": MetaTensor(mask, affine=affine), "text": "Two lesions in the left kidney, up to 9 mm."})
+    assert "no lesion on the patient's left" in out["report_warnings"] and "names 2" in out["report_warnings"]
+    speck = mask.clone()
+    speck[0, 4, 10, 8] = 1  # 8 mm3: not a lesion
+    assert not check({"pred": MetaTensor(speck, affine=affine), "text": right}).get("needs_review")
+    unsure = check({"pred": MetaTensor(two, affine=affine), "text": "Multiple lesions in the liver."})
+    assert not unsure.get("needs_review")  # no count, no side stated: nothing to check
+    with pytest.raises(ValueError, match="MetaTensor"):
+        check({"pred": two, "text": right})

@@ -24,30 +24,9 @@ import torch
 from monai.metrics import CumulativeIterationMetric
 from monai.utils import MetaKeys, SpaceKeys
 
-__all__ = ["FindingsAgreementMetric", "named_sides", "patient_side_components"]
+from monai_vlseg.transforms.lesions import patient_side_components
 
-
-def patient_side_components(
-    mask: Any, affine: Any, space: str = SpaceKeys.RAS.value, min_volume_mm3: float = 100.0
-) -> list[tuple[str, float]]:
-    """``[(side, volume mm3)]`` of the connected components of a 3D mask (x, y, z) with its 4x4 ``affine`` (RAS, or
-    LPS when ``space`` says so); side ``"left"`` / ``"right"`` of the patient from the centroid."""
-    from scipy.ndimage import center_of_mass, label
-
-    m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask) > 0
-    aff = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
-    voxel = abs(float(np.linalg.det(aff[:3, :3])))
-    labels, n = label(m, structure=np.ones((3, 3, 3)))
-    out = []
-    for k in range(1, n + 1):
-        size = float((labels == k).sum()) * voxel
-        if size < min_volume_mm3:
-            continue
-        c = np.asarray(center_of_mass(m, labels, k))
-        x = float((aff @ np.append(c, 1.0))[0])
-        left = x > 0 if str(space) == SpaceKeys.LPS.value else x < 0  # LPS: +x is the patient's left; RAS: right
-        out.append(("left" if left else "right", size))
-    return out
+__all__ = ["FindingsAgreementMetric", "named_sides", "patient_side_components"]  # the last from transforms.lesions
 
 
 class FindingsAgreementMetric(CumulativeIterationMetric):

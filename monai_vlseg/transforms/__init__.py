@@ -17,7 +17,7 @@ from .image import (
     unique_output_names,
 )
 from .keywords import SelectKeywords, SelectKeywordsd
-from .lesions import KeepReportedFindingsd
+from .lesions import CheckReportFindingsd, KeepReportedFindingsd
 from .report import PrepareReportd, SaveReportReviewd
 from .uncertainty import SaveHeatOverlayd, UncertaintyMapd
 from .text import (
@@ -38,6 +38,7 @@ __all__ = [
     "EnsureChannels",
     "EnsureChannelsd",
     "InputSpec",
+    "CheckReportFindingsd",
     "KeepReportedFindingsd",
     "PatientCoordinatesd",
     "PrepareReportd",

@@ -1,7 +1,8 @@
 # Copyright (c) monai_vlseg contributors
 # Licensed under the Apache License, Version 2.0
 """Lesions of a binary mask: connected components, the patient side each lies on, and the mask cut to what a report
-names (:class:`KeepReportedFindingsd`).
+names (:class:`KeepReportedFindingsd`), and a 3D mask checked against what its report states
+(:class:`CheckReportFindingsd`).
 
 The side convention is a parameter: on a PA chest radiograph (and by the radiological convention for axial CT) the
 patient's left is on the image's right, so ``left_on_image_right=True`` is the default. MONAI's PNG and DICOM
@@ -18,11 +19,19 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
+from monai.utils import MetaKeys, SpaceKeys
 from scipy import ndimage
 
 from monai_vlseg.transforms.report import flag_for_review
 
-__all__ = ["KeepReportedFindingsd", "component_sides", "mask_laterality", "mask_lesions"]
+__all__ = [
+    "CheckReportFindingsd",
+    "KeepReportedFindingsd",
+    "component_sides",
+    "mask_laterality",
+    "mask_lesions",
+    "patient_side_components",
+]
 
 
 def mask_lesions(mask: np.ndarray | torch.Tensor, min_area_fraction: float = 0.001) -> tuple[np.ndarray, int]:
@@ -58,6 +67,27 @@ def mask_laterality(labels: np.ndarray, num: int, lateral_axis: int = 0, left_on
     if not sides:
         return "none"
     return "bilateral" if len(sides) == 2 else sides.pop()
+
+
+def patient_side_components(
+    mask: Any, affine: Any, space: str = SpaceKeys.RAS.value, min_volume_mm3: float = 100.0
+) -> list[tuple[str, float]]:
+    """``[(side, volume mm3)]`` of the connected components of a 3D mask (x, y, z) with its 4x4 ``affine`` (RAS, or
+    LPS when ``space`` says so); side ``"left"`` / ``"right"`` of the patient from the centroid."""
+    m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask) > 0
+    aff = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
+    voxel = abs(float(np.linalg.det(aff[:3, :3])))
+    labels, n = ndimage.label(m, structure=np.ones((3, 3, 3)))
+    out = []
+    for k in range(1, n + 1):
+        size = float((labels == k).sum()) * voxel
+        if size < min_volume_mm3:
+            continue
+        c = np.asarray(ndimage.center_of_mass(m, labels, k))
+        x = float((aff @ np.append(c, 1.0))[0])
+        left = x > 0 if str(space) == SpaceKeys.LPS.value else x < 0  # LPS: +x is the patient's left; RAS: right
+        out.append(("left" if left else "right", size))
+    return out
 
 
 class KeepReportedFindingsd(MapTransform):
@@ -161,4 +191,64 @@ class KeepReportedFindingsd(MapTransform):
             where = " and ".join(sorted(set(removed)))
             note = f"the mask held {len(removed)} lesion(s) in a zone the report calls clear ({where} side): removed"
             flag_for_review(d, note)
+        return d
+
+
+class CheckReportFindingsd(MapTransform):
+    """Flag a 3D prediction ``needs_review`` when its lesions disagree with what the report states: another number
+    of lesions, a lesion on a side of the patient the report names none on, or no lesion on a side it names one on.
+
+    The report is read with :func:`~monai_vlseg.transforms.report.parse_ct_findings`; a count or side it does not
+    state (``"multiple lesions"``, the left hepatic lobe) is not checked, so the step never invents a constraint.
+    The lesions are the mask's connected components of at least ``min_volume_mm3``, each on the patient's side of its
+    centroid, read through the affine (:func:`patient_side_components`: the same
+    reading :class:`~monai_vlseg.metrics.FindingsAgreementMetric` scores). The mask is left as it is: a mask the
+    report did not ask for goes on, marked, to a reader, not silently to the PACS (nor silently cut). The reasons
+    join ``report_warnings``. Place it after the prediction is binarised, before it is inverted or saved.
+
+    Args:
+        keys: binary prediction key(s), channel-first MetaTensors with their affine (channel 0 is the mask; with more
+            channels the last one).
+        text_key: item key of the report text.
+        min_volume_mm3: smaller components are not counted as lesions.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        text_key: str = "text",
+        min_volume_mm3: float = 100.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.text_key, self.min_volume_mm3 = text_key, float(min_volume_mm3)
+
+    def disagreements(self, mask: Any, affine: Any, space: str, text: str) -> list[str]:
+        """Why a mask (x, y, z) with its ``affine`` disagrees with the report ``text`` (empty when it agrees)."""
+        from monai_vlseg.transforms.report import parse_ct_findings
+
+        stated = parse_ct_findings(text)
+        found = patient_side_components(mask, affine, space, self.min_volume_mm3)
+        reasons = []
+        if stated.count is not None and len(found) != stated.count:
+            reasons.append(f"the mask holds {len(found)} lesion(s), the report names {stated.count}")
+        if stated.sides is not None:
+            extra = sorted({s for s, _ in found} - stated.sides)
+            missing = sorted(stated.sides - {s for s, _ in found})
+            reasons += [f"a lesion on the patient's {s}, where the report names none" for s in extra]
+            reasons += [f"no lesion on the patient's {s}, where the report names one" for s in missing]
+        return reasons
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        text = str(d.get(self.text_key) or "")
+        for key in self.key_iterator(d):
+            pred = d[key]
+            affine = getattr(pred, "affine", None)
+            if affine is None:
+                raise ValueError(f"CheckReportFindingsd needs '{key}' as a MetaTensor: the side comes from its affine.")
+            space = (getattr(pred, "meta", {}) or {}).get(MetaKeys.SPACE, SpaceKeys.RAS.value)
+            reasons = self.disagreements(pred[-1], affine, space, text)
+            if reasons:
+                flag_for_review(d, "; ".join(reasons))
         return d

@@ -41,6 +41,7 @@ from monai_vlseg.transforms.text import normalize_text
 
 __all__ = [
     "CHEST_ZONES",
+    "CTFindings",
     "ChestFindings",
     "PrepareReportd",
     "REVIEW_FIELDS",
@@ -52,6 +53,7 @@ __all__ = [
     "fit_to_budget",
     "is_english",
     "parse_chest_findings",
+    "parse_ct_findings",
     "split_sentences",
     "text_token_stats",
 ]
@@ -400,6 +402,86 @@ def chest_zone_sentence(zones: Sequence[str]) -> str:
     where = parts[0] if n == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     kind = "Bilateral" if len(sides) == 2 else "Unilateral"
     return f"{kind} pulmonary infection, {_NUMBER_WORDS[n]} infected area{'s' if n > 1 else ''}, {where}."
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3b. abdominal CT findings
+
+#: the patient side of an organ named without one (the left hepatic lobe crosses the midline: no side)
+_CT_ORGAN_SIDE = {"spleen": "left", "splenic": "left", "gallbladder": "right", "appendix": "right"}
+#: organs (and places) that lie on the side a report names: "left kidney", "right renal cortex", "right hepatic lobe"
+_CT_PAIRED_RE = re.compile(
+    r"\b(left|right)\s+(?:[\w-]+\s+){0,2}?(?:kidneys?|renal|adrenal|lungs?|pulmonary|ovar(?:y|ian)|breasts?|"
+    r"(?:upper|middle|lower)\s+lobe|hemithorax|psoas|hepatic\s+lobe|lobe\s+of\s+the\s+liver|hemiliver|liver)\b",
+    re.I,
+)
+_CT_LESION_RE = re.compile(
+    r"\b(?:lesions?|nodul\w*|mass(?:es)?|cysts?|foc(?:us|i)|metasta\w*|tumou?rs?|hypodensit(?:y|ies)|"
+    r"hyperdensit(?:y|ies)|abscess(?:es)?|hemangioma\w*|haemangioma\w*|carcinoma\w*)\b",
+    re.I,
+)
+_CT_COUNT_RE = re.compile(
+    r"\b(an?|one|single|solitary|two|three|four|five|six|several|multiple|numerous|few|\d+(?![\d.]*\s*(?:mm|cm)\b))"
+    r"\s+(?:[\w.-]+\s+){0,4}?" + _CT_LESION_RE.pattern[2:],
+    re.I,
+)
+
+
+@dataclass
+class CTFindings:
+    """What :func:`parse_ct_findings` read from a CT report.
+
+    Attributes:
+        findings: one ``(count, side)`` per sentence that reports a lesion: ``count`` None when the sentence states
+            none ("multiple lesions", "lesions in the liver"); ``side`` "left" / "right" of the patient, or None
+            when the place has no side (the left hepatic lobe crosses the midline; "the liver").
+        negated: sentences that say there is no lesion ("No focal lesion in the liver or spleen.").
+    """
+
+    findings: list[tuple[int | None, str | None]] = field(default_factory=list)
+    negated: int = 0
+
+    @property
+    def count(self) -> int | None:
+        """Lesions the report names in all (0 when it names none), None when a finding states no count."""
+        counts = [c for c, _ in self.findings]
+        return None if None in counts else sum(c for c in counts if c is not None)
+
+    @property
+    def sides(self) -> set[str] | None:
+        """The patient sides the report names lesions on, None when a finding's place has no side."""
+        sides = [s for _, s in self.findings]
+        return None if None in sides else {s for s in sides if s is not None}
+
+
+def parse_ct_findings(text: str) -> CTFindings:
+    """Read the focal lesions an abdominal CT report names, per sentence: how many and on which side of the patient.
+
+    A sentence that names a lesion word (lesion, nodule, mass, cyst, metastasis, ...) is a finding unless a negation
+    precedes it ("No focal lesion ..."). Its count is the number word or digit before the lesion word (``"a 14 mm
+    hypodense lesion"``: 1, ``"two low-attenuation lesions"``: 2, summed over the lesion words of the sentence; a size
+    in mm/cm is not a count; "multiple" or a bare plural: unknown). Its side is the patient side named with a sided organ or place (``"left kidney"``,
+    ``"right hepatic lobe"``), or the side of an unpaired organ (the spleen: left); a place with no side (the left
+    hepatic lobe crosses the midline) or two sides gives None.
+    """
+    out = CTFindings()
+    for sentence in split_sentences(text):
+        lesion = _CT_LESION_RE.search(sentence)
+        if lesion is None:
+            continue
+        if _NEG_PRE_RE.search(sentence[: lesion.start()]):
+            out.negated += 1
+            continue
+        words = [m.group(1).lower() for m in _CT_COUNT_RE.finditer(sentence)] or [""]  # "a ... and a ... lesion"
+        counts = [int(w) if w.isdigit() else {"a": 1, "an": 1, **_COUNT_WORDS}.get(w) for w in words]
+        count = None if None in counts else sum(counts)
+        sides = {s.lower() for s in _CT_PAIRED_RE.findall(sentence)}
+        if not sides:
+            sides = {_CT_ORGAN_SIDE[w] for w in _WORD_RE.findall(sentence.lower()) if w in _CT_ORGAN_SIDE}
+        liver_left = re.search(r"\bleft\s+(?:hepatic\s+lobe|lobe\s+of\s+the\s+liver|hemiliver|liver)", sentence, re.I)
+        side = sides.pop() if len(sides) == 1 and not liver_left else None
+        out.findings.append((count, side))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
