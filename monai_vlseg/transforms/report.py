@@ -460,9 +460,9 @@ def parse_ct_findings(text: str) -> CTFindings:
     A sentence that names a lesion word (lesion, nodule, mass, cyst, metastasis, ...) is a finding unless a negation
     precedes it ("No focal lesion ..."). Its count is the number word or digit before the lesion word (``"a 14 mm
     hypodense lesion"``: 1, ``"two low-attenuation lesions"``: 2, summed over the lesion words of the sentence; a size
-    in mm/cm is not a count; "multiple" or a bare plural: unknown). Its side is the patient side named with a sided organ or place (``"left kidney"``,
-    ``"right hepatic lobe"``), or the side of an unpaired organ (the spleen: left); a place with no side (the left
-    hepatic lobe crosses the midline) or two sides gives None.
+    in mm/cm is not a count; "multiple" or a bare plural: unknown). Its side is the patient side named with a sided
+    organ or place (``"left kidney"``, ``"right hepatic lobe"``), or the side of an unpaired organ (the spleen: left);
+    a place with no side (the left hepatic lobe crosses the midline) or two sides gives None.
     """
     out = CTFindings()
     for sentence in split_sentences(text):
