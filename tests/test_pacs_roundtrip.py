@@ -114,7 +114,8 @@ def _seg_series_and_uid(client: DICOMwebClient, study: str, sop_uid: str) -> tup
 
 def test_pacs_round_trip_of_the_report_guided_ct_bundle(orthanc, tmp_path):
     """report_ct on a CT series whose report is a DICOM SR in the study: the SR text is read, the tiny untrained
-    network runs on the series, and the SEG stored in the study references every slice of it."""
+    network runs on the series; its mask, which disagrees with the report, is refused by the report check, and with
+    the check off the SEG stored in the study references every slice of it."""
     from monai_vlseg.datasets.synthetic.ct_reports import generate_report_ct_dataset
 
     generate_report_ct_dataset(str(tmp_path / "data"), n_train=0, n_val=0, n_test=1, size=40, fov_z_mm=45.0)
@@ -138,9 +139,14 @@ def test_pacs_round_trip_of_the_report_guided_ct_bundle(orthanc, tmp_path):
 
     torch.manual_seed(0)
     torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "model.pt")
-    res = run_script("--url", orthanc["dicomweb"], "--accession", "ctr_test_000", "--bundle", "bundles/report_ct",
-                     "--config_overrides", str(tmp_path / "tiny.json"), "--ckpt", str(tmp_path / "model.pt"),
-                     "--output_dir", str(tmp_path / "out"))  # fmt: skip
+    args = ("--url", orthanc["dicomweb"], "--accession", "ctr_test_000", "--bundle", "bundles/report_ct",
+            "--ckpt", str(tmp_path / "model.pt"))  # fmt: skip
+    # the untrained network's mask disagrees with the report's count: flagged by the report check, not stored
+    res = run_script(*args, "--config_overrides", str(tmp_path / "tiny.json"), "--output_dir", str(tmp_path / "o1"))
+    assert res.returncode != 0 and "the report names" in res.stderr, res.stderr[-4000:]
+    (tmp_path / "unchecked.json").write_text(json.dumps({**tiny, "report_check": False}))
+    unchecked = str(tmp_path / "unchecked.json")
+    res = run_script(*args, "--config_overrides", unchecked, "--output_dir", str(tmp_path / "out"))
     assert res.returncode == 0, res.stderr[-4000:]
     client = DICOMwebClient(url=orthanc["dicomweb"])
     uid = res.stdout.split()[0]
