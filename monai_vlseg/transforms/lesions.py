@@ -78,15 +78,13 @@ def patient_side_components(
     aff = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
     voxel = abs(float(np.linalg.det(aff[:3, :3])))
     labels, n = ndimage.label(m, structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:] * voxel  # one pass, not one per component
+    kept = [k + 1 for k in range(n) if sizes[k] >= min_volume_mm3]
     out = []
-    for k in range(1, n + 1):
-        size = float((labels == k).sum()) * voxel
-        if size < min_volume_mm3:
-            continue
-        c = np.asarray(ndimage.center_of_mass(m, labels, k))
-        x = float((aff @ np.append(c, 1.0))[0])
+    for k, c in zip(kept, ndimage.center_of_mass(m, labels, kept)):
+        x = float((aff @ np.append(np.asarray(c), 1.0))[0])
         left = x > 0 if str(space) == SpaceKeys.LPS.value else x < 0  # LPS: +x is the patient's left; RAS: right
-        out.append(("left" if left else "right", size))
+        out.append(("left" if left else "right", float(sizes[k - 1])))
     return out
 
 
